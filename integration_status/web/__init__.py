@@ -1,0 +1,1 @@
+"""HTTP mounts. ``handlers`` is framework-neutral; ``starlette`` and ``flask`` are the only framework importers."""
