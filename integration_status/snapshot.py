@@ -158,7 +158,7 @@ class ProviderSnapshot:
     status: StatusValue = attrs.field(validator=attrs.validators.in_(STATUSES))
     summary: tuple[Segment, ...] = attrs.field(default=(), converter=tuple)
     problem: Problem | None = None
-    actions: tuple[ActionState, ...] = attrs.field(default=None)
+    actions: tuple[ActionState, ...] = attrs.field(converter=tuple)
     #: Extra facts for events and action handlers, e.g. ``("productionUrl", Sensitive(kind="url", ...))``.
     details: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_details)
 
