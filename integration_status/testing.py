@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 
-__all__ = ["FakeClock"]
+from integration_status.exceptions import ProviderError
+from integration_status.models import ProviderKey
+from integration_status.protocols import ActionHandler, FetchContext, ProjectConnections, ProviderConnection
+from integration_status.snapshot import ProviderSnapshot, Segment
+
+__all__ = ["FakeClock", "ScriptedAdapter", "StaticConnections", "hang_on", "snapshot"]
 
 
 class FakeClock:
@@ -56,3 +63,92 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(time={self._wall!r}, monotonic={self._mono!r})"
+
+
+def snapshot(provider: ProviderKey, status: str = "connected", text: str = "OK", **kwargs: Any) -> ProviderSnapshot:
+    """A small raw snapshot for tests: ``snapshot("github", "warning", "No recent activity")``."""
+    return ProviderSnapshot(provider=provider, status=status, summary=(Segment(pieces=(text,)),), **kwargs)  # type: ignore[arg-type]
+
+
+Step = ProviderSnapshot | ProviderError | Callable[[], Awaitable[ProviderSnapshot]]
+
+
+class ScriptedAdapter:
+    """An adapter that plays a script: each fetch takes the next step (the last one repeats). A step is a
+    snapshot to return, a ProviderError to raise, or an async callable (for delays on a FakeClock, or hanging).
+
+    >>> adapter = ScriptedAdapter("github", snapshot("github"))
+    >>> adapter.calls
+    0
+    """
+
+    def __init__(
+        self,
+        provider: ProviderKey,
+        *steps: Step,
+        handlers: Mapping[str, ActionHandler] | None = None,
+    ) -> None:
+        if not steps:
+            steps = (snapshot(provider),)
+        self.provider: ProviderKey = provider
+        self._steps = list(steps)
+        self._handlers = dict(handlers or {})
+        self.calls = 0
+        self.in_flight = 0
+        self.connections: list[ProviderConnection] = []
+
+    def then(self, *steps: Step) -> None:
+        """Replace what the following fetches do."""
+        self._steps = list(steps)
+
+    async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
+        self.calls += 1
+        self.connections.append(connection)
+        step = self._steps.pop(0) if len(self._steps) > 1 else self._steps[0]
+        self.in_flight += 1
+        try:
+            if isinstance(step, ProviderSnapshot):
+                await anyio.lowlevel.checkpoint()
+                return step
+            if isinstance(step, ProviderError):
+                await anyio.lowlevel.checkpoint()
+                raise step
+            return await step()
+        finally:
+            self.in_flight -= 1
+
+    def action_handlers(self) -> Mapping[str, ActionHandler]:
+        return self._handlers
+
+
+def hang_on(clock: FakeClock | None = None, seconds: float | None = None) -> Callable[[], Awaitable[ProviderSnapshot]]:
+    """A script step that never answers (or answers nothing before ``seconds`` on ``clock``)."""
+
+    async def step() -> ProviderSnapshot:
+        if clock is not None and seconds is not None:
+            await clock.sleep(seconds)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return step
+
+
+class StaticConnections:
+    """A ConnectionResolver over a fixed mapping of project id -> connections."""
+
+    def __init__(self, projects: Mapping[str, ProjectConnections]) -> None:
+        self.projects = dict(projects)
+
+    @classmethod
+    def linked(cls, project_id: str, *providers: ProviderKey) -> StaticConnections:
+        """One project with the given providers linked (no credentials)."""
+        return cls(
+            {
+                project_id: ProjectConnections(
+                    project_id=project_id, providers={p: ProviderConnection(provider=p) for p in providers}
+                )
+            }
+        )
+
+    async def __call__(self, project_id: str) -> ProjectConnections | None:
+        return self.projects.get(project_id)

@@ -1,0 +1,45 @@
+"""The embedded engine: everything in one process's memory (the default).
+
+>>> engine = MemoryEngine()
+>>> sorted(n for n in dir(engine) if not n.startswith("_"))
+['cache_store', 'deliveries', 'events', 'idempotency', 'rate_limiter']
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from integration_status.backends._memory_bus import MemoryEventBus
+from integration_status.backends._memory_cache import MemoryCacheStore
+from integration_status.backends._memory_state import MemoryIdempotencyStore, MemoryRateLimiter
+from integration_status.core.clock import SYSTEM_CLOCK, Clock
+from integration_status.web.webhooks import MemoryDeliveryLog
+
+__all__ = [
+    "MemoryCacheStore",
+    "MemoryDeliveryLog",
+    "MemoryEngine",
+    "MemoryEventBus",
+    "MemoryIdempotencyStore",
+    "MemoryRateLimiter",
+]
+
+
+class MemoryEngine:
+    """Cache store, idempotency store, rate limiter, event bus and webhook delivery log, in process memory."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, max_entries: int = 10_000, event_buffer: int = 1000) -> None:
+        self.cache_store = MemoryCacheStore(clock=clock, maxsize=max_entries)
+        self.idempotency = MemoryIdempotencyStore(clock=clock)
+        self.rate_limiter = MemoryRateLimiter(clock=clock)
+        self.events = MemoryEventBus(clock=clock, buffer_size=event_buffer)
+        self.deliveries = MemoryDeliveryLog(clock=clock)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None

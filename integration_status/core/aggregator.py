@@ -1,0 +1,247 @@
+"""Fan out to the linked providers, bounded by breakers, the adapter timeout and the response deadline.
+
+For each provider of a project the aggregator takes, in order: a fresh cache entry (no call); else a refresh
+(single-flight in the cache, guarded by the provider's breaker and timed out after the adapter timeout) awaited
+until the response deadline; when that refresh fails or is not done by the deadline, the last good value marked
+``stale`` with the problem, or a placeholder. Refreshes still running at the deadline go on in the background
+and the cache's ``on_change`` reports their result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Final
+
+import anyio
+import attrs
+import structlog
+from cachetools import LRUCache
+
+from integration_status.core.breaker import BreakerConfig, CircuitBreaker
+from integration_status.core.cache import SnapshotCache
+from integration_status.core.clock import Clock, utcnow
+from integration_status.core.deadline import call_with_timeout
+from integration_status.core.policy import ProviderView
+from integration_status.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from integration_status.models import PROVIDERS, Problem, ProviderKey
+from integration_status.protocols import Adapter, CacheEntry, FetchContext, ProjectConnections, ProviderConnection
+from integration_status.snapshot import ProviderSnapshot, Segment
+
+_log = structlog.get_logger("integration_status.aggregator")
+
+#: updatedAt of an item that has never had content (stable, so it never moves the ETag).
+NEVER: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def cache_key(project_id: str, provider: ProviderKey) -> str:
+    """The cache key of one project's provider; ``split_cache_key`` inverts it (providers have no colon)."""
+    return f"{project_id}:{provider}"
+
+
+def split_cache_key(key: str) -> tuple[str, ProviderKey]:
+    project_id, _, provider = key.rpartition(":")
+    if provider not in PROVIDERS:
+        raise ValueError(f"not a cache key: {key!r}")
+    return project_id, provider  # type: ignore[return-value]
+
+
+def disconnected_snapshot(provider: ProviderKey) -> ProviderSnapshot:
+    return ProviderSnapshot(provider=provider, status="disconnected", summary=(Segment(pieces=("Not connected",)),))
+
+
+def error_snapshot(provider: ProviderKey, problem: Problem) -> ProviderSnapshot:
+    """What a provider shows when it failed and there is no good value to fall back on."""
+    text = {
+        "oauth_revoked": "Auth expired",
+        "rate_limited": "Rate limited",
+        "timeout": "Not responding",
+        "unknown": "Provider error",
+    }[problem.code]
+    return ProviderSnapshot(provider=provider, status="error", summary=(Segment(pieces=(text,)),), problem=problem)
+
+
+def placeholder_snapshot(provider: ProviderKey) -> ProviderSnapshot:
+    """A cold start whose first answer is not in yet (SPEC.md: warning, stale, problem timeout)."""
+    problem = Problem(code="timeout", hint="Try again")
+    return ProviderSnapshot(
+        provider=provider, status="warning", summary=(Segment(pieces=("Checking…",)),), problem=problem
+    )
+
+
+def problem_of(exc: ProviderError) -> Problem:
+    return Problem(code=exc.problem_code, hint=exc.hint)  # type: ignore[arg-type]
+
+
+def fallback_view(provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, now: datetime) -> ProviderView:
+    """The pure fallback rule of SPEC.md "Provider status rules" for a provider whose refresh did not succeed.
+
+    - access lost (``oauth_revoked``): ``status: error`` whatever was cached
+    - any other failure with a last good value: that value, ``stale: true``, plus the problem
+    - any other failure without one: ``status: error``
+    - no answer yet (``problem`` None) with a last good value: that value, ``stale: true``
+    - no answer yet on a cold start: the placeholder
+    """
+    if problem is not None and problem.code == "oauth_revoked":
+        changed = datetime.fromtimestamp(entry.error_at, tz=UTC) if entry and entry.error_at else now
+        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=changed)
+    if entry is not None:
+        return ProviderView(
+            provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at, stale=True, problem=problem
+        )
+    if problem is not None:
+        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=now)
+    snapshot = placeholder_snapshot(provider)
+    return ProviderView(provider=provider, snapshot=snapshot, changed_at=NEVER, stale=True, problem=snapshot.problem)
+
+
+@attrs.frozen(kw_only=True)
+class AggregatorConfig:
+    adapter_timeout: float = attrs.field(default=2.5, validator=attrs.validators.gt(0))
+    deadline: float = attrs.field(default=0.45, validator=attrs.validators.gt(0))
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    max_breakers: int = 10_000
+
+
+class Aggregator:
+    """Collects the four raw provider views of one project (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        adapters: Mapping[ProviderKey, Adapter],
+        cache: SnapshotCache,
+        clock: Clock,
+        config: AggregatorConfig | None = None,
+    ) -> None:
+        self._adapters = dict(adapters)
+        self._cache = cache
+        self._clock = clock
+        self._config = config or AggregatorConfig()
+        self._breakers: LRUCache[str, CircuitBreaker] = LRUCache(maxsize=self._config.max_breakers)
+        # The last failure a breaker saw, to explain an open breaker with no cached value.
+        self._last_problem: LRUCache[str, Problem] = LRUCache(maxsize=self._config.max_breakers)
+
+    @property
+    def config(self) -> AggregatorConfig:
+        return self._config
+
+    def breaker(self, key: str) -> CircuitBreaker:
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(self._config.breaker, clock=self._clock, name=key)
+            self._breakers[key] = breaker
+        return breaker
+
+    async def collect(self, project_id: str, connections: ProjectConnections) -> list[ProviderView]:
+        """Four views in :data:`PROVIDERS` order, within the deadline whatever the providers do."""
+        started = self._clock.monotonic()
+        views: dict[ProviderKey, ProviderView] = {}
+        pending: list[tuple[ProviderKey, str, ProviderConnection | None, CacheEntry | None]] = []
+        for provider in PROVIDERS:
+            key = cache_key(project_id, provider)
+            entry = await self._cache.peek(key)
+            if entry is not None and self._cache.is_fresh(entry):
+                views[provider] = ProviderView(provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at)
+            else:
+                connection = connections.get(provider)
+                if connection is not None and provider not in self._adapters:
+                    connection = None  # linked, but the host configured no adapter for it
+                pending.append((provider, key, connection, entry))
+        if not pending:
+            return [views[p] for p in PROVIDERS]
+
+        results: dict[ProviderKey, CacheEntry | ProviderError] = {}
+        remaining = len(pending)
+        budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
+
+        async with anyio.create_task_group() as tg:
+
+            async def one(provider: ProviderKey, key: str, connection: ProviderConnection | None) -> None:
+                nonlocal remaining
+                try:
+                    results[provider] = await self._refresh(provider, key, connection)
+                except ProviderError as exc:
+                    results[provider] = exc
+                finally:
+                    remaining -= 1
+                    if remaining == 0:
+                        tg.cancel_scope.cancel()
+
+            async def deadline() -> None:
+                await self._clock.sleep(budget)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(deadline)
+            for provider, key, connection, _ in pending:
+                tg.start_soon(one, provider, key, connection)
+
+        now = utcnow(self._clock)
+        for provider, key, _, entry in pending:
+            result = results.get(provider)
+            if isinstance(result, CacheEntry):
+                views[provider] = ProviderView(provider=provider, snapshot=result.snapshot, changed_at=result.changed_at)
+                continue
+            if isinstance(result, ProviderError):
+                problem = problem_of(result)
+                entry = await self._cache.peek(key) or entry
+            else:  # not done by the deadline: the refresh goes on in the background
+                problem = entry.error if entry is not None else None
+                _log.info("integration_status.aggregator.deadline", provider=provider, stale=entry is not None)
+            views[provider] = fallback_view(provider, entry, problem, now)
+        return [views[p] for p in PROVIDERS]
+
+    async def _refresh(self, provider: ProviderKey, key: str, connection: ProviderConnection | None) -> CacheEntry:
+        if connection is None:
+
+            async def unlinked() -> ProviderSnapshot:
+                return disconnected_snapshot(provider)
+
+            return await self._cache.refresh(key, unlinked)
+        adapter = self._adapters[provider]
+        breaker = self.breaker(key)
+        if not breaker.allow():
+            # Open breaker: nothing reaches the provider; the last good value is served, flagged.
+            problem = self._last_problem.get(key) or Problem(code="timeout", hint="Try again")
+            _log.info("integration_status.aggregator.breaker_open", provider=provider)
+            raise _BreakerOpen(problem, provider=provider)
+
+        async def fetch() -> ProviderSnapshot:
+            started = self._clock.monotonic()
+            ctx = FetchContext(clock=self._clock, timeout=self._config.adapter_timeout, started=started)
+            try:
+                snapshot = await call_with_timeout(
+                    self._clock, self._config.adapter_timeout, lambda: adapter.fetch(connection, ctx)
+                )
+            except TimeoutError:
+                exc: ProviderError = ProviderTimeout(
+                    f"{provider} did not answer within {self._config.adapter_timeout:g}s", provider=provider
+                )
+                self._failed(key, breaker, exc, started)
+                raise exc from None
+            except ProviderError as exc:
+                self._failed(key, breaker, exc, started)
+                raise
+            except Exception as exc:  # an adapter bug must not take the status endpoint down
+                _log.warning("integration_status.aggregator.adapter_crashed", provider=provider, error=type(exc).__name__)
+                wrapped = ProviderUnavailable(f"{provider} adapter failed", provider=provider)
+                self._failed(key, breaker, wrapped, started)
+                raise wrapped from None
+            breaker.record(success=True, duration=self._clock.monotonic() - started)
+            return snapshot
+
+        return await self._cache.refresh(key, fetch)
+
+    def _failed(self, key: str, breaker: CircuitBreaker, exc: ProviderError, started: float) -> None:
+        # Losing access is the provider answering correctly, not an outage: it does not trip the breaker.
+        success = exc.problem_code == "oauth_revoked"
+        breaker.record(success=success, duration=self._clock.monotonic() - started)
+        self._last_problem[key] = problem_of(exc)
+
+
+class _BreakerOpen(ProviderError):
+    """Internal: the breaker refused the call; carries the problem that opened it."""
+
+    def __init__(self, problem: Problem, *, provider: str) -> None:
+        super().__init__(f"{provider} circuit open", provider=provider, hint=problem.hint)
+        self.problem_code = problem.code  # type: ignore[misc]

@@ -1,0 +1,131 @@
+"""Who may do and see what: ``can`` flags and redaction, decided server-side as pure functions.
+
+The cache holds raw snapshots; :func:`view_item` turns one into what one viewer may see. An action the viewer's
+role never allows is omitted; an action the role allows but that cannot run now is listed with ``can: false``
+and a ``reason``.
+
+>>> from integration_status.protocols import Viewer
+>>> policy = RolePolicy()
+>>> sorted(policy.allowed_actions(Viewer(user_id="u", roles={"member"}), "p", "vercel"))
+['deploy', 'open-studio', 'sync', 'test-connection']
+>>> policy.visibility(Viewer(user_id="u", roles={"member"}), "p", "github")
+Visibility(repo=False, org=False, urls=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final, Protocol, runtime_checkable
+
+import attrs
+
+from integration_status.models import Action, IntegrationStatus, Problem, ProviderKey
+from integration_status.protocols import Viewer
+from integration_status.snapshot import CONNECT_ACTIONS, PROVIDER_ACTIONS, ProviderSnapshot, Visibility, render_summary
+
+ALL_ACTIONS: Final = frozenset(a for actions in PROVIDER_ACTIONS.values() for a, _ in actions)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What a viewer may do (action ids) and see (:class:`Visibility`) for one provider of one project."""
+
+    def allowed_actions(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> frozenset[str]: ...
+
+    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility: ...
+
+
+@attrs.frozen(kw_only=True)
+class RoleRule:
+    actions: frozenset[str] = attrs.field(converter=frozenset)
+    visibility: Visibility
+
+
+DEFAULT_RULES: Final[Mapping[str, RoleRule]] = {
+    "owner": RoleRule(actions=ALL_ACTIONS, visibility=Visibility.full()),
+    "admin": RoleRule(actions=ALL_ACTIONS, visibility=Visibility.full()),
+    "member": RoleRule(
+        actions=frozenset({"deploy", "sync", "test-connection", "open-studio"}), visibility=Visibility(urls=True)
+    ),
+    "viewer": RoleRule(actions=frozenset(), visibility=Visibility.none()),
+}
+
+
+@attrs.frozen(kw_only=True)
+class RolePolicy:
+    """The shipped policy (SPEC.md "Default policy"): a role table; several roles add up; unknown roles grant
+    nothing. ``Viewer.grants`` ("repo", "org", "urls") widen visibility beyond the role."""
+
+    rules: Mapping[str, RoleRule] = attrs.field(factory=lambda: dict(DEFAULT_RULES))
+
+    def allowed_actions(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> frozenset[str]:
+        allowed: frozenset[str] = frozenset()
+        for role in viewer.roles_for(project_id):
+            rule = self.rules.get(role)
+            if rule is not None:
+                allowed |= rule.actions
+        return allowed
+
+    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility:
+        repo = org = urls = False
+        for role in viewer.roles_for(project_id):
+            rule = self.rules.get(role)
+            if rule is not None:
+                repo |= rule.visibility.repo
+                org |= rule.visibility.org
+                urls |= rule.visibility.urls
+        return Visibility(
+            repo=repo or "repo" in viewer.grants,
+            org=org or "org" in viewer.grants,
+            urls=urls or "urls" in viewer.grants,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ProviderView:
+    """A provider's raw state as the aggregator found it for one request, before any viewer is applied."""
+
+    provider: ProviderKey
+    snapshot: ProviderSnapshot
+    changed_at: datetime
+    stale: bool = False
+    problem: Problem | None = None  # overrides the snapshot's own problem (e.g. the failure behind a stale serve)
+
+
+def view_item(
+    view: ProviderView, *, allowed: frozenset[str], visibility: Visibility, now: datetime
+) -> IntegrationStatus:
+    """One provider's item as one viewer sees it: redacted summary, allowed actions only, ``can``/``reason``."""
+    snapshot = view.snapshot
+    problem = view.problem if view.problem is not None else snapshot.problem
+    blocked_by = _blocking_reason(view)
+    actions: list[Action] = []
+    for state in snapshot.actions:
+        if state.id not in allowed:
+            continue
+        blocked = None if state.id in CONNECT_ACTIONS else blocked_by
+        can = state.available and blocked is None
+        actions.append(
+            Action(id=state.id, label=state.label, can=can, reason=None if can else (state.reason or blocked))
+        )
+    return IntegrationStatus(
+        key=view.provider,
+        status=snapshot.status,
+        summary=render_summary(snapshot.summary, visibility, now),
+        updated_at=view.changed_at,
+        stale=view.stale,
+        problem=problem,
+        actions=tuple(actions),
+    )
+
+
+def _blocking_reason(view: ProviderView) -> str | None:
+    # A stale serve caused by a rate limit or auth loss also blocks actions that call the provider.
+    if view.problem is None:
+        return None
+    if view.problem.code == "oauth_revoked":
+        return "OAuth expired"
+    if view.problem.code == "rate_limited":
+        return "Rate limited"
+    return None

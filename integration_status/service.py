@@ -1,0 +1,261 @@
+"""The facade a host builds once: :class:`StatusService`.
+
+>>> service = StatusService(connections=my_resolver, adapters=[GitHubAdapter(http=http)])  # doctest: +SKIP
+>>> async with service:                                                                    # doctest: +SKIP
+...     result = await service.status("proj_1", viewer, if_none_match=None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import attrs
+import structlog
+
+from integration_status.core.aggregator import Aggregator, AggregatorConfig, split_cache_key
+from integration_status.core.breaker import BreakerConfig
+from integration_status.core.cache import SnapshotCache
+from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
+from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
+from integration_status.core.policy import Policy, ProviderView, RolePolicy, view_item
+from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
+from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope
+from integration_status.protocols import (
+    Adapter,
+    Authenticator,
+    Authorizer,
+    CacheEntry,
+    ConnectionResolver,
+    ProjectConnections,
+    RequestInfo,
+    Viewer,
+)
+
+_log = structlog.get_logger("integration_status.service")
+
+MAX_PROJECT_ID = 200
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Tunables, with the defaults of SPEC.md. Times in seconds."""
+
+    cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
+    cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    adapter_timeout: float = attrs.field(default=2.5, validator=[attrs.validators.gt(0), attrs.validators.le(30)])
+    deadline: float = attrs.field(default=0.45, validator=attrs.validators.gt(0))
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    action_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    rate_limit: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    rate_window: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    idempotency_ttl: float = attrs.field(default=86_400.0, validator=attrs.validators.gt(0))
+    heartbeat: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
+    sse_per_viewer: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    sse_per_process: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+
+@attrs.frozen(kw_only=True)
+class StatusResult:
+    """The answer of :meth:`StatusService.status`: the viewer's envelope, its ETag header value, and whether the
+    client's ``If-None-Match`` matched (answer 304)."""
+
+    envelope: StatusEnvelope
+    etag: str
+    not_modified: bool
+
+
+async def _allow_members(viewer: Viewer, project_id: str) -> bool:
+    return bool(viewer.roles_for(project_id))
+
+
+def validate_project_id(project_id: object) -> str:
+    """A project id is 1-200 printable characters; anything else is a 400 ``invalid_request``."""
+    if not isinstance(project_id, str) or not project_id:
+        raise InvalidRequest("projectId is required")
+    if len(project_id) > MAX_PROJECT_ID or not project_id.isprintable():
+        raise InvalidRequest(f"projectId must be 1-{MAX_PROJECT_ID} printable characters")
+    return project_id
+
+
+class StatusService:
+    """Builds status envelopes per viewer from raw, cached provider snapshots.
+
+    Start it once with the host app (``async with service:``, or ``lifespan=service.lifespan``): it owns the task
+    group where background refreshes run.
+    """
+
+    def __init__(
+        self,
+        *,
+        connections: ConnectionResolver,
+        adapters: Iterable[Adapter] | Mapping[ProviderKey, Adapter] = (),
+        authenticator: Authenticator | None = None,
+        authorizer: Authorizer | None = None,
+        policy: Policy | None = None,
+        settings: Settings | None = None,
+        engine: Any = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: Any = None,
+    ) -> None:
+        from integration_status.backends.memory import MemoryEngine
+
+        self.settings = settings or Settings()
+        self.clock = clock
+        self._connections = connections
+        self._authenticator = authenticator
+        self._authorizer = authorizer or _allow_members
+        self.policy: Policy = policy or RolePolicy()
+        if isinstance(adapters, Mapping):
+            self.adapters: dict[ProviderKey, Adapter] = dict(adapters)
+        else:
+            self.adapters = {}
+            for adapter in adapters:
+                if adapter.provider in self.adapters:
+                    raise ConfigurationError(f"two adapters for {adapter.provider}")
+                self.adapters[adapter.provider] = adapter
+        self.engine = engine if engine is not None else MemoryEngine(clock=clock)
+        self.cache = SnapshotCache(
+            self.engine.cache_store,
+            clock=clock,
+            ttl=self.settings.cache_ttl,
+            jitter=self.settings.cache_jitter,
+            rng=rng,
+            on_change=self._cache_changed,
+        )
+        self.aggregator = Aggregator(
+            adapters=self.adapters,
+            cache=self.cache,
+            clock=clock,
+            config=AggregatorConfig(
+                adapter_timeout=self.settings.adapter_timeout,
+                deadline=self.settings.deadline,
+                breaker=self.settings.breaker,
+            ),
+        )
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._users = 0
+        self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._users += 1
+        if self._users > 1:
+            return self
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await stack.enter_async_context(self.engine)
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        except BaseException:
+            self._users -= 1
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        self.cache.start(self._spawn)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._users -= 1
+        if self._users > 0 or self._exit_stack is None:
+            return
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        stack, self._exit_stack, self._task_group = self._exit_stack, None, None
+        await stack.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """A Starlette/FastAPI ``lifespan``: ``FastAPI(lifespan=service.lifespan)``."""
+        async with self:
+            yield
+
+    @property
+    def running(self) -> bool:
+        return self._task_group is not None
+
+    def _require_running(self) -> anyio.abc.TaskGroup:
+        if self._task_group is None:
+            raise ConfigurationError(
+                "StatusService is not running: enter it with `async with service:` or pass "
+                "`lifespan=service.lifespan` to your app"
+            )
+        return self._task_group
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._require_running().start_soon(fn)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` in the service's background task group (it ends with the service)."""
+        self._spawn(fn)
+
+    # --- status ---------------------------------------------------------------------------------------------
+
+    async def authenticate(self, request: RequestInfo) -> Viewer:
+        """The host's Authenticator; 401 when it returns None or none is configured."""
+        if self._authenticator is None:
+            raise Unauthorized("no authenticator is configured")
+        viewer = await self._authenticator(request)
+        if viewer is None:
+            raise Unauthorized("authentication required")
+        return viewer
+
+    async def project(self, project_id: object, viewer: Viewer) -> ProjectConnections:
+        """Validate the id and check access: 400, then 404 for unknown projects and projects the viewer may not
+        see (the same answer, so existence is not revealed)."""
+        project_id = validate_project_id(project_id)
+        connections = await self._connections(project_id)
+        if connections is None or not await self._authorizer(viewer, project_id):
+            raise NotFound("project not found")
+        return connections
+
+    async def status(self, project_id: object, viewer: Viewer, *, if_none_match: str | None = None) -> StatusResult:
+        """The viewer's status envelope with its ETag; ``not_modified`` when ``if_none_match`` matches."""
+        self._require_running()
+        connections = await self.project(project_id, viewer)
+        views = await self.aggregator.collect(connections.project_id, connections)
+        items = self.render(connections.project_id, views, viewer)
+        body = StatusEnvelope(project_id=connections.project_id, items=items)
+        digest = compute_etag(body.to_json(with_hash=False))
+        envelope = attrs.evolve(body, hash=digest)
+        return StatusResult(
+            envelope=envelope, etag=format_etag(digest), not_modified=if_none_match_matches(if_none_match, digest)
+        )
+
+    def render(self, project_id: str, views: Iterable[ProviderView], viewer: Viewer) -> tuple[IntegrationStatus, ...]:
+        """Raw views -> the viewer's redacted items (pure apart from reading the clock)."""
+        now = utcnow(self.clock)
+        return tuple(
+            view_item(
+                view,
+                allowed=self.policy.allowed_actions(viewer, project_id, view.provider),
+                visibility=self.policy.visibility(viewer, project_id, view.provider),
+                now=now,
+            )
+            for view in views
+        )
+
+    # --- change notification --------------------------------------------------------------------------------
+
+    def on_change(self, listener: Callable[[str, ProviderKey], Awaitable[None]]) -> None:
+        """Call ``listener(project_id, provider)`` whenever a provider's cached content or problem changes."""
+        self._change_listeners.append(listener)
+
+    async def _cache_changed(self, key: str, entry: CacheEntry) -> None:
+        project_id, provider = split_cache_key(key)
+        for listener in self._change_listeners:
+            try:
+                await listener(project_id, provider)
+            except Exception:
+                _log.exception("integration_status.service.listener_failed", provider=provider)
+
+    def now_ms(self) -> int:
+        return epoch_ms(self.clock)
