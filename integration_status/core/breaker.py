@@ -148,7 +148,8 @@ def record_outcome(
     consecutive = state.consecutive + 1 if failed else 0
     if consecutive >= config.consecutive_failures:
         return _opened(now)
-    if len(outcomes) >= config.min_calls:
+    # Only a failure can open the breaker: a call that just worked is no reason to stop calling.
+    if failed and len(outcomes) >= config.min_calls:
         failures = sum(1 for _, f in outcomes if f)
         if failures / len(outcomes) >= config.failure_rate:
             return _opened(now)
