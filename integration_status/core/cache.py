@@ -1,0 +1,274 @@
+"""The provider snapshot cache: TTL with jitter, single-flight refreshes (in-process and across workers),
+and a last good value that a failed refresh never overwrites.
+
+The cache holds raw provider snapshots per key (``"{project_id}:{provider}"``) in a ``CacheStore``.
+Serving stale data while revalidating is composed by the caller: it peeks, calls
+:meth:`SnapshotCache.refresh` under its own deadline, and falls back to the peeked entry when the deadline
+passes. The refresh itself runs as a background task, so it finishes and stores its result however many
+callers gave up on it, and it runs once per key however many callers asked.
+
+A typical wiring::
+
+    async with anyio.create_task_group() as tg:
+        cache = SnapshotCache(MemoryCacheStore(clock=clock), clock=clock)
+        cache.start(tg.start_soon)
+        entry = await cache.refresh("p1:github", fetch)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final, cast
+
+import anyio
+import attrs
+import structlog
+
+from integration_status.core.clock import Clock, utcnow
+from integration_status.exceptions import (
+    ConfigurationError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from integration_status.models import Problem, ProblemCode
+from integration_status.protocols import CacheEntry, CacheStore
+from integration_status.snapshot import ProviderSnapshot
+
+__all__ = ["SnapshotCache"]
+
+#: How often a worker waiting on another worker's refresh looks at the store (seconds).
+POLL_INTERVAL: Final = 0.05
+
+_ERRORS_BY_CODE: Final[dict[str, type[ProviderError]]] = {
+    "oauth_revoked": ProviderAuthError,
+    "rate_limited": ProviderRateLimited,
+    "timeout": ProviderTimeout,
+    "unknown": ProviderUnavailable,
+}
+
+OnChange = Callable[[str, CacheEntry], Awaitable[None]]
+Fetch = Callable[[], Awaitable[ProviderSnapshot]]
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+class _Flight:
+    """One refresh in progress in this process, and the outcome its waiters share."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.entry: CacheEntry | None = None
+        self.error: BaseException | None = None
+
+
+def _newer(entry: CacheEntry | None, than: CacheEntry | None) -> bool:
+    return entry is not None and (than is None or entry.checked_at > than.checked_at)
+
+
+def _newer_error(entry: CacheEntry | None, than: CacheEntry | None) -> bool:
+    if entry is None or entry.error is None or entry.error_at is None:
+        return False
+    return than is None or than.error_at is None or entry.error_at > than.error_at
+
+
+def _provider_of(key: str, previous: CacheEntry | None) -> str:
+    return previous.snapshot.provider if previous is not None else key.rpartition(":")[2] or "unknown"
+
+
+class SnapshotCache:
+    """Raw snapshots per key with jittered freshness and single-flight refreshes.
+
+    ``ttl``: seconds a successful refresh stays fresh, drawn per refresh from ``ttl * (1 ± jitter)`` so
+    that keys filled together do not expire together. ``keep_for``: how long the store keeps an entry (the
+    last good value served while a provider is failing). ``lock_ttl``: how long the cross-worker refresh lock
+    lives, and so how long a worker waits for another worker's result before fetching itself.
+    ``on_change(key, entry)`` is awaited after a refresh that changed the content, cleared an error, or hit
+    a new error.
+    """
+
+    def __init__(
+        self,
+        store: CacheStore,
+        *,
+        clock: Clock,
+        ttl: float = 15.0,
+        jitter: float = 0.2,
+        rng: random.Random | None = None,
+        keep_for: float = 86_400.0,
+        lock_ttl: float = 5.0,
+        on_change: OnChange | None = None,
+    ) -> None:
+        if not ttl > 0:
+            raise ConfigurationError(f"cache ttl must be > 0 seconds, not {ttl!r}")
+        if not 0 <= jitter < 1:
+            raise ConfigurationError(f"cache jitter must be in [0, 1), not {jitter!r}")
+        if not keep_for > 0:
+            raise ConfigurationError(f"cache keep_for must be > 0 seconds, not {keep_for!r}")
+        if not lock_ttl > 0:
+            raise ConfigurationError(f"cache lock_ttl must be > 0 seconds, not {lock_ttl!r}")
+        self._store = store
+        self._clock = clock
+        self.ttl = float(ttl)
+        self.jitter = float(jitter)
+        self.keep_for = float(keep_for)
+        self.lock_ttl = float(lock_ttl)
+        self._rng = rng if rng is not None else random.Random()
+        self._on_change = on_change
+        self._spawn: Spawn | None = None
+        self._flights: dict[str, _Flight] = {}
+
+    def start(self, spawn: Spawn) -> None:
+        """Say how background refreshes run, e.g. a long-lived task group's ``start_soon``."""
+        self._spawn = spawn
+
+    def ttl_draw(self) -> float:
+        """One freshness period, uniform in ``[ttl * (1 - jitter), ttl * (1 + jitter)]``."""
+        return self._rng.uniform(self.ttl * (1 - self.jitter), self.ttl * (1 + self.jitter))
+
+    def is_fresh(self, entry: CacheEntry) -> bool:
+        """Whether an entry may be served without a refresh."""
+        return self._clock.time() < entry.fresh_until
+
+    async def peek(self, key: str) -> CacheEntry | None:
+        """The stored entry, fresh or not, without refreshing."""
+        return await self._store.load(key)
+
+    async def invalidate(self, key: str) -> None:
+        """Make the entry not fresh (the next read refreshes), keeping it as the last good value."""
+        entry = await self._store.load(key)
+        if entry is not None:
+            now = self._clock.time()
+            if entry.fresh_until > now:
+                await self._store.save(key, attrs.evolve(entry, fresh_until=now), keep_for=self.keep_for)
+
+    def in_flight(self, key: str) -> bool:
+        """Whether a refresh of ``key`` is running in this process."""
+        return key in self._flights
+
+    async def refresh(self, key: str, fetch: Fetch) -> CacheEntry:
+        """Refresh ``key`` with ``fetch`` and return the new entry, or raise the refresh's ProviderError.
+
+        Concurrent calls for one key share one fetch. The fetch runs in the background: cancelling this call
+        (a request deadline) leaves the fetch running until it stores its result.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._spawn is None:
+                raise ConfigurationError(
+                    "SnapshotCache.start(spawn) must be called before refresh(): "
+                    "refreshes run as background tasks"
+                )
+            flight = _Flight()
+            self._flights[key] = flight
+            try:
+                self._spawn(partial(self._fly, key, fetch, flight))
+            except BaseException:
+                del self._flights[key]
+                raise
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.entry is not None
+        return flight.entry
+
+    async def _fly(self, key: str, fetch: Fetch, flight: _Flight) -> None:
+        # Errors go to the waiters, never to the task group: one failing provider must not stop the service.
+        try:
+            flight.entry = await self._refresh_once(key, fetch)
+        except Exception as exc:
+            flight.error = exc
+        finally:
+            if flight.entry is None and flight.error is None:  # cancelled, e.g. the service is shutting down
+                flight.error = ProviderTimeout("refresh cancelled", provider=_provider_of(key, None))
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.done.set()
+
+    async def _refresh_once(self, key: str, fetch: Fetch) -> CacheEntry:
+        before = await self._store.load(key)
+        token = await self._store.try_lock(key, self.lock_ttl)
+        if token is None:
+            other = await self._wait_for_other_worker(key, before)
+            if other is not None:
+                return other
+            # The other worker's lock expired without a result; take it over if nobody else did.
+            token = await self._store.try_lock(key, self.lock_ttl)
+            previous = await self._store.load(key)
+        else:
+            previous = await self._store.load(key)
+            if previous is not None and _newer(previous, before) and self.is_fresh(previous):
+                return previous  # another worker stored a fresh result between our load and our lock
+        try:
+            return await self._fetch_and_store(key, fetch, previous)
+        finally:
+            if token is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._store.unlock(key, token)
+
+    async def _wait_for_other_worker(self, key: str, before: CacheEntry | None) -> CacheEntry | None:
+        """Poll the store until the worker holding the lock stores a result (returned) or a failure (raised),
+        or ``lock_ttl`` passes (None)."""
+        deadline = self._clock.monotonic() + self.lock_ttl
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(POLL_INTERVAL)
+            current = await self._store.load(key)
+            if _newer(current, before):
+                assert current is not None
+                return current
+            if _newer_error(current, before):
+                assert current is not None
+                assert current.error is not None
+                raise _ERRORS_BY_CODE[current.error.code](
+                    "refresh failed in another worker",
+                    provider=current.snapshot.provider,
+                    hint=current.error.hint,
+                )
+        return None
+
+    async def _fetch_and_store(self, key: str, fetch: Fetch, previous: CacheEntry | None) -> CacheEntry:
+        try:
+            snapshot = await fetch()
+        except ProviderError as exc:
+            await self._store_failure(key, previous, exc)
+            raise
+        except Exception as exc:
+            error = ProviderUnavailable(
+                f"refresh failed: {type(exc).__name__}", provider=_provider_of(key, previous)
+            )
+            await self._store_failure(key, previous, error)
+            raise error from exc
+        now = self._clock.time()
+        changed = previous is None or previous.snapshot != snapshot
+        entry = CacheEntry(
+            snapshot=snapshot,
+            fresh_until=now + self.ttl_draw(),
+            changed_at=utcnow(self._clock) if previous is None or changed else previous.changed_at,
+            checked_at=now,
+        )
+        await self._store.save(key, entry, keep_for=self.keep_for)
+        if changed or (previous is not None and previous.error is not None):
+            await self._notify(key, entry)
+        return entry
+
+    async def _store_failure(self, key: str, previous: CacheEntry | None, exc: ProviderError) -> None:
+        """Note the failure on the last good entry; its snapshot and freshness stay as they were."""
+        if previous is None:
+            return
+        problem = Problem(code=cast(ProblemCode, exc.problem_code), hint=exc.hint)
+        entry = attrs.evolve(previous, error=problem, error_at=self._clock.time())
+        await self._store.save(key, entry, keep_for=self.keep_for)
+        if previous.error != problem:
+            await self._notify(key, entry)
+
+    async def _notify(self, key: str, entry: CacheEntry) -> None:
+        if self._on_change is None:
+            return
+        try:
+            await self._on_change(key, entry)
+        except Exception:
+            # A failing listener must not turn a good refresh into a failed one; the entry is already stored.
+            structlog.get_logger().exception("integration_status.cache.on_change_failed", key=key)

@@ -1,0 +1,162 @@
+"""ETags for the status envelope: a stable content hash, its header form, and ``If-None-Match`` matching.
+
+The hash is taken over canonical JSON (sorted keys, no whitespace, UTF-8), so the same content gives the same
+tag in every process and on every machine. ``If-None-Match`` follows the entity-tag grammar of RFC 9110
+(sections 8.8.3 and 13.1.2) with weak comparison; anything that does not parse is treated as "no match" (the
+client gets a normal 200).
+
+>>> tag = compute_etag({"projectId": "p1", "items": []})
+>>> if_none_match_matches(f'W/"zzz", {format_etag(tag)}', tag)
+True
+>>> if_none_match_matches("not-quoted", tag)
+False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "EntityTag",
+    "IfNoneMatch",
+    "canonical_json",
+    "compute_etag",
+    "format_etag",
+    "if_none_match_matches",
+    "parse_if_none_match",
+]
+
+#: Hex characters of the hash: 128 bits is plenty to tell envelopes apart and keeps the header short.
+HASH_LENGTH: Final = 32
+_OWS: Final = " \t"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of a JSON value that everything hashes: sorted keys, no whitespace, UTF-8.
+
+    >>> canonical_json({"b": 1, "a": [True, None, "é"]})
+    b'{"a":[true,null,"\\xc3\\xa9"],"b":1}'
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compute_etag(envelope_json_without_hash: Mapping[str, Any]) -> str:
+    """The content hash of an envelope's JSON (without its ``hash`` field): 32 lower-case hex characters.
+
+    A top-level ``hash`` key, if present anyway, is ignored so that the hash never depends on itself.
+    """
+    body = {k: v for k, v in envelope_json_without_hash.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()[:HASH_LENGTH]
+
+
+def _is_etagc(ch: str) -> bool:
+    # etagc = %x21 / %x23-7E / obs-text (%x80-FF); header values arrive decoded as latin-1.
+    code = ord(ch)
+    return code == 0x21 or 0x23 <= code <= 0x7E or 0x80 <= code <= 0xFF
+
+
+def format_etag(hash_value: str) -> str:
+    """The strong, quoted ``ETag`` header value for a hash.
+
+    >>> format_etag("abc")
+    '"abc"'
+    """
+    if not all(_is_etagc(ch) for ch in hash_value):
+        raise ValueError("an entity-tag may not contain quotes, spaces or control characters")
+    return f'"{hash_value}"'
+
+
+@attrs.frozen(kw_only=True)
+class EntityTag:
+    """One entity-tag of a list: its opaque value (without quotes) and whether it was marked weak (``W/``)."""
+
+    opaque: str
+    weak: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class IfNoneMatch:
+    """A parsed ``If-None-Match`` header: either ``*`` (``any_tag``) or a list of entity-tags."""
+
+    any_tag: bool = False
+    tags: tuple[EntityTag, ...] = ()
+
+    def matches(self, current_hash: str) -> bool:
+        """Weak comparison (RFC 9110 8.8.3.2): the opaque values are equal, whatever the weakness flags."""
+        return self.any_tag or any(tag.opaque == current_hash for tag in self.tags)
+
+
+def _skip_ows(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _OWS:
+        i += 1
+    return i
+
+
+def _parse_tag(text: str, i: int) -> tuple[EntityTag, int] | None:
+    """Parse ``[W/] DQUOTE *etagc DQUOTE`` at ``i``; the tag and the index after it, or None."""
+    weak = text.startswith("W/", i)  # the weak indicator is case-sensitive
+    if weak:
+        i += 2
+    if i >= len(text) or text[i] != '"':
+        return None
+    end = i + 1
+    while end < len(text) and text[end] != '"':
+        if not _is_etagc(text[end]):
+            return None
+        end += 1
+    if end >= len(text):  # unterminated quote
+        return None
+    return EntityTag(opaque=text[i + 1 : end], weak=weak), end + 1
+
+
+def parse_if_none_match(header: str | None) -> IfNoneMatch | None:
+    """Parse an ``If-None-Match`` value; None when it is absent, empty or malformed (it never raises).
+
+    Empty list elements (``"a", , "b"``) are allowed, as RFC 9110 5.6.1 asks recipients to accept them.
+
+    >>> parse_if_none_match('"a", W/"b"').tags
+    (EntityTag(opaque='a', weak=False), EntityTag(opaque='b', weak=True))
+    >>> parse_if_none_match("*").any_tag
+    True
+    >>> parse_if_none_match('"unterminated') is None
+    True
+    """
+    if not isinstance(header, str):
+        return None
+    text = header.strip(_OWS)
+    if not text:
+        return None
+    if text == "*":
+        return IfNoneMatch(any_tag=True)
+    tags: list[EntityTag] = []
+    i = 0
+    while True:
+        i = _skip_ows(text, i)
+        if i < len(text) and text[i] != ",":
+            parsed = _parse_tag(text, i)
+            if parsed is None:
+                return None
+            tag, i = parsed
+            tags.append(tag)
+            i = _skip_ows(text, i)
+        if i >= len(text):
+            break
+        if text[i] != ",":  # two tags without a comma, or trailing garbage after a tag
+            return None
+        i += 1
+    return IfNoneMatch(tags=tuple(tags)) if tags else None
+
+
+def if_none_match_matches(header: str | None, current_hash: str) -> bool:
+    """Whether ``If-None-Match`` matches the current hash (bare, without quotes): the request may get a 304.
+
+    >>> if_none_match_matches('W/"abc"', "abc"), if_none_match_matches('"abd"', "abc")
+    (True, False)
+    """
+    parsed = parse_if_none_match(header)
+    return parsed is not None and parsed.matches(current_hash)
