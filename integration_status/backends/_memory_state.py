@@ -1,0 +1,153 @@
+"""In-process idempotency records and rate-limit logs: the embedded default engines for one worker.
+
+They follow the contracts in :mod:`integration_status.core.idempotency` and
+:mod:`integration_status.core.ratelimit` exactly. Neither method awaits between reading and writing a record,
+so one event loop makes them atomic; the rate limiter still takes a per-key lock so the contract holds if a
+future change adds an await. Expired entries are swept at most once every ``sweep_every`` seconds, so memory
+stays bounded by the keys that are live within roughly one retention period.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+import anyio
+import attrs
+import structlog
+
+from integration_status.core.clock import SYSTEM_CLOCK, Clock
+from integration_status.core.ratelimit import decide
+from integration_status.protocols import BeginResult, RateDecision, StoredResponse
+
+__all__ = ["MemoryIdempotencyStore", "MemoryRateLimiter"]
+
+
+@attrs.frozen(kw_only=True)
+class _Record:
+    fingerprint: str
+    state: Literal["in_flight", "done"]
+    #: Wall-clock time after which the record no longer exists (lease end, or retention end).
+    expires_at: float
+    token: str | None = None
+    response: StoredResponse | None = None
+
+
+class MemoryIdempotencyStore:
+    """Idempotency records in a dict. Wall-clock times (``clock.time()``), like the shared engines."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, sweep_every: float = 60.0) -> None:
+        self._clock = clock
+        self._records: dict[str, _Record] = {}
+        self._sweep_every = sweep_every
+        self._next_sweep = clock.time() + sweep_every
+
+    def _live(self, key: str, now: float) -> _Record | None:
+        record = self._records.get(key)
+        if record is not None and now >= record.expires_at:
+            del self._records[key]
+            return None
+        return record
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_every
+        for key in [k for k, r in self._records.items() if now >= r.expires_at]:
+            del self._records[key]
+
+    async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
+        """See :mod:`integration_status.core.idempotency` for the states."""
+        if lease <= 0 or keep_for <= 0:
+            raise ValueError("lease and keep_for must be positive")
+        now = self._clock.time()
+        self._sweep(now)
+        record = self._live(key, now)
+        if record is None:
+            token = secrets.token_hex(16)
+            self._records[key] = _Record(
+                fingerprint=fingerprint, state="in_flight", expires_at=now + lease, token=token
+            )
+            return BeginResult(state="started", token=token)
+        if record.fingerprint != fingerprint:
+            return BeginResult(state="mismatch")
+        if record.state == "in_flight":
+            return BeginResult(state="in_flight")
+        return BeginResult(state="replay", response=record.response)
+
+    def _owned(self, key: str, token: str) -> _Record | None:
+        record = self._live(key, self._clock.time())
+        owner = record.token if record is not None and record.state == "in_flight" else None
+        if record is None or owner is None or not secrets.compare_digest(owner, token):
+            structlog.get_logger().info("integration_status.idempotency.lease_lost")
+            return None
+        return record
+
+    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None:
+        """Store ``response`` for replay for ``keep_for`` seconds; a no-op when ``token`` lost the lease."""
+        record = self._owned(key, token)
+        if record is not None:
+            self._records[key] = attrs.evolve(
+                record, state="done", token=None, response=response, expires_at=self._clock.time() + keep_for
+            )
+
+    async def release(self, key: str, token: str) -> None:
+        """Forget the in-flight record so the key can be retried; a no-op when ``token`` lost the lease."""
+        if self._owned(key, token) is not None:
+            del self._records[key]
+
+    def __len__(self) -> int:
+        """Records held right now, expired ones included until the next sweep (for tests and metrics)."""
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"MemoryIdempotencyStore(records={len(self._records)})"
+
+
+class MemoryRateLimiter:
+    """Sliding-window logs in a dict, decided by :func:`integration_status.core.ratelimit.decide`.
+
+    Uses ``clock.monotonic()``: a window is a local duration, immune to wall-clock steps.
+    """
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, sweep_every: float = 60.0) -> None:
+        self._clock = clock
+        #: key -> (hit log, window it was recorded with)
+        self._logs: dict[str, tuple[tuple[float, ...], float]] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._sweep_every = sweep_every
+        self._next_sweep = clock.monotonic() + sweep_every
+
+    def _lock(self, key: str) -> anyio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = anyio.Lock()
+        return lock
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_every
+        for key, (hits, window) in list(self._logs.items()):
+            lock = self._locks.get(key)
+            busy = lock is not None and (lock.locked() or lock.statistics().tasks_waiting > 0)
+            if not busy and (not hits or hits[-1] + window <= now):
+                del self._logs[key]
+                self._locks.pop(key, None)
+
+    async def hit(self, key: str, *, limit: int, window: float) -> RateDecision:
+        """Count one action for ``key`` if a slot is free (see :mod:`integration_status.core.ratelimit`)."""
+        async with self._lock(key):
+            now = self._clock.monotonic()
+            hits, _ = self._logs.get(key, ((), window))
+            decision, kept = decide(hits, now, limit=limit, window=window)
+            self._logs[key] = (kept, window)
+        self._sweep(now)
+        return decision
+
+    def __len__(self) -> int:
+        """Keys with a log right now (for tests and metrics)."""
+        return len(self._logs)
+
+    def __repr__(self) -> str:
+        return f"MemoryRateLimiter(keys={len(self._logs)})"
