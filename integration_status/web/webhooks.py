@@ -1,0 +1,222 @@
+"""``POST {prefix}/webhooks/{provider}``, framework-neutral: raw bytes and headers in, a result out.
+
+A mount reads the raw body (at most ``max_body + 1`` bytes), calls :func:`handle_webhook`, answers
+``result.status`` with ``result.body`` as JSON, publishes ``result.events`` to the project's event bus and,
+when ``result.invalidate`` is set, drops the provider's cached status for ``result.project_id``.
+
+Order of checks: provider (404) -> body size (413) -> JSON (400) -> integration (404) -> signature over the
+raw body (401) -> timestamp (401, Sanity) -> payload fields (400) -> replay (200 ``duplicate``, no events).
+The body is parsed before it is authenticated because the integration (and so the secret) is found from it;
+nothing is acted on before the signature holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Protocol, TypeAlias
+
+import attrs
+import structlog
+from cachetools import TLRUCache
+
+from integration_status.core.clock import Clock, epoch_ms
+from integration_status.core.webhooks import (
+    WEBHOOK_PROVIDERS,
+    WebhookProvider,
+    check_signature,
+    delivery_id,
+    sign_github,
+    sign_sanity,
+    sign_vercel,
+    translate,
+)
+from integration_status.exceptions import InvalidModel
+from integration_status.protocols import Secret
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_REPLAY_TTL",
+    "DEFAULT_TOLERANCE",
+    "DeliveryLog",
+    "MemoryDeliveryLog",
+    "WebhookResolver",
+    "WebhookResult",
+    "WebhookTarget",
+    "handle_webhook",
+    "sign_github",
+    "sign_sanity",
+    "sign_vercel",
+]
+
+DEFAULT_MAX_BODY: Final = 1_048_576
+DEFAULT_TOLERANCE: Final = 300.0
+#: How long a delivery id is remembered. GitHub and Vercel sign no timestamp, so this window is their only
+#: replay bound; a day covers every automatic retry schedule.
+DEFAULT_REPLAY_TTL: Final = 86_400.0
+
+
+@attrs.frozen(kw_only=True)
+class WebhookTarget:
+    """The integration a delivery belongs to, as the host's resolver finds it."""
+
+    project_id: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: The per-integration signing secret configured at the provider.
+    secret: Secret = attrs.field(validator=attrs.validators.instance_of(Secret))
+
+
+#: ``(provider, headers with lower-case names, parsed JSON body) -> target``, or None for an unknown
+#: integration (404). GitHub: by ``repository.full_name``; Vercel: by ``payload.project.id``; Sanity: by the
+#: ``sanity-project-id`` header. The body is not yet authenticated when the resolver sees it: look it up,
+#: never act on it.
+WebhookResolver: TypeAlias = Callable[[str, Mapping[str, str], Any], Awaitable[WebhookTarget | None]]
+
+
+class DeliveryLog(Protocol):
+    """Remembers delivery ids for replay protection (process memory, or a shared store for many workers)."""
+
+    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
+        """Record ``delivery_id`` for ``ttl`` seconds; True the first time, False while it is remembered."""
+        ...
+
+
+class MemoryDeliveryLog:
+    """A bounded in-process :class:`DeliveryLog` on the injected clock.
+
+    When more than ``maxsize`` ids are live, the least recently seen is forgotten first, so memory stays
+    bounded under a flood at the price of a shorter replay window for the oldest ids.
+    """
+
+    def __init__(self, *, clock: Clock, maxsize: int = 100_000) -> None:
+        # Each entry stores its own expiry, so one log serves callers with different TTLs.
+        self._seen: TLRUCache[str, float] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, expires, _now: expires, timer=clock.time
+        )
+        self._clock = clock
+
+    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
+        if delivery_id in self._seen:
+            return False
+        self._seen[delivery_id] = self._clock.time() + ttl
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __repr__(self) -> str:
+        return f"MemoryDeliveryLog(size={len(self._seen)}, maxsize={int(self._seen.maxsize)})"
+
+
+@attrs.frozen(kw_only=True)
+class WebhookResult:
+    """What to answer and what to do.
+
+    ``status``: 200 accepted (also ``ping`` and duplicates), 202 an authentic delivery of a kind we ignore,
+    400 malformed, 401 bad or missing signature or stale timestamp, 404 unknown provider or integration,
+    413 body too large. ``events`` are raw events (camelCase JSON) to publish, empty unless 200.
+    """
+
+    status: int
+    provider: str
+    body: Mapping[str, Any] = attrs.field(hash=False)
+    project_id: str | None = None
+    events: tuple[Mapping[str, Any], ...] = attrs.field(default=(), hash=False)
+    invalidate: bool = False
+
+
+def _log() -> Any:
+    return structlog.get_logger()
+
+
+def _reject(provider: str, status: int, code: str, message: str, reason: str) -> WebhookResult:
+    # Only the provider name and a fixed reason word: never a header value, body byte or secret.
+    _log().info("integration_status.webhook.rejected", provider=provider, reason=reason)
+    return WebhookResult(status=status, provider=provider, body={"error": {"code": code, "message": message}})
+
+
+_UNAUTHORIZED_MESSAGES: Final = {
+    "missing_signature": "Missing webhook signature",
+    "malformed_signature": "Malformed webhook signature",
+    "stale_timestamp": "Webhook timestamp outside the allowed window",
+}
+
+
+async def handle_webhook(
+    provider: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    resolve: WebhookResolver,
+    deliveries: DeliveryLog,
+    clock: Clock,
+    max_body: int = DEFAULT_MAX_BODY,
+    tolerance: float = DEFAULT_TOLERANCE,
+    replay_ttl: float = DEFAULT_REPLAY_TTL,
+) -> WebhookResult:
+    """Verify one provider webhook delivery and turn it into raw events.
+
+    ``headers`` may use any case; ``body`` must be the raw bytes as received (signatures cover them exactly).
+    ``tolerance`` bounds the Sanity signature timestamp (seconds either side of ``clock.time()``);
+    ``replay_ttl`` is how long delivery ids are remembered.
+    """
+    if provider not in WEBHOOK_PROVIDERS:
+        # The name comes from the URL path: keep the log line short.
+        return _reject(provider[:32], 404, "not_found", "Unknown webhook provider", "unknown_provider")
+    name: WebhookProvider = provider
+    if len(body) > max_body:
+        return _reject(name, 413, "invalid_request", f"Body larger than {max_body} bytes", "too_large")
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _reject(name, 400, "invalid_request", "Body is not valid JSON", "malformed_json")
+    lowered = {k.lower(): v for k, v in headers.items()}
+
+    target = await resolve(name, lowered, payload)
+    if target is None:
+        return _reject(name, 404, "not_found", "Unknown integration", "unknown_integration")
+
+    now = clock.time()
+    reason = check_signature(name, target.secret.reveal(), lowered, body, now=now, tolerance=tolerance)
+    if reason is not None:
+        message = _UNAUTHORIZED_MESSAGES.get(reason, "Invalid webhook signature")
+        return _reject(name, 401, "unauthorized", message, reason)
+
+    # Authentic from here on. Translating (pure) before recording the delivery means a signed but malformed
+    # delivery is not remembered, so a corrected retry is not mistaken for a replay.
+    try:
+        translation = translate(name, lowered, payload, project_id=target.project_id, ts=epoch_ms(clock))
+    except InvalidModel as exc:
+        return _reject(name, 400, "invalid_request", f"Malformed {name} webhook: {exc}", "malformed_payload")
+    key = delivery_id(name, lowered, payload)
+    if key is None:
+        return _reject(name, 400, "invalid_request", "Missing webhook delivery id", "missing_delivery_id")
+    if not await deliveries.first_seen(f"{name}:{key}", replay_ttl):
+        _log().info("integration_status.webhook.duplicate", provider=name, kind=translation.kind)
+        return WebhookResult(
+            status=200, provider=name, project_id=target.project_id, body={"ok": True, "duplicate": True}
+        )
+
+    if translation.ignored:
+        _log().debug("integration_status.webhook.ignored", provider=name, kind=translation.kind)
+        return WebhookResult(
+            status=202,
+            provider=name,
+            project_id=target.project_id,
+            body={"ok": True, "ignored": True},
+            invalidate=translation.invalidate,
+        )
+    _log().info(
+        "integration_status.webhook.accepted",
+        provider=name,
+        kind=translation.kind,
+        project_id=target.project_id,
+        events=len(translation.events),
+    )
+    return WebhookResult(
+        status=200,
+        provider=name,
+        project_id=target.project_id,
+        body={"ok": True},
+        events=translation.events,
+        invalidate=translation.invalidate,
+    )
