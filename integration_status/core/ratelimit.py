@@ -62,7 +62,7 @@ def decide(
         raise ValueError("limit must be at least 1")
     if window <= 0:
         raise ValueError("window must be positive")
-    counted = tuple(sorted(t for t in hits if t + window > now))
+    counted = tuple(sorted(t for t in hits if t > now - window))
     if len(counted) < limit:
         kept = (*counted, now)
         decision = RateDecision(
