@@ -1,0 +1,244 @@
+"""Quick actions: validation, permission, idempotency, the rate limit, dispatch and the result, in that order.
+
+The order is the contract of SPEC.md "Actions": 401 -> 400 (body, Idempotency-Key) -> 404 -> 403 -> idempotency
+(replay / 409 / 422) -> 429 -> run. Idempotency comes before the rate limit so a replay never costs a slot.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import structlog
+
+from integration_status.core.aggregator import cache_key
+from integration_status.core.deadline import call_with_timeout
+from integration_status.core.idempotency import fingerprint, parse_idempotency_key, scope_key
+from integration_status.core.ratelimit import rate_key, rate_limit_headers, retry_after_seconds
+from integration_status.exceptions import (
+    Forbidden,
+    InvalidRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    RateLimitExceeded,
+)
+from integration_status.models import PROVIDERS, ProviderKey
+from integration_status.protocols import (
+    ActionContext,
+    ActionHandler,
+    ActionOutcome,
+    ActionRequest,
+    ProviderConnection,
+    StoredResponse,
+    Viewer,
+)
+from integration_status.snapshot import PROVIDER_ACTIONS
+
+if TYPE_CHECKING:
+    from integration_status.service import StatusService
+
+_log = structlog.get_logger("integration_status.actions")
+
+MAX_BODY: Final = 64 * 1024
+#: HTTP status of an action whose provider failed, by problem code (the body carries the code).
+PROVIDER_FAILURE_STATUS: Final[Mapping[str, int]] = {
+    "oauth_revoked": 502,
+    "rate_limited": 503,
+    "timeout": 504,
+    "unknown": 502,
+}
+
+
+@attrs.frozen(kw_only=True)
+class ActionCall:
+    """A validated action request body."""
+
+    project_id: str
+    provider: ProviderKey
+    action: str
+    payload: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"projectId": self.project_id, "provider": self.provider, "action": self.action}
+        if self.payload is not None:
+            out["payload"] = self.payload
+        return out
+
+
+def parse_action_body(body: object) -> ActionCall:
+    """Validate ``{projectId, provider, action, payload?}``; errors name the field (400 invalid_request)."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("body must be a JSON object")
+    unknown = set(body) - {"projectId", "provider", "action", "payload"}
+    if unknown:
+        raise InvalidRequest(f"unknown field: {sorted(unknown)[0]}")
+    project_id = body.get("projectId")
+    if not isinstance(project_id, str) or not project_id or len(project_id) > 200 or not project_id.isprintable():
+        raise InvalidRequest("projectId must be a non-empty string of at most 200 printable characters")
+    provider = body.get("provider")
+    if provider not in PROVIDERS:
+        raise InvalidRequest(f"provider must be one of {', '.join(PROVIDERS)}")
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise InvalidRequest("action must be a string")
+    known = [a for a, _ in PROVIDER_ACTIONS[provider]]
+    if action not in known:
+        raise InvalidRequest(f"action must be one of {', '.join(known)} for {provider}")
+    return ActionCall(project_id=project_id, provider=provider, action=action, payload=body.get("payload"))
+
+
+@attrs.frozen(kw_only=True)
+class ActionResult:
+    """What the actions endpoint answers: status, JSON body, extra headers, and whether it was a replay."""
+
+    status: int
+    body: Mapping[str, Any] = attrs.field(hash=False)
+    headers: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    replayed: bool = False
+
+
+def new_operation_id() -> str:
+    return "op_" + secrets.token_urlsafe(12)
+
+
+def failure_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A provider failure as the actions endpoint answers it (no secrets: messages come from our error tree)."""
+    error: dict[str, Any] = {"code": exc.problem_code, "message": str(exc)}
+    if exc.hint:
+        error["hint"] = exc.hint
+    headers: dict[str, str] = {}
+    if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
+        seconds = max(1, round(exc.retry_after))
+        error["retryAfter"] = seconds
+        headers["Retry-After"] = str(seconds)
+    return PROVIDER_FAILURE_STATUS[exc.problem_code], {"success": False, "error": error}, headers
+
+
+class ActionRunner:
+    """Runs quick actions for a :class:`~integration_status.service.StatusService`."""
+
+    def __init__(
+        self,
+        service: StatusService,
+        *,
+        overrides: Mapping[tuple[str, str], ActionHandler] | None = None,
+    ) -> None:
+        self._service = service
+        self._overrides = dict(overrides or {})
+
+    def handler(self, provider: ProviderKey, action: str) -> ActionHandler | None:
+        override = self._overrides.get((provider, action))
+        if override is not None:
+            return override
+        adapter = self._service.adapters.get(provider)
+        return None if adapter is None else adapter.action_handlers().get(action)
+
+    async def act(
+        self, *, viewer: Viewer, body: object, idempotency_key: str | None, method: str = "POST", path: str = ""
+    ) -> ActionResult:
+        service = self._service
+        call = parse_action_body(body)
+        key = parse_idempotency_key(idempotency_key)
+        connections = await service.project(call.project_id, viewer)
+        if call.action not in service.policy.allowed_actions(viewer, call.project_id, call.provider):
+            raise Forbidden(f"your role may not run {call.action} on {call.provider}")
+        connection = connections.get(call.provider)
+        if connection is None and call.action != "connect":
+            raise InvalidRequest(f"{call.provider} is not connected for this project", hint="Connect it first")
+        handler = self.handler(call.provider, call.action)
+        if handler is None:
+            raise InvalidRequest(f"{call.action} is not available on this server for {call.provider}")
+        decision_headers: dict[str, str] = {}
+
+        async def run() -> StoredResponse:
+            decision = await service.engine.rate_limiter.hit(
+                rate_key(viewer.user_id, call.project_id),
+                limit=service.settings.rate_limit,
+                window=service.settings.rate_window,
+            )
+            decision_headers.update(rate_limit_headers(decision, window=service.settings.rate_window))
+            if not decision.allowed:
+                raise RateLimitExceeded(
+                    f"at most {decision.limit} actions per {service.settings.rate_window:g}s per user and project",
+                    hint="Wait before trying again",
+                    retry_after=retry_after_seconds(decision),
+                )
+            return await self._dispatch(call, viewer, connection or ProviderConnection(provider=call.provider), handler)
+
+        try:
+            stored, replayed = await service.idempotency.run(
+                scope=scope_key(viewer.user_id, call.project_id, key),
+                fingerprint=fingerprint(method, path, call.to_json()),
+                action=run,
+            )
+        except RateLimitExceeded as exc:
+            exc.headers = dict(decision_headers)  # type: ignore[attr-defined]
+            raise
+        headers = {**stored.headers, **decision_headers}
+        if replayed:
+            headers = {**stored.headers, "Idempotent-Replayed": "true"}
+        return ActionResult(status=stored.status, body=stored.body, headers=headers, replayed=replayed)
+
+    async def _dispatch(
+        self, call: ActionCall, viewer: Viewer, connection: ProviderConnection, handler: ActionHandler
+    ) -> StoredResponse:
+        service = self._service
+        operation_id = new_operation_id()
+        entry = await service.cache.peek(cache_key(call.project_id, call.provider))
+
+        async def publish(event: Mapping[str, Any]) -> None:
+            await service.publish(call.project_id, event)
+
+        ctx = ActionContext(
+            clock=service.clock,
+            operation_id=operation_id,
+            timeout=service.settings.action_timeout,
+            publish=publish,
+            spawn=service.spawn,
+            snapshot=None if entry is None else entry.snapshot,
+        )
+        request = ActionRequest(
+            project_id=call.project_id,
+            provider=call.provider,
+            action=call.action,
+            payload=call.payload,
+            user_id=viewer.user_id,
+        )
+        try:
+            outcome: ActionOutcome = await call_with_timeout(
+                service.clock, service.settings.action_timeout, lambda: handler(request, connection, ctx)
+            )
+        except TimeoutError:
+            outcome_exc: ProviderError = ProviderTimeout(
+                f"{call.provider} {call.action} did not finish in time", provider=call.provider
+            )
+            return self._failed(call, outcome_exc)
+        except ProviderError as exc:
+            return self._failed(call, exc)
+        _log.info(
+            "integration_status.action.succeeded", provider=call.provider, action=call.action, done=outcome.done
+        )
+        if outcome.changes_state:
+            service.spawn(_refresh_later(service.refresh_provider, call.project_id, call.provider))
+        body: dict[str, Any] = {"success": True, "operationId": outcome.operation_id or operation_id}
+        body.update({k: v for k, v in outcome.data.items() if k not in body})
+        return StoredResponse(status=200 if outcome.done else 202, body=body)
+
+    def _failed(self, call: ActionCall, exc: ProviderError) -> StoredResponse:
+        _log.info(
+            "integration_status.action.failed", provider=call.provider, action=call.action, code=exc.problem_code
+        )
+        status, body, headers = failure_body(exc)
+        return StoredResponse(status=status, body=body, headers=headers)
+
+
+def _refresh_later(
+    refresh: Callable[[str, ProviderKey], Awaitable[None]], project_id: str, provider: ProviderKey
+) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await refresh(project_id, provider)
+
+    return run
