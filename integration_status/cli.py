@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
+import structlog
 
 from integration_status.exceptions import ConfigurationError, IntegrationStatusError
 from integration_status.models import ProviderKey, StatusEnvelope
@@ -197,7 +199,9 @@ def format_table(envelope: StatusEnvelope) -> str:
         item = by_key.get(key)
         if item is None:
             continue
-        parts = [f"{label:<9}", f"{item.status:<12}"]
+        # U+FE0F (the emoji presentation selector in 🗃️) takes no column, so it does not count as padding.
+        pad = " " * max(0, 9 - len(label) + label.count("\ufe0f"))
+        parts = [label + pad, f"{item.status:<12}"]
         if item.summary:
             parts.append(item.summary)
         if item.stale:
@@ -304,6 +308,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 2
     for line in env_warnings(env):
         print(f"integration-status check: {line}", file=sys.stderr)
+    _configure_logging()
     try:
         envelope = anyio.run(_run_check, args, env)
     except IntegrationStatusError as exc:
@@ -312,6 +317,15 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     print(format_json(envelope) if args.json else format_table(envelope))
     return exit_code(envelope)
+
+
+def _configure_logging() -> None:
+    # This is an application entry point, so it may configure structlog (library code never does): log lines
+    # go to stderr and only from warnings up, so that stdout carries nothing but the table or the JSON.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
 
 
 # --- the one place that runs the service -----------------------------------------------------------------

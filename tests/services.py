@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -28,7 +29,8 @@ def _missing(reason: str) -> NoReturn:
 
 def require_postgres(dsn: str = POSTGRES_DSN) -> str:
     """Return ``dsn`` when PostgreSQL answers ``select 1``; otherwise skip (or fail under ``CI=true``)."""
-    reason = f"PostgreSQL not reachable on {POSTGRES_HOST}:{POSTGRES_PORT}"
+    where = urlsplit(dsn)
+    reason = f"PostgreSQL not reachable on {where.hostname}:{where.port or 5432}"
     try:
         import psycopg
     except ImportError:
@@ -43,9 +45,11 @@ def require_postgres(dsn: str = POSTGRES_DSN) -> str:
 
 def require_redis(url: str = REDIS_URL) -> str:
     """Return ``url`` when Redis accepts a TCP connection and answers PING; otherwise skip (or fail in CI)."""
-    reason = f"Redis not reachable on {REDIS_HOST}:{REDIS_PORT}"
+    where = urlsplit(url)
+    host, port = where.hostname or REDIS_HOST, where.port or REDIS_PORT
+    reason = f"Redis not reachable on {host}:{port}"
     try:
-        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1).close()
+        socket.create_connection((host, port), timeout=1).close()
     except OSError:
         _missing(reason)
     try:

@@ -229,6 +229,21 @@ def test_table_lists_providers_in_status_bar_order() -> None:
     assert "disconnected" in lines[3]
 
 
+def test_table_status_column_lines_up_on_screen() -> None:
+    """The status column starts at the same screen column on every line (the emoji selector takes none)."""
+    statuses = dict(zip(PROVIDERS, STATUSES, strict=True))
+    lines = format_table(_envelope(**statuses)).splitlines()
+    columns = {
+        line.replace("\ufe0f", "").index(status)
+        for line, status in zip(
+            lines,
+            [statuses["supabase"], statuses["github"], statuses["vercel"], statuses["sanity"]],
+            strict=True,
+        )
+    }
+    assert len(columns) == 1
+
+
 def test_table_shows_summary_stale_and_problem() -> None:
     """Summary, the stale marker and the problem code with its hint all appear on the provider's line."""
     github = IntegrationStatus(
