@@ -43,7 +43,7 @@ ErrorKind: TypeAlias = Literal["auth", "unreachable", "other"]
 
 # SQLSTATE 28000 invalid_authorization_specification (unknown role, no pg_hba entry), 28P01 invalid_password.
 _AUTH_SQLSTATES: Final = frozenset({"28000", "28P01"})
-# libpq reports failures before a session exists as text without a SQLSTATE, so the text is all there is.
+# libpq reports failures during connection setup as text without a SQLSTATE, so the text is all there is.
 _AUTH_MARKERS: Final = (
     "password authentication failed",
     "authentication failed",
