@@ -17,24 +17,39 @@ import anyio.abc
 import attrs
 import structlog
 
-from integration_status.core.aggregator import Aggregator, AggregatorConfig, split_cache_key
+from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
 from integration_status.core.breaker import BreakerConfig
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
+from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
+from integration_status.core.events import redact_event
+from integration_status.core.idempotency import IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, view_item
 from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
-from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope
+from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
 from integration_status.protocols import (
     Adapter,
     Authenticator,
     Authorizer,
     CacheEntry,
+    ActionHandler,
     ConnectionResolver,
     ProjectConnections,
     RequestInfo,
+    StoredEvent,
+    Subscription,
     Viewer,
 )
+from integration_status.web.webhooks import WebhookResolver, WebhookResult, handle_webhook
+
+#: Which provider's visibility applies to an event type.
+EVENT_PROVIDER: dict[str, ProviderKey] = {
+    "deploy:started": "vercel",
+    "deploy:finished": "vercel",
+    "github:push": "github",
+    "sanity:webhook": "sanity",
+}
 
 _log = structlog.get_logger("integration_status.service")
 
@@ -101,7 +116,10 @@ class StatusService:
         engine: Any = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: Any = None,
+        action_handlers: Mapping[tuple[str, str], ActionHandler] | None = None,
+        webhooks: WebhookResolver | None = None,
     ) -> None:
+        from integration_status.actions import ActionRunner
         from integration_status.backends.memory import MemoryEngine
 
         self.settings = settings or Settings()
@@ -137,10 +155,19 @@ class StatusService:
                 breaker=self.settings.breaker,
             ),
         )
+        self.idempotency = IdempotencyGuard(
+            self.engine.idempotency, clock=clock, keep_for=self.settings.idempotency_ttl
+        )
+        self.actions = ActionRunner(self, overrides=action_handlers)
+        self.sse_connections = ConnectionLimiter(
+            per_viewer=self.settings.sse_per_viewer, per_process=self.settings.sse_per_process
+        )
+        self._webhooks = webhooks
+        self.closing = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
-        self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = []
+        self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -158,6 +185,7 @@ class StatusService:
             await stack.aclose()
             raise
         self._exit_stack = stack
+        self.closing = anyio.Event()
         self.cache.start(self._spawn)
         return self
 
@@ -168,9 +196,13 @@ class StatusService:
         if self._users > 0 or self._exit_stack is None:
             return
         assert self._task_group is not None
+        self.closing.set()  # event streams end cleanly before the background work is cancelled
         self._task_group.cancel_scope.cancel()
-        stack, self._exit_stack, self._task_group = self._exit_stack, None, None
-        await stack.aclose()
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            await stack.aclose()
+        finally:
+            self._task_group = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -221,14 +253,18 @@ class StatusService:
         """The viewer's status envelope with its ETag; ``not_modified`` when ``if_none_match`` matches."""
         self._require_running()
         connections = await self.project(project_id, viewer)
-        views = await self.aggregator.collect(connections.project_id, connections)
-        items = self.render(connections.project_id, views, viewer)
+        items = await self.items(connections, viewer)
         body = StatusEnvelope(project_id=connections.project_id, items=items)
         digest = compute_etag(body.to_json(with_hash=False))
         envelope = attrs.evolve(body, hash=digest)
         return StatusResult(
             envelope=envelope, etag=format_etag(digest), not_modified=if_none_match_matches(if_none_match, digest)
         )
+
+    async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:
+        """The four items of a project, as ``viewer`` sees them now."""
+        views = await self.aggregator.collect(connections.project_id, connections)
+        return self.render(connections.project_id, views, viewer)
 
     def render(self, project_id: str, views: Iterable[ProviderView], viewer: Viewer) -> tuple[IntegrationStatus, ...]:
         """Raw views -> the viewer's redacted items (pure apart from reading the clock)."""
@@ -257,5 +293,90 @@ class StatusService:
             except Exception:
                 _log.exception("integration_status.service.listener_failed", provider=provider)
 
+    async def _announce(self, project_id: str, provider: ProviderKey) -> None:
+        await self.publish(project_id, {"type": "status:update", "projectId": project_id, "ts": self.now_ms()})
+
+    async def refresh_provider(self, project_id: str, provider: ProviderKey) -> None:
+        """Drop a provider's cached freshness, fetch it again, and announce the result with a status:update
+        (whether or not it changed: the caller just did something to the provider)."""
+        await self.cache.invalidate(cache_key(project_id, provider))
+        connections = await self._connections(project_id)
+        if connections is not None:
+            await self.aggregator.collect(project_id, connections)
+        await self._announce(project_id, provider)
+
     def now_ms(self) -> int:
         return epoch_ms(self.clock)
+
+    # --- actions --------------------------------------------------------------------------------------------
+
+    async def act(
+        self, viewer: Viewer, body: object, *, idempotency_key: str | None, method: str = "POST", path: str = ""
+    ) -> Any:
+        """Run a quick action (see :mod:`integration_status.actions`); returns an ``ActionResult``."""
+        self._require_running()
+        return await self.actions.act(
+            viewer=viewer, body=body, idempotency_key=idempotency_key, method=method, path=path
+        )
+
+    # --- events ---------------------------------------------------------------------------------------------
+
+    async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
+        """Put a raw (unredacted) event on the project's bus; returns its id."""
+        return await self.engine.events.publish(project_id, event)
+
+    def subscribe(
+        self, project_id: str, *, last_event_id: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Raw events of one project, resuming after ``last_event_id`` (see the EventBus protocol)."""
+        return self.engine.events.subscribe(project_id, last_event_id=last_event_id)  # type: ignore[no-any-return]
+
+    async def snapshot_event(self, connections: ProjectConnections, viewer: Viewer) -> dict[str, Any]:
+        """A ``status:update`` carrying the viewer's current items."""
+        items = await self.items(connections, viewer)
+        return StatusUpdate(project_id=connections.project_id, items=items, ts=self.now_ms()).to_json()
+
+    async def event_for(
+        self, stored: StoredEvent, connections: ProjectConnections, viewer: Viewer
+    ) -> dict[str, Any] | None:
+        """One raw event as ``viewer`` may see it. Raw ``status:update`` events are markers: the viewer's own
+        current items are rendered for them."""
+        kind = stored.data.get("type")
+        if kind == "status:update":
+            event = await self.snapshot_event(connections, viewer)
+            event["ts"] = stored.data.get("ts", event["ts"])
+            return event
+        provider = EVENT_PROVIDER.get(str(kind))
+        if provider is None:
+            return None
+        visibility = self.policy.visibility(viewer, connections.project_id, provider)
+        redacted = redact_event(stored.data, visibility)
+        return None if redacted is None else dict(redacted)
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def ingest_webhook(self, provider: str, headers: Mapping[str, str], body: bytes) -> WebhookResult:
+        """Verify a provider webhook, publish its events, refresh the provider and announce it."""
+        self._require_running()
+        if self._webhooks is None:
+            resolver: WebhookResolver = _no_webhooks
+        else:
+            resolver = self._webhooks
+        result = await handle_webhook(
+            provider, headers, body, resolve=resolver, deliveries=self.engine.deliveries, clock=self.clock
+        )
+        if result.status == 200 and result.project_id is not None:
+            for event in result.events:
+                await self.publish(result.project_id, event)
+            if result.invalidate and provider in EVENT_PROVIDER.values():
+                project_id, key = result.project_id, provider
+
+                async def refresh() -> None:
+                    await self.refresh_provider(project_id, key)  # type: ignore[arg-type]
+
+                self.spawn(refresh)
+        return result
+
+
+async def _no_webhooks(provider: str, headers: Mapping[str, str], payload: Any) -> None:
+    return None

@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, TypeAlias
 
+import anyio
 import attrs
 import structlog
 
-from integration_status.exceptions import RequestError
+from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
+from integration_status.exceptions import InvalidRequest, RequestError
 from integration_status.protocols import RequestInfo
 from integration_status.service import StatusService
 
@@ -20,15 +22,22 @@ _log = structlog.get_logger("integration_status.web")
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
 
+#: How a streaming handler sends one chunk; the mount implements it over its server.
+Write: TypeAlias = Callable[[bytes], Awaitable[None]]
+
 
 @attrs.frozen(kw_only=True)
 class Response:
-    """What a mount sends: status, headers, and either a body or a stream of chunks (SSE)."""
+    """What a mount sends: status, headers, and either a body or a ``writer`` that streams chunks (SSE).
+
+    The mount runs ``writer(write)`` and cancels it when the client disconnects; the writer cleans up in
+    ``finally`` blocks.
+    """
 
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    writer: Callable[[Write], Awaitable[None]] | None = None
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -84,3 +93,127 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
     return Response(
         status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=dumps(result.envelope.to_json())
     )
+
+
+# --- actions ------------------------------------------------------------------------------------------------
+
+MAX_ACTION_BODY: Final = 64 * 1024
+
+
+async def handle_action(service: StatusService, request: RequestInfo, body: bytes) -> Response:
+    """``POST {prefix}/actions``: see :mod:`integration_status.actions` for the order of checks."""
+    try:
+        viewer = await service.authenticate(request)
+        if len(body) > MAX_ACTION_BODY:
+            raise InvalidRequest(f"body larger than {MAX_ACTION_BODY} bytes")
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise InvalidRequest("Content-Type must be application/json")
+        try:
+            parsed = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidRequest("body is not valid JSON") from None
+        result = await service.act(
+            viewer,
+            parsed,
+            idempotency_key=request.headers.get("idempotency-key"),
+            method=request.method,
+            path=request.path,
+        )
+    except RequestError as exc:
+        return error_response(exc, tuple(getattr(exc, "headers", {}).items()), envelope=True)
+    return json_response(result.status, result.body, tuple(result.headers.items()))
+
+
+# --- webhooks -----------------------------------------------------------------------------------------------
+
+
+async def handle_webhook(service: StatusService, provider: str, request: RequestInfo, body: bytes) -> Response:
+    """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``web.webhooks``)."""
+    result = await service.ingest_webhook(provider, request.headers, body)
+    return json_response(result.status, result.body)
+
+
+# --- events -------------------------------------------------------------------------------------------------
+
+
+async def handle_events(service: StatusService, request: RequestInfo) -> Response:
+    """``GET {prefix}/events?projectId=``: a Server-Sent Events stream, redacted for this viewer.
+
+    On connect: a ``status:update`` snapshot, unless ``Last-Event-ID`` is still in the buffer, in which case
+    every later event is replayed instead. A ``status:update`` is sent only when the viewer's items differ from
+    the last ones this stream sent. A heartbeat comment every ``settings.heartbeat`` seconds. Over the
+    connection caps: a ``retry:`` hint and the stream ends at once.
+    """
+    try:
+        viewer = await service.authenticate(request)
+        connections = await service.project(request.query.get("projectId"), viewer)
+    except RequestError as exc:
+        return error_response(exc)
+    last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
+    headers = tuple(SSE_HEADERS.items())
+
+    if not service.sse_connections.acquire(viewer.user_id):
+        _log.info("integration_status.sse.refused", reason="connection cap")
+
+        async def refuse(write: Write) -> None:
+            await write(encode_event(data="too many connections", event="error", retry=30_000))
+
+        return Response(status=200, headers=headers, writer=refuse)
+
+    async def stream(write: Write) -> None:
+        lock = anyio.Lock()
+
+        async def send(frame: bytes) -> None:
+            async with lock:
+                await write(frame)
+
+        try:
+            async with service.subscribe(connections.project_id, last_event_id=last_event_id) as subscription:
+                await send(encode_comment("connected"))
+                last_items: object = None
+                if last_event_id is None or subscription.gap:
+                    snapshot = await service.snapshot_event(connections, viewer)
+                    last_items = snapshot["items"]
+                    await send(encode_event(data=snapshot, event="status:update"))
+                async with anyio.create_task_group() as tg:
+
+                    async def heartbeat() -> None:
+                        while True:
+                            await service.clock.sleep(service.settings.heartbeat)
+                            await send(encode_comment())
+
+                    async def shutdown() -> None:
+                        await service.closing.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(heartbeat)
+                    tg.start_soon(shutdown)
+                    try:
+                        async for stored in subscription:
+                            event = await service.event_for(stored, connections, viewer)
+                            if event is None:
+                                continue
+                            if event["type"] == "status:update":
+                                # Only what changed for this viewer: several raw markers can render alike.
+                                if event["items"] == last_items:
+                                    continue
+                                last_items = event["items"]
+                            await send(encode_event(data=event, event=str(event["type"]), id=stored.id))
+                    except Exception as exc:  # a lagging subscriber: end; the client resumes with Last-Event-ID
+                        _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                    tg.cancel_scope.cancel()
+        finally:
+            service.sse_connections.release(viewer.user_id)
+
+    return Response(status=200, headers=headers, writer=stream)
+
+
+# --- openapi ------------------------------------------------------------------------------------------------
+
+
+def handle_openapi(prefix: str) -> Response:
+    """``GET {prefix}/openapi.json``: the OpenAPI 3.1 document of every endpoint under this prefix."""
+    from integration_status.web.openapi import openapi_document
+
+    return json_response(200, openapi_document(prefix=prefix))
