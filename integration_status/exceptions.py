@@ -160,35 +160,49 @@ class RequestError(IntegrationStatusError):
 
 
 class InvalidRequest(RequestError):
+    """400 ``invalid_request``: a malformed request (missing projectId, bad body, bad Idempotency-Key)."""
+
     http_status = 400
     code = "invalid_request"
 
 
 class Unauthorized(RequestError):
+    """401 ``unauthorized``: no viewer could be authenticated."""
+
     http_status = 401
     code = "unauthorized"
 
 
 class Forbidden(RequestError):
+    """403 ``forbidden``: the viewer's role may not run this action."""
+
     http_status = 403
     code = "forbidden"
 
 
 class NotFound(RequestError):
+    """404 ``not_found``: no such project, or the viewer may not see it (the same answer on purpose)."""
+
     http_status = 404
     code = "not_found"
 
 
 class IdempotencyConflict(RequestError):
+    """409 ``idempotency_conflict``: a request with this Idempotency-Key is still running."""
+
     http_status = 409
     code = "idempotency_conflict"
 
 
 class IdempotencyMismatch(RequestError):
+    """422 ``idempotency_mismatch``: this Idempotency-Key was used for a different request."""
+
     http_status = 422
     code = "idempotency_mismatch"
 
 
 class RateLimitExceeded(RequestError):
+    """429 ``rate_limited``: too many actions; ``retry_after`` says when to try again."""
+
     http_status = 429
     code = "rate_limited"

@@ -203,6 +203,8 @@ def _ts(instance: object, attribute: attrs.Attribute[Any], value: object) -> Non
 
 @attrs.frozen(kw_only=True)
 class DeployStarted:
+    """``deploy:started``: a Vercel deployment began (``operationId`` ties it to the action)."""
+
     project_id: str = attrs.field(validator=_nonempty_str)
     operation_id: str = attrs.field(validator=_nonempty_str)
     ts: int = attrs.field(validator=_ts)
@@ -221,6 +223,8 @@ class DeployStarted:
 
 @attrs.frozen(kw_only=True)
 class DeployFinished:
+    """``deploy:finished``: a Vercel deployment ended; ``url`` only for viewers allowed to open it."""
+
     project_id: str = attrs.field(validator=_nonempty_str)
     success: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     ts: int = attrs.field(validator=_ts)
@@ -247,6 +251,8 @@ class DeployFinished:
 
 @attrs.frozen(kw_only=True)
 class GithubPush:
+    """``github:push``: a push to the linked repository (branch and sha blank for viewers without access)."""
+
     project_id: str = attrs.field(validator=_nonempty_str)
     branch: str = attrs.field(validator=attrs.validators.instance_of(str))
     sha: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -259,6 +265,8 @@ class GithubPush:
 
 @attrs.frozen(kw_only=True)
 class SanityWebhook:
+    """``sanity:webhook``: Sanity reported ``count`` changed documents."""
+
     project_id: str = attrs.field(validator=_nonempty_str)
     count: int = attrs.field(validator=attrs.validators.instance_of(int))
     ts: int = attrs.field(validator=_ts)
@@ -270,6 +278,8 @@ class SanityWebhook:
 
 @attrs.frozen(kw_only=True)
 class StatusUpdate:
+    """``status:update``: the project's items as this viewer sees them now."""
+
     project_id: str = attrs.field(validator=_nonempty_str)
     items: tuple[IntegrationStatus, ...] = attrs.field(converter=tuple)
     ts: int = attrs.field(validator=_ts)

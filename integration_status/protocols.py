@@ -150,6 +150,8 @@ class FetchContext:
 
 @attrs.frozen(kw_only=True)
 class ActionRequest:
+    """A validated quick action request, as an action handler receives it."""
+
     project_id: str
     provider: ProviderKey
     action: str

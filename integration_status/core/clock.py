@@ -15,6 +15,8 @@ import anyio
 
 @runtime_checkable
 class Clock(Protocol):
+    """Wall time, monotonic time and sleep, injectable (see the module docstring)."""
+
     def time(self) -> float: ...
 
     def monotonic(self) -> float: ...

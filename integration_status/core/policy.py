@@ -38,6 +38,8 @@ class Policy(Protocol):
 
 @attrs.frozen(kw_only=True)
 class RoleRule:
+    """What one role may do (action ids) and see."""
+
     actions: frozenset[str] = attrs.field(converter=frozenset)
     visibility: Visibility
 
