@@ -1,0 +1,274 @@
+"""Sanity: is the project usable, are its webhooks delivering, and how many documents changed today?
+
+Calls (``api_url`` defaults to ``https://api.sanity.io``, ``query_url`` to ``https://{projectId}.api.sanity.io``):
+``GET {api}/v2021-06-07/projects/{id}``, ``GET {api}/v2025-08-04/hooks/projects/{id}`` and each enabled hook's
+``…/{hookId}/messages``, and the GROQ query ``count(*[_updatedAt > $since])`` on the configured dataset.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+import attrs
+
+from integration_status.adapters._common import UrlHook, parse_time, plural, text, url_action
+from integration_status.adapters._http import HttpClient, JsonResponse
+from integration_status.core.clock import Clock, utcnow
+from integration_status.exceptions import ProviderUnavailable
+from integration_status.models import Problem, ProviderKey, format_timestamp
+from integration_status.protocols import (
+    ActionContext,
+    ActionHandler,
+    ActionOutcome,
+    ActionRequest,
+    FetchContext,
+    ProviderConnection,
+)
+from integration_status.snapshot import ProviderSnapshot, Sensitive
+
+__all__ = ["UPDATED_SINCE_QUERY", "SanityAdapter", "SanityFacts", "hooks_healthy", "sanity_snapshot"]
+
+_PROVIDER: Final[ProviderKey] = "sanity"
+#: Documents (drafts included, system documents excluded) changed since ``$since``.
+UPDATED_SINCE_QUERY: Final = 'count(*[!(_id in path("_.**")) && _updatedAt > $since])'
+#: How many enabled hooks get their delivery log read per fetch (each is one call).
+_MAX_HOOKS_CHECKED: Final = 3
+
+
+@attrs.frozen(kw_only=True)
+class SanityFacts:
+    """What the Sanity APIs said about one project."""
+
+    blocked: bool = False
+    webhooks_ok: bool = True
+    docs_today: int = 0
+    studio_url: str | None = None
+
+
+def hooks_healthy(hooks: Sequence[Any], messages: Mapping[str, Sequence[Any]], dataset: str) -> bool:
+    """True when an enabled hook covers ``dataset`` and not every checked hook's latest delivery failed.
+
+    >>> failed = {"h": [{"status": "failure", "createdAt": "2025-01-01"}]}
+    >>> hooks_healthy([{"id": "h", "dataset": "*"}], failed, "production")
+    False
+    """
+    enabled = _enabled_hooks(hooks, dataset)
+    if not enabled:
+        return False
+    latest = [_latest_status(messages.get(str(h["id"]), ())) for h in enabled]
+    seen = [s for s in latest if s is not None]
+    return not seen or any(s != "failure" for s in seen)
+
+
+def _enabled_hooks(hooks: Sequence[Any], dataset: str) -> list[Mapping[str, Any]]:
+    return [
+        h
+        for h in hooks
+        if isinstance(h, Mapping)
+        and h.get("id")
+        and not h.get("deletedAt")
+        and not h.get("isDisabled")
+        and not h.get("isDisabledByUser")
+        and h.get("dataset") in ("*", dataset, None)
+    ]
+
+
+def _latest_status(items: Sequence[Any]) -> str | None:
+    dated = [
+        (parse_time(m.get("createdAt")) or datetime.min.replace(tzinfo=UTC), m)
+        for m in items
+        if isinstance(m, Mapping)
+    ]
+    if not dated:
+        return None
+    status = max(dated, key=lambda pair: pair[0])[1].get("status")
+    return str(status) if status is not None else None
+
+
+def sanity_snapshot(facts: SanityFacts) -> ProviderSnapshot:
+    """The status rule: error when the project is blocked or disabled, warning when webhooks are off or
+    failing.
+
+    >>> sanity_snapshot(SanityFacts(docs_today=5)).status
+    'connected'
+    """
+    details: dict[str, Any] = {"docsUpdatedToday": facts.docs_today}
+    if facts.studio_url:
+        details["studioUrl"] = Sensitive(kind="url", value=facts.studio_url)
+    if facts.blocked:
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="error",
+            summary=(text("Project disabled"),),
+            problem=Problem(code="unknown", hint="Project disabled in Sanity"),
+            details=details,
+        )
+    if not facts.webhooks_ok:
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="warning",
+            summary=(text("Connected"), text("Webhook inactive")),
+            details=details,
+        )
+    return ProviderSnapshot(
+        provider=_PROVIDER,
+        status="connected",
+        summary=(text(plural(facts.docs_today, "doc") + " updated today"), text("Live sync")),
+        details=details,
+    )
+
+
+class SanityAdapter:
+    """The Sanity adapter. ``sync`` runs a host hook or re-reads the project's documents; ``open-studio``
+    answers the Studio URL; ``connect`` answers a URL from a host hook."""
+
+    provider: ProviderKey = _PROVIDER
+
+    def __init__(
+        self,
+        *,
+        http: HttpClient,
+        api_url: str = "https://api.sanity.io",
+        query_url: str = "https://{projectId}.api.sanity.io",
+        on_sync: ActionHandler | None = None,
+        connect_url: UrlHook | None = None,
+    ) -> None:
+        self._http = http
+        self._api = api_url.rstrip("/")
+        self._query_url = query_url.rstrip("/")
+        self._on_sync = on_sync
+        self._connect_url = connect_url
+
+    def __repr__(self) -> str:
+        return f"SanityAdapter(api_url={self._api!r})"
+
+    async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
+        """Read the project, its webhooks and today's document count; raise a ProviderError on failure."""
+        project_id = connection.settings.get("project_id", "").strip()
+        if not project_id:
+            return ProviderSnapshot(
+                provider=_PROVIDER, status="disconnected", summary=(text("No project linked"),)
+            )
+        project = await self._project(connection, project_id, ctx.remaining(), ctx.clock)
+        studio = _studio_url(connection, project)
+        if project.get("isBlocked") or project.get("isDisabled") or project.get("isDisabledByUser"):
+            return sanity_snapshot(SanityFacts(blocked=True, studio_url=studio))
+        dataset = _dataset(connection)
+        hooks_resp = await self._get(connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}", ctx)
+        if not isinstance(hooks_resp.body, list):
+            raise ProviderUnavailable("sanity: unexpected response shape (hooks)", provider=_PROVIDER)
+        messages: dict[str, Sequence[Any]] = {}
+        for hook in _enabled_hooks(hooks_resp.body, dataset)[:_MAX_HOOKS_CHECKED]:
+            hook_id = str(hook["id"])
+            resp = await self._get(
+                connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}/{quote(hook_id)}/messages", ctx
+            )
+            messages[hook_id] = resp.body if isinstance(resp.body, list) else ()
+        count = await self._count_today(connection, project_id, dataset, ctx.remaining(), ctx.clock)
+        return sanity_snapshot(
+            SanityFacts(
+                webhooks_ok=hooks_healthy(hooks_resp.body, messages, dataset),
+                docs_today=count,
+                studio_url=studio,
+            )
+        )
+
+    async def _project(
+        self, connection: ProviderConnection, project_id: str, budget: float, clock: Clock
+    ) -> Mapping[str, Any]:
+        resp = await self._http.request_json(
+            _PROVIDER,
+            "GET",
+            f"{self._api}/v2021-06-07/projects/{quote(project_id)}",
+            token=connection.token,
+            timeout=budget,
+            clock=clock,
+            not_found_is_revoked=True,
+        )
+        if not isinstance(resp.body, Mapping) or "id" not in resp.body:
+            raise ProviderUnavailable("sanity: unexpected response shape (project)", provider=_PROVIDER)
+        return resp.body
+
+    async def _get(self, connection: ProviderConnection, path: str, ctx: FetchContext) -> JsonResponse:
+        return await self._http.request_json(
+            _PROVIDER,
+            "GET",
+            f"{self._api}{path}",
+            token=connection.token,
+            timeout=ctx.remaining(),
+            clock=ctx.clock,
+        )
+
+    async def _count_today(
+        self, connection: ProviderConnection, project_id: str, dataset: str, budget: float, clock: Clock
+    ) -> int:
+        today = utcnow(clock).replace(hour=0, minute=0, second=0, microsecond=0)
+        base = self._query_url.replace("{projectId}", quote(project_id))
+        # GROQ parameters travel as $name=<JSON value> in the query string.
+        params = {"query": UPDATED_SINCE_QUERY, "$since": _json.dumps(format_timestamp(today))}
+        resp = await self._http.request_json(
+            _PROVIDER,
+            "GET",
+            f"{base}/v2021-10-21/data/query/{quote(dataset)}",
+            token=connection.token,
+            params=params,
+            timeout=budget,
+            clock=clock,
+            not_found_is_revoked=True,
+        )
+        result = resp.body.get("result") if isinstance(resp.body, Mapping) else None
+        if not isinstance(result, int) or isinstance(result, bool):
+            raise ProviderUnavailable("sanity: unexpected response shape (query)", provider=_PROVIDER)
+        return result
+
+    def action_handlers(self) -> Mapping[str, ActionHandler]:
+        return {
+            "sync": self._sync,
+            "open-studio": self._open_studio,
+            "connect": url_action(_PROVIDER, "connect", self._connect_url),
+        }
+
+    async def _sync(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
+        if self._on_sync is not None:
+            return await self._on_sync(request, connection, ctx)
+        project_id = connection.settings.get("project_id", "").strip()
+        if not project_id:
+            raise ProviderUnavailable("sanity: no project linked", provider=_PROVIDER)
+        count = await self._count_today(connection, project_id, _dataset(connection), ctx.timeout, ctx.clock)
+        return ActionOutcome(
+            operation_id=ctx.operation_id, data={"docsUpdatedToday": count}, changes_state=True
+        )
+
+    async def _open_studio(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
+        url = connection.settings.get("studio_url", "").strip() or None
+        if url is None and ctx.snapshot is not None:
+            known = ctx.snapshot.detail("studioUrl")
+            url = known.value if isinstance(known, Sensitive) else None
+        if url is None:
+            project_id = connection.settings.get("project_id", "").strip()
+            if not project_id:
+                raise ProviderUnavailable("sanity: no project linked", provider=_PROVIDER)
+            url = _studio_url(connection, await self._project(connection, project_id, ctx.timeout, ctx.clock))
+        if url is None:
+            raise ProviderUnavailable("sanity: the project has no deployed Studio", provider=_PROVIDER)
+        return ActionOutcome(operation_id=ctx.operation_id, data={"url": url}, changes_state=False)
+
+
+def _dataset(connection: ProviderConnection) -> str:
+    return connection.settings.get("dataset", "").strip() or "production"
+
+
+def _studio_url(connection: ProviderConnection, project: Mapping[str, Any]) -> str | None:
+    configured = connection.settings.get("studio_url", "").strip()
+    if configured:
+        return configured
+    host = project.get("studioHost")
+    return f"https://{host}.sanity.studio" if isinstance(host, str) and host else None

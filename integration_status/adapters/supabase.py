@@ -1,0 +1,259 @@
+"""Supabase: is the project up, are its services healthy, and how fast does the database answer?
+
+Calls (``base_url`` defaults to ``https://api.supabase.com``): ``GET /v1/projects/{ref}`` and
+``GET /v1/projects/{ref}/health?services=db&services=rest&services=auth&timeout_ms=…``. When the connection
+has a ``dsn``, the database itself is probed over PostgreSQL (``select 1``, several samples).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Final, Protocol, cast
+from urllib.parse import quote
+
+import attrs
+
+from integration_status.adapters._common import UrlHook, text, url_action
+from integration_status.adapters._http import HttpClient
+from integration_status.core.clock import Clock
+from integration_status.exceptions import ProviderUnavailable
+from integration_status.models import Problem, ProviderKey
+from integration_status.protocols import (
+    ActionContext,
+    ActionHandler,
+    ActionOutcome,
+    ActionRequest,
+    FetchContext,
+    ProviderConnection,
+    Secret,
+)
+from integration_status.snapshot import ProviderSnapshot, Segment
+
+__all__ = [
+    "HEALTH_SERVICES",
+    "DatabaseProbe",
+    "SupabaseAdapter",
+    "SupabaseFacts",
+    "coarse_ms",
+    "supabase_snapshot",
+]
+
+_PROVIDER: Final[ProviderKey] = "supabase"
+HEALTH_SERVICES: Final = ("db", "rest", "auth")
+#: Project states in which nothing works until someone acts (paused, failed, removed).
+_DOWN: Final = frozenset(
+    {"INACTIVE", "PAUSING", "GOING_DOWN", "INIT_FAILED", "REMOVED", "RESTORE_FAILED", "PAUSE_FAILED"}
+)
+_DOWN_TEXT: Final = {"INACTIVE": "Project paused", "PAUSING": "Project pausing", "REMOVED": "Project removed"}
+
+
+class DbHealthLike(Protocol):
+    @property
+    def avg_ms(self) -> float: ...
+
+
+class DatabaseProbe(Protocol):
+    """``probe_database(dsn, *, samples, timeout, clock) -> DbHealth`` (see ``adapters/_pg.py``)."""
+
+    def __call__(
+        self, dsn: Secret, *, samples: int = 3, timeout: float, clock: Clock
+    ) -> Awaitable[DbHealthLike]: ...
+
+
+@attrs.frozen(kw_only=True)
+class SupabaseFacts:
+    """What the Management API (and the optional database probe) said about one project."""
+
+    project_status: str
+    unhealthy: tuple[str, ...] = ()
+    coming_up: tuple[str, ...] = ()
+    latency_ms: float | None = None  # probe average, or the health call's round trip
+    measured_by_probe: bool = False
+
+
+def coarse_ms(ms: float) -> int:
+    """Latency rounded to a step that grows with it, so a summary does not change on every probe.
+
+    >>> [coarse_ms(x) for x in (0.4, 7.6, 12, 13, 88, 240, 1234)]
+    [1, 8, 10, 15, 90, 250, 1200]
+    """
+    step = 1 if ms < 10 else 5 if ms < 100 else 25 if ms < 1000 else 100
+    return max(1, round(ms / step) * step)
+
+
+def supabase_snapshot(facts: SupabaseFacts, *, latency_warning_ms: float = 250) -> ProviderSnapshot:
+    """The status rule: error when the project is down or a service is unhealthy, warning while services start
+    or above ``latency_warning_ms``, else connected.
+
+    >>> facts = SupabaseFacts(project_status="ACTIVE_HEALTHY", latency_ms=12, measured_by_probe=True)
+    >>> supabase_snapshot(facts).summary
+    (Segment(pieces=('Database healthy',), redacted=None), Segment(pieces=('10ms avg',), redacted=None))
+    """
+    details: dict[str, Any] = {"projectStatus": facts.project_status}
+    if facts.latency_ms is not None:
+        details["latencyMs"] = coarse_ms(facts.latency_ms)
+    if facts.project_status in _DOWN or facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY":
+        if facts.project_status in _DOWN:
+            what = _DOWN_TEXT.get(facts.project_status, "Project unavailable")
+        else:
+            what = (
+                "Database unhealthy"
+                if "db" in facts.unhealthy or not facts.unhealthy
+                else "Services unhealthy"
+            )
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="error",
+            summary=(text(what),),
+            problem=Problem(code="unknown", hint=what),
+            details=details,
+        )
+    if facts.coming_up or facts.project_status != "ACTIVE_HEALTHY":
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="warning",
+            summary=(text("Connected"), text("Services starting")),
+            details=details,
+        )
+    if facts.latency_ms is not None and facts.latency_ms > latency_warning_ms:
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="warning",
+            summary=(text("Connected"), text("High latency")),
+            details=details,
+        )
+    summary: tuple[Segment, ...] = (text("Database healthy"),)
+    if facts.measured_by_probe and facts.latency_ms is not None:
+        summary += (text(f"{coarse_ms(facts.latency_ms)}ms avg"),)
+    return ProviderSnapshot(provider=_PROVIDER, status="connected", summary=summary, details=details)
+
+
+def _health(body: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not isinstance(body, list):
+        raise ProviderUnavailable("supabase: unexpected response shape (health)", provider=_PROVIDER)
+    unhealthy: list[str] = []
+    coming_up: list[str] = []
+    for item in body:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise ProviderUnavailable("supabase: unexpected response shape (health)", provider=_PROVIDER)
+        status = item.get("status")
+        if status == "COMING_UP":
+            coming_up.append(item["name"])
+        elif status == "UNHEALTHY" or (status is None and item.get("healthy") is False):
+            unhealthy.append(item["name"])
+    return tuple(unhealthy), tuple(coming_up)
+
+
+class SupabaseAdapter:
+    """The Supabase adapter. ``test-connection`` probes again; ``reconnect`` and ``connect`` answer URLs from
+    host hooks. ``probe`` replaces the PostgreSQL probe (tests, or a host with its own pool)."""
+
+    provider: ProviderKey = _PROVIDER
+
+    def __init__(
+        self,
+        *,
+        http: HttpClient,
+        base_url: str = "https://api.supabase.com",
+        latency_warning_ms: float = 250,
+        probe: DatabaseProbe | None = None,
+        probe_samples: int = 3,
+        reconnect_url: UrlHook | None = None,
+        connect_url: UrlHook | None = None,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._latency_warning_ms = latency_warning_ms
+        self._probe = probe
+        self._samples = probe_samples
+        self._reconnect_url = reconnect_url
+        self._connect_url = connect_url
+
+    def __repr__(self) -> str:
+        return f"SupabaseAdapter(base_url={self._base!r})"
+
+    def _probe_fn(self) -> DatabaseProbe:
+        if self._probe is None:
+            # Imported on first use: psycopg is an optional extra, needed only with a DSN.
+            module = importlib.import_module("integration_status.adapters._pg")
+            self._probe = cast(DatabaseProbe, module.probe_database)
+        return self._probe
+
+    async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
+        """Read the project and its health, probe the database when a DSN is set; raise a ProviderError."""
+        facts = await self._facts(connection, ctx.clock, ctx.remaining)
+        if facts is None:
+            return ProviderSnapshot(
+                provider=_PROVIDER, status="disconnected", summary=(text("No database linked"),)
+            )
+        return supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms)
+
+    async def _facts(
+        self, connection: ProviderConnection, clock: Clock, remaining: Any
+    ) -> SupabaseFacts | None:
+        ref = connection.settings.get("project_ref", "").strip()
+        if not ref:
+            return None
+        path = f"{self._base}/v1/projects/{quote(ref, safe='')}"
+        project = await self._http.request_json(
+            _PROVIDER,
+            "GET",
+            path,
+            token=connection.token,
+            timeout=remaining(),
+            clock=clock,
+            not_found_is_revoked=True,
+        )
+        status = project.body.get("status") if isinstance(project.body, Mapping) else None
+        if not isinstance(status, str):
+            raise ProviderUnavailable("supabase: unexpected response shape (project)", provider=_PROVIDER)
+        if status in _DOWN:
+            return SupabaseFacts(project_status=status)
+        budget = remaining()
+        timeout_ms = max(100, min(10_000, int(budget * 1000 * 0.6)))
+        params: Sequence[tuple[str, str]] = [("services", s) for s in HEALTH_SERVICES]
+        health = await self._http.request_json(
+            _PROVIDER,
+            "GET",
+            f"{path}/health",
+            token=connection.token,
+            params=[*params, ("timeout_ms", str(timeout_ms))],
+            timeout=budget,
+            clock=clock,
+        )
+        unhealthy, coming_up = _health(health.body)
+        latency, by_probe = health.elapsed * 1000, False
+        if connection.dsn is not None and not unhealthy:
+            result = await self._probe_fn()(
+                connection.dsn, samples=self._samples, timeout=remaining(), clock=clock
+            )
+            latency, by_probe = float(result.avg_ms), True
+        return SupabaseFacts(
+            project_status=status,
+            unhealthy=unhealthy,
+            coming_up=coming_up,
+            latency_ms=latency,
+            measured_by_probe=by_probe,
+        )
+
+    def action_handlers(self) -> Mapping[str, ActionHandler]:
+        return {
+            "test-connection": self._test_connection,
+            "reconnect": url_action(_PROVIDER, "reconnect", self._reconnect_url),
+            "connect": url_action(_PROVIDER, "connect", self._connect_url),
+        }
+
+    async def _test_connection(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
+        """Check again now: project, health and the database probe. Failures raise as provider errors."""
+        deadline = ctx.clock.monotonic() + ctx.timeout
+        facts = await self._facts(connection, ctx.clock, lambda: max(0.0, deadline - ctx.clock.monotonic()))
+        if facts is None:
+            raise ProviderUnavailable("supabase: no project linked", provider=_PROVIDER)
+        snap = supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms)
+        data: dict[str, Any] = {"status": snap.status}
+        if facts.latency_ms is not None:
+            data["latencyMs"] = coarse_ms(facts.latency_ms)
+        return ActionOutcome(operation_id=ctx.operation_id, done=True, data=data, changes_state=True)

@@ -1,0 +1,99 @@
+"""Helpers for adapter tests (imported by name: the tests directory is not a package)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from integration_status.protocols import FetchContext
+from integration_status.testing import FakeClock
+
+
+def respond(envelope: dict[str, Any]) -> httpx.Response:
+    """An httpx response from a payload envelope."""
+    headers = dict(envelope.get("headers", {}))
+    return httpx.Response(envelope["status"], headers=headers, content=json.dumps(envelope["body"]).encode())
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Router:
+    """Routes requests by (method, path) to responses or callables, in order, and records every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[httpx.Response | Handler]] = {}
+        self.calls: list[httpx.Request] = []
+
+    def add(self, method: str, path: str, *answers: httpx.Response | Handler | dict[str, Any]) -> Router:
+        """Answers are used in order; the last one repeats."""
+        self.routes[(method, path)] = [respond(a) if isinstance(a, dict) else a for a in answers]
+        return self
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.calls if r.method == method and r.url.path == path)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        answers = self.routes.get((request.method, request.url.path))
+        if not answers:
+            return httpx.Response(599, json={"message": f"unrouted {request.method} {request.url.path}"})
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        return answer(request) if callable(answer) else answer
+
+
+def fetch_ctx(clock: Any, timeout: float = 2.5) -> FetchContext:
+    return FetchContext(clock=clock, timeout=timeout, started=clock.monotonic())
+
+
+def _serve(behaviour: str) -> Iterator[str]:
+    """A loopback TCP server in a thread. ``hang``: accept and never answer; ``reset``: accept and reset."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.1)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            if behaviour == "reset":
+                conn.recv(65536)
+                # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
+            else:
+                held.append(conn)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+class AutoClock(FakeClock):
+    """A FakeClock whose sleep() moves time forward itself: retries and polls run instantly, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(max(0.0, seconds))
+        await super().sleep(0)
