@@ -20,7 +20,7 @@ from integration_status.core.events import (
 from integration_status.models import event_from_json
 from integration_status.snapshot import Visibility
 
-# --- ids ------------------------------------------------------------------------------------------------------
+# --- ids ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_next_ids_strictly_increase_whatever_the_clock_does(clock_ms: list[int])
         last = new
 
 
-# --- redaction ------------------------------------------------------------------------------------------------
+# --- redaction ----------------------------------------------------------------------------------------------
 
 PUSH = {"type": "github:push", "projectId": "p1", "branch": "release/secret", "sha": "deadbeef", "ts": 1}
 DEPLOY = {
@@ -118,7 +118,11 @@ def test_nested_and_variant_keys_are_redacted() -> None:
         "projectId": "p",
         "count": 2,
         "ts": 3,
-        "meta": {"Repository": "acme/app", "head_sha": "abc", "items": [{"org": "acme", "deploymentUrl": "u"}]},
+        "meta": {
+            "Repository": "acme/app",
+            "head_sha": "abc",
+            "items": [{"org": "acme", "deploymentUrl": "u"}],
+        },
         "team": "acme-team",
     }
     assert redact_event(event, Visibility.none()) == {
@@ -158,9 +162,9 @@ def test_url_keys() -> None:
 SECRET = "Pr0tected-Value-xyz"
 # One spelling of each sensitive key, in the forms publishers are likely to use.
 SENSITIVE = {
-    **{key: "repo" for key in [*sorted(REPO_KEYS), "headSha", "commit_sha", "Branch"]},
-    **{key: "org" for key in [*sorted(ORG_KEYS), "teamSlug", "Organization"]},
-    **{key: "urls" for key in ["url", "deploymentUrl", "inspector_url", "Url"]},
+    **dict.fromkeys([*sorted(REPO_KEYS), "headSha", "commit_sha", "Branch"], "repo"),
+    **dict.fromkeys([*sorted(ORG_KEYS), "teamSlug", "Organization"], "org"),
+    **dict.fromkeys(["url", "deploymentUrl", "inspector_url", "Url"], "urls"),
 }
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5))
 plain_key = st.sampled_from(["projectId", "count", "success", "operationId", "meta", "items", "n"])
@@ -169,7 +173,9 @@ plain_key = st.sampled_from(["projectId", "count", "success", "operationId", "me
 @st.composite
 def events_with_a_secret(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     sensitive_key = draw(st.sampled_from(sorted(SENSITIVE)))
-    kind = draw(st.sampled_from(["github:push", "deploy:finished", "deploy:started", "sanity:webhook", "x:y"]))
+    kind = draw(
+        st.sampled_from(["github:push", "deploy:finished", "deploy:started", "sanity:webhook", "x:y"])
+    )
     # The secret sits under the sensitive key, somewhere inside a random JSON tree.
     holder: dict[str, Any] = {sensitive_key: draw(st.sampled_from([SECRET, [SECRET], {"v": SECRET}]))}
     for _ in range(draw(st.integers(min_value=0, max_value=3))):
@@ -183,7 +189,7 @@ def events_with_a_secret(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 def test_protected_value_never_reaches_a_viewer_without_its_visibility(
     case: tuple[dict[str, Any], str], repo: bool, org: bool, urls: bool
 ) -> None:
-    """A value under any sensitive key, at any depth, is absent from what a viewer lacking that visibility gets."""
+    """A value under any sensitive key, at any depth, never reaches a viewer lacking that visibility."""
     event, needs = case
     visibility = Visibility(repo=repo, org=org, urls=urls)
     redacted = redact_event(event, visibility)

@@ -116,8 +116,12 @@ def test_parser_only_ever_returns_valid_keys_or_raises_invalid_request(header: s
 
 def test_fingerprint_ignores_key_order_and_method_case() -> None:
     """Canonical JSON makes key order and method case irrelevant."""
-    a = fingerprint("post", "/api/integrations/actions", {"provider": "vercel", "action": "deploy", "n": [1, 2]})
-    b = fingerprint("POST", "/api/integrations/actions", {"n": [1, 2], "action": "deploy", "provider": "vercel"})
+    a = fingerprint(
+        "post", "/api/integrations/actions", {"provider": "vercel", "action": "deploy", "n": [1, 2]}
+    )
+    b = fingerprint(
+        "POST", "/api/integrations/actions", {"n": [1, 2], "action": "deploy", "provider": "vercel"}
+    )
     assert a == b
     assert len(a) == 64
     assert int(a, 16) >= 0
@@ -438,4 +442,3 @@ def test_guard_refuses_non_positive_durations() -> None:
     """A zero lease or retention is a configuration mistake."""
     with pytest.raises(ValueError, match="positive"):
         IdempotencyGuard(RecordingStore(), clock=FakeClock(), lease=0)
-
