@@ -178,6 +178,8 @@ class IdempotencyGuard:
     """Runs an action at most once per scoped key and replays its stored response.
 
     The caller checks the rate limit *inside* ``action`` so a replay never spends a slot nor gets a 429.
+    ``lease`` must exceed the longest action: an action that outlives it is logged
+    (``integration_status.idempotency.lease_overrun``), since a retry may have run it a second time.
     """
 
     def __init__(
@@ -219,11 +221,18 @@ class IdempotencyGuard:
         token = begun.token
         if token is None:  # pragma: no cover - a store bug
             raise RuntimeError("idempotency store started a request without a token")
+        started = self._clock.monotonic()
         try:
             response = await action()
         except BaseException:
             await self._release_quietly(scope, token)
             raise
+        elapsed = self._clock.monotonic() - started
+        if elapsed >= self._lease:
+            # The lease ran out while the action ran: a retry may have started a second execution meanwhile.
+            structlog.get_logger().warning(
+                "integration_status.idempotency.lease_overrun", elapsed=round(elapsed, 3), lease=self._lease
+            )
         # The action's effects have happened: recording them must survive a client that goes away now.
         with anyio.CancelScope(shield=True):
             if is_storable(response.status):

@@ -77,7 +77,8 @@ def decide(
         allowed=False,
         limit=limit,
         remaining=0,
-        retry_after=counted[0] + window - now,
+        # Floored at 1 ms: with extreme float values the subtraction can round to 0 for a refusal.
+        retry_after=max(counted[0] + window - now, 0.001),
         reset=counted[-1] + window - now,
     )
     return decision, counted

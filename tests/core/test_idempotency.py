@@ -6,6 +6,7 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from integration_status.backends._memory_state import MemoryIdempotencyStore
 from integration_status.core.idempotency import (
@@ -116,8 +117,12 @@ def test_parser_only_ever_returns_valid_keys_or_raises_invalid_request(header: s
 
 def test_fingerprint_ignores_key_order_and_method_case() -> None:
     """Canonical JSON makes key order and method case irrelevant."""
-    a = fingerprint("post", "/api/integrations/actions", {"provider": "vercel", "action": "deploy", "n": [1, 2]})
-    b = fingerprint("POST", "/api/integrations/actions", {"n": [1, 2], "action": "deploy", "provider": "vercel"})
+    a = fingerprint(
+        "post", "/api/integrations/actions", {"provider": "vercel", "action": "deploy", "n": [1, 2]}
+    )
+    b = fingerprint(
+        "POST", "/api/integrations/actions", {"n": [1, 2], "action": "deploy", "provider": "vercel"}
+    )
     assert a == b
     assert len(a) == 64
     assert int(a, 16) >= 0
@@ -439,3 +444,23 @@ def test_guard_refuses_non_positive_durations() -> None:
     with pytest.raises(ValueError, match="positive"):
         IdempotencyGuard(RecordingStore(), clock=FakeClock(), lease=0)
 
+
+@pytest.mark.anyio
+async def test_an_action_outliving_its_lease_is_logged() -> None:
+    """An action slower than the lease is reported, since a retry may have run it again meanwhile."""
+    clock = FakeClock()
+    guard = IdempotencyGuard(MemoryIdempotencyStore(clock=clock), clock=clock, lease=5)
+
+    async def slow() -> StoredResponse:
+        clock.advance(6)
+        return OK
+
+    with capture_logs() as logs:
+        await guard.run(scope="s", fingerprint="f", action=slow)
+        await guard.run(scope="t", fingerprint="f", action=Counter())
+    # The record expired with the lease, so storing the response is refused as well.
+    assert [entry["event"] for entry in logs] == [
+        "integration_status.idempotency.lease_overrun",
+        "integration_status.idempotency.lease_lost",
+    ]
+    assert logs[0]["lease"] == 5

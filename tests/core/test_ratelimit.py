@@ -108,7 +108,9 @@ def refused(retry_after: float, reset: float = 60) -> RateDecision:
     return RateDecision(allowed=False, limit=5, remaining=0, retry_after=retry_after, reset=reset)
 
 
-@pytest.mark.parametrize(("retry_after", "seconds"), [(0.0001, 1), (0.9, 1), (1.0, 1), (1.2, 2), (59.999, 60)])
+@pytest.mark.parametrize(
+    ("retry_after", "seconds"), [(0.0001, 1), (0.9, 1), (1.0, 1), (1.2, 2), (59.999, 60)]
+)
 def test_retry_after_seconds_rounds_up_to_at_least_one(retry_after: float, seconds: int) -> None:
     """Retry-After is whole seconds, rounded up, never 0."""
     assert retry_after_seconds(refused(retry_after)) == seconds
