@@ -266,6 +266,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_get(env, REDIS_URL_ENV),
         help=f"use Redis for cache, idempotency and events (default: ${REDIS_URL_ENV}, else in memory)",
     )
+    demo.add_argument(
+        "--providers",
+        choices=("simulated", "real"),
+        default="simulated",
+        help="simulated providers, or the real ones configured like `check` from environment variables "
+        "(project id `demo`) (default: %(default)s)",
+    )
 
     check = commands.add_parser(
         "check",
@@ -291,7 +298,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = parser.parse_args(argv)
     if args.command == "demo":
         server = importlib.import_module("integration_status.demo.server")
-        server.run(host=args.host, port=args.port, redis_url=args.redis)
+        server.run(host=args.host, port=args.port, redis_url=args.redis, providers=args.providers)
         return 0
     if args.command == "check":
         return _check(args, env)
@@ -345,16 +352,7 @@ async def _run_check(args: argparse.Namespace, env: Mapping[str, str]) -> Status
         return connections if project_id == connections.project_id else None
 
     http = _load("integration_status.adapters._http", "HttpClient")()
-    adapters = [
-        _load("integration_status.adapters.sanity", "SanityAdapter")(
-            base_url=urls["sanity"], query_url=urls["sanity_query"], http=http
-        ),
-        _load("integration_status.adapters.github", "GitHubAdapter")(base_url=urls["github"], http=http),
-        _load("integration_status.adapters.vercel", "VercelAdapter")(base_url=urls["vercel"], http=http),
-        _load("integration_status.adapters.supabase", "SupabaseAdapter")(
-            base_url=urls["supabase"], http=http
-        ),
-    ]
+    adapters = _load("integration_status.adapters.defaults", "provider_adapters")(http, urls=urls)
     # A one-shot check waits for real answers: the response deadline covers the whole adapter timeout
     # instead of the endpoint's 450 ms, so nothing is reported as a cold-start placeholder.
     settings = _load("integration_status.service", "Settings")(

@@ -9,7 +9,8 @@ browser's EventSource cannot send headers): ``X-User`` (user id, default ``demo`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from integration_status.adapters._http import HttpClient
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.demo.simulated import World, simulated_adapters
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
@@ -69,27 +71,69 @@ def build_service(*, clock: Clock = SYSTEM_CLOCK, engine: Any = None, seed: int 
     return service, world
 
 
-def build_app(*, clock: Clock = SYSTEM_CLOCK, redis_url: str | None = None, seed: int = 7) -> Starlette:
-    """The demo ASGI app."""
+def build_real_service(
+    env: Mapping[str, str], *, clock: Clock = SYSTEM_CLOCK, engine: Any = None
+) -> tuple[StatusService, HttpClient]:
+    """The demo against the real providers: project ``demo`` is linked with the credentials the environment
+    gives (the variables of ``integration-status check``); the other providers are disconnected."""
+    from integration_status.adapters.defaults import provider_adapters
+    from integration_status.cli import adapter_urls_from_env, connections_from_env
+
+    from_env = connections_from_env(env)
+    linked = ProjectConnections(project_id="demo", providers=dict(from_env.providers))
+
+    async def connections(project_id: str) -> ProjectConnections | None:
+        return linked if project_id == "demo" else await DemoConnections()(project_id)
+
+    http = HttpClient()
+    service = StatusService(
+        connections=connections,
+        adapters=provider_adapters(http, urls=adapter_urls_from_env(env)),
+        authenticator=demo_authenticator,
+        engine=engine,
+        clock=clock,
+    )
+    return service, http
+
+
+def build_app(
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    redis_url: str | None = None,
+    seed: int = 7,
+    providers: str = "simulated",
+    env: Mapping[str, str] | None = None,
+) -> Starlette:
+    """The demo ASGI app, on simulated providers (default) or the real ones (``providers="real"``)."""
     engine = None
     if redis_url:
         from integration_status.backends.redis import RedisEngine
 
         engine = RedisEngine.from_url(redis_url, clock=clock)
-    service, world = build_service(clock=clock, engine=engine, seed=seed)
+    world: World | None = None
+    http: HttpClient | None = None
+    if providers == "real":
+        service, http = build_real_service(os.environ if env is None else env, clock=clock, engine=engine)
+    elif providers == "simulated":
+        service, world = build_service(clock=clock, engine=engine, seed=seed)
+    else:
+        raise ValueError(f"providers must be 'simulated' or 'real', not {providers!r}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with service:
-            publish = getattr(service, "publish", None)
-            if publish is not None:
+        async with contextlib.AsyncExitStack() as stack:
+            if http is not None:
+                await stack.enter_async_context(http)
+            await stack.enter_async_context(service)
+            if world is not None:
+                simulated = world
 
                 async def pump() -> None:
                     # Turn the world's happenings (pushes, document edits) into events, as webhooks would.
                     while True:
                         await clock.sleep(1.0)
-                        for event in world.drain_events():
-                            await publish(event["projectId"], event)
+                        for event in simulated.drain_events():
+                            await service.publish(event["projectId"], event)
 
                 service.spawn(pump)
             yield
@@ -106,13 +150,17 @@ def build_app(*, clock: Clock = SYSTEM_CLOCK, redis_url: str | None = None, seed
         lifespan=lifespan,
     )
     app.state.service = service
-    app.state.world = world
+    app.state.world = world  # None with the real providers
     return app
 
 
-def run(*, host: str = "127.0.0.1", port: int = 8000, redis_url: str | None = None) -> None:
+def run(
+    *, host: str = "127.0.0.1", port: int = 8000, redis_url: str | None = None, providers: str = "simulated"
+) -> None:
     """Serve the demo with uvicorn until interrupted."""
     import uvicorn
 
+    app = build_app(redis_url=redis_url, providers=providers)
     print(f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)")
-    uvicorn.run(build_app(redis_url=redis_url), host=host, port=port, log_level="warning")
+    # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

@@ -1,0 +1,39 @@
+"""The four real adapters, wired to one shared :class:`~integration_status.adapters._http.HttpClient`.
+
+>>> from integration_status.adapters._http import HttpClient
+>>> [a.provider for a in provider_adapters(HttpClient())]
+['sanity', 'github', 'vercel', 'supabase']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from integration_status.adapters._http import HttpClient
+from integration_status.adapters.github import GitHubAdapter
+from integration_status.adapters.sanity import SanityAdapter
+from integration_status.adapters.supabase import SupabaseAdapter
+from integration_status.adapters.vercel import VercelAdapter
+from integration_status.protocols import Adapter
+
+#: Public API hosts, by the keys ``provider_adapters(urls=...)`` takes.
+PUBLIC_URLS: Mapping[str, str] = {
+    "github": "https://api.github.com",
+    "vercel": "https://api.vercel.com",
+    "sanity": "https://api.sanity.io",
+    "sanity_query": "https://{projectId}.api.sanity.io",
+    "supabase": "https://api.supabase.com",
+}
+
+
+def provider_adapters(http: HttpClient, *, urls: Mapping[str, str] | None = None) -> list[Adapter]:
+    """GitHub, Vercel, Sanity and Supabase adapters sharing ``http``; ``urls`` overrides base URLs by key
+    (``github``, ``vercel``, ``sanity``, ``sanity_query`` — a template with ``{projectId}`` — ``supabase``),
+    e.g. for GitHub Enterprise Server or a proxy."""
+    u = {**PUBLIC_URLS, **(urls or {})}
+    return [
+        SanityAdapter(http=http, api_url=u["sanity"], query_url=u["sanity_query"]),
+        GitHubAdapter(http=http, base_url=u["github"]),
+        VercelAdapter(http=http, base_url=u["vercel"]),
+        SupabaseAdapter(http=http, base_url=u["supabase"]),
+    ]
