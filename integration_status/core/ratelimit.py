@@ -3,6 +3,7 @@
 The contract every :class:`~integration_status.protocols.RateLimiter` engine (memory, Redis) implements for
 ``hit(key, limit=N, window=W)`` at time ``now``:
 
+- times are whole milliseconds (inputs are rounded to the nearest one);
 - the hits that count are those at ``t`` with ``t > now - W``: a hit at ``t`` frees its slot at exactly
   ``t + W`` (a rolling window, not fixed minute buckets);
 - fewer than ``N`` counted hits -> allowed, and ``now`` is recorded as a hit; ``remaining`` = ``N`` minus the
@@ -52,6 +53,10 @@ def decide(
 ) -> tuple[RateDecision, tuple[float, ...]]:
     """The decision for one more hit at ``now``, and the hit log to keep (expired hits pruned, sorted).
 
+    Times are compared in whole milliseconds so the arithmetic is exact: with float seconds,
+    ``oldest + W - now`` can round just below a whole number of seconds, and a client that waited
+    ``Retry-After`` would be refused.
+
     >>> d, hits = decide((10.0, 20.0), 30.0, limit=2, window=60)
     >>> d.allowed, d.retry_after, hits
     (False, 40.0, (10.0, 20.0))
@@ -60,28 +65,33 @@ def decide(
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if window <= 0:
-        raise ValueError("window must be positive")
-    counted = tuple(sorted(t for t in hits if t > now - window))
+    window_ms = _ms(window)
+    if window_ms < 1:
+        raise ValueError("window must be positive (at least 1 ms)")
+    now_ms = _ms(now)
+    counted = sorted(t for t in map(_ms, hits) if t + window_ms > now_ms)
     if len(counted) < limit:
-        kept = (*counted, now)
+        kept = (*counted, now_ms)
         decision = RateDecision(
             allowed=True,
             limit=limit,
             remaining=limit - len(kept),
             retry_after=0.0,
-            reset=max(kept) + window - now,
+            reset=(max(kept) + window_ms - now_ms) / 1000,
         )
-        return decision, kept
+        return decision, tuple(t / 1000 for t in kept)
     decision = RateDecision(
         allowed=False,
         limit=limit,
         remaining=0,
-        # Floored at 1 ms: with extreme float values the subtraction can round to 0 for a refusal.
-        retry_after=max(counted[0] + window - now, 0.001),
-        reset=counted[-1] + window - now,
+        retry_after=(counted[0] + window_ms - now_ms) / 1000,
+        reset=(counted[-1] + window_ms - now_ms) / 1000,
     )
-    return decision, counted
+    return decision, tuple(t / 1000 for t in counted)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def retry_after_seconds(decision: RateDecision) -> int:

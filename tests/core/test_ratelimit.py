@@ -76,13 +76,15 @@ def test_nonsense_limits_are_refused(limit: int, window: float) -> None:
         decide((), 0, limit=limit, window=window)
 
 
-times = st.lists(st.floats(min_value=0, max_value=500, allow_nan=False), max_size=60).map(sorted)
+# Whole milliseconds, as the decision compares them; a window from 0.5 s to 2 min.
+times_ms = st.lists(st.integers(min_value=0, max_value=500_000), max_size=60).map(sorted)
+windows_ms = st.integers(min_value=500, max_value=120_000)
 
 
-@given(times, st.integers(min_value=1, max_value=6), st.floats(min_value=0.5, max_value=120))
-def test_never_more_than_limit_hits_in_any_window(ts: list[float], limit: int, window: float) -> None:
+@given(times_ms, st.integers(min_value=1, max_value=6), windows_ms)
+def test_never_more_than_limit_hits_in_any_window(ts: list[int], limit: int, window: int) -> None:
     """For any hit times, no window of `window` seconds ever contains more than `limit` allowed hits."""
-    decisions = run(ts, limit=limit, window=window)
+    decisions = run([t / 1000 for t in ts], limit=limit, window=window / 1000)
     allowed = [t for t, d in zip(ts, decisions, strict=True) if d.allowed]
     for t in allowed:
         assert sum(1 for u in allowed if t - window < u <= t) <= limit
@@ -90,18 +92,32 @@ def test_never_more_than_limit_hits_in_any_window(ts: list[float], limit: int, w
         assert 0 <= d.remaining < limit or (not d.allowed and d.remaining == 0)
 
 
-@given(times, st.integers(min_value=1, max_value=6), st.floats(min_value=0.5, max_value=120))
-def test_waiting_retry_after_seconds_is_always_enough(ts: list[float], limit: int, window: float) -> None:
-    """A refused client that waits the advertised whole seconds is admitted."""
+@given(
+    times_ms, st.integers(min_value=1, max_value=6), windows_ms, st.integers(min_value=0, max_value=10**12)
+)
+def test_waiting_retry_after_seconds_is_always_enough(
+    ts: list[int], limit: int, window: int, base: int
+) -> None:
+    """A refused client that waits the advertised whole seconds is admitted, whatever the clock's offset."""
     hits: tuple[float, ...] = ()
     for t in ts:
-        decision, hits = decide(hits, t, limit=limit, window=window)
+        now = (base + t) / 1000
+        decision, hits = decide(hits, now, limit=limit, window=window / 1000)
         if not decision.allowed:
             wait = retry_after_seconds(decision)
-            assert wait >= 1
-            later, _ = decide(hits, t + wait, limit=limit, window=window)
-            assert later.allowed
             assert decision.retry_after > 0
+            later, _ = decide(hits, now + wait, limit=limit, window=window / 1000)
+            assert later.allowed
+            sooner, _ = decide(hits, now + decision.retry_after - 0.001, limit=limit, window=window / 1000)
+            assert not sooner.allowed
+
+
+def test_float_noise_does_not_refuse_a_client_that_waited() -> None:
+    """0.1 + 60 - 1.1 is 58.99999999999999 in floats; the client waiting 59 s must still get in."""
+    hits = (0.1,)
+    refused_now, hits = decide(hits, 1.1, limit=1, window=60)
+    assert retry_after_seconds(refused_now) == 59
+    assert decide(hits, 1.1 + 59, limit=1, window=60)[0].allowed
 
 
 def refused(retry_after: float, reset: float = 60) -> RateDecision:
