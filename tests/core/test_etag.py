@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from integration_status.core.etag import (
     if_none_match_matches,
     parse_if_none_match,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -74,7 +77,7 @@ def test_compute_etag_is_the_same_in_another_process() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONHASHSEED": "12345", "PYTHONPATH": "."},
+        env={"PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)},
     )
     assert out.stdout.strip() == compute_etag(body)
 
