@@ -43,6 +43,20 @@ def _nonempty_str(instance: object, attribute: attrs.Attribute[Any], value: obje
         raise InvalidModel(f"{attribute.name} must be a non-empty string", field=attribute.name)
 
 
+def _of_type(kind: type, what: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        # bool is an int subclass: a count of True is not a count.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidModel(f"{attribute.name} must be {what}", field=attribute.name)
+
+    return check
+
+
+_bool = _of_type(bool, "a boolean")
+_str = _of_type(str, "a string")
+_int = _of_type(int, "an integer")
+
+
 def _opt_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise InvalidModel(f"{attribute.name} must be a string", field=attribute.name)
@@ -108,7 +122,7 @@ class Action:
 
     id: str = attrs.field(validator=_nonempty_str)
     label: str = attrs.field(validator=_nonempty_str)
-    can: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    can: bool = attrs.field(validator=_bool)
     reason: str | None = attrs.field(default=None, validator=_opt_str)
 
     def to_json(self) -> dict[str, Any]:
@@ -131,7 +145,7 @@ class IntegrationStatus:
     status: StatusValue = attrs.field(validator=_one_of(STATUSES))
     updated_at: datetime = attrs.field(validator=_aware)
     summary: str | None = attrs.field(default=None, validator=_opt_str)
-    stale: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    stale: bool = attrs.field(default=False, validator=_bool)
     problem: Problem | None = None
     actions: tuple[Action, ...] = attrs.field(default=(), converter=tuple)
 
@@ -226,7 +240,7 @@ class DeployFinished:
     """``deploy:finished``: a Vercel deployment ended; ``url`` only for viewers allowed to open it."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    success: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    success: bool = attrs.field(validator=_bool)
     ts: int = attrs.field(validator=_ts)
     url: str | None = attrs.field(default=None, validator=_opt_str)
     #: Not on the wire by REQUIREMENTS.md, but sent when known so a client can match started/finished.
@@ -254,8 +268,8 @@ class GithubPush:
     """``github:push``: a push to the linked repository (branch and sha blank for viewers without access)."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    branch: str = attrs.field(validator=attrs.validators.instance_of(str))
-    sha: str = attrs.field(validator=attrs.validators.instance_of(str))
+    branch: str = attrs.field(validator=_str)
+    sha: str = attrs.field(validator=_str)
     ts: int = attrs.field(validator=_ts)
     type: Literal["github:push"] = "github:push"
 
@@ -268,7 +282,7 @@ class SanityWebhook:
     """``sanity:webhook``: Sanity reported ``count`` changed documents."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    count: int = attrs.field(validator=attrs.validators.instance_of(int))
+    count: int = attrs.field(validator=_int)
     ts: int = attrs.field(validator=_ts)
     type: Literal["sanity:webhook"] = "sanity:webhook"
 

@@ -149,17 +149,12 @@ def test_invalid_items_name_the_field(data: Any, field: str) -> None:
     assert caught.value.field == field
 
 
-# models.py checks booleans with attrs.validators.instance_of, which raises TypeError, not InvalidModel.
-_BOOL_TYPE_ERROR = pytest.mark.xfail(raises=TypeError, strict=True, reason="bool fields raise TypeError")
-
-
 @pytest.mark.parametrize(
     ("data", "field"),
     [
         pytest.param(
             {"key": "github", "status": "connected", "updatedAt": "2026-11-26T06:00:00Z", "stale": "yes"},
             "stale",
-            marks=_BOOL_TYPE_ERROR,
         ),
         pytest.param(
             {
@@ -169,7 +164,6 @@ _BOOL_TYPE_ERROR = pytest.mark.xfail(raises=TypeError, strict=True, reason="bool
                 "actions": [{"id": "x", "label": "X", "can": "yes"}],
             },
             "can",
-            marks=_BOOL_TYPE_ERROR,
         ),
     ],
 )
