@@ -59,8 +59,11 @@ def text(value: str) -> Segment:
 
 
 def plural(count: int, word: str) -> str:
-    """>>> plural(1, "deployment"), plural(3, "deployment")
-    ('1 deployment', '3 deployments')"""
+    """A count and a noun in agreement.
+
+    >>> plural(1, "deployment"), plural(3, "deployment")
+    ('1 deployment', '3 deployments')
+    """
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 

@@ -188,7 +188,10 @@ class VercelAdapter:
             count += sum(1 for d in body["deployments"] if isinstance(d, Mapping) and _created(d) >= since)
             pagination = body.get("pagination")
             nxt = pagination.get("next") if isinstance(pagination, Mapping) else None
+            # Stop at the end, past the window, or if the cursor does not move (never loop on one page).
             if not isinstance(nxt, int | float) or nxt < since or not body["deployments"]:
+                break
+            if until is not None and nxt >= until:
                 break
             until = int(nxt)
         return count

@@ -42,7 +42,7 @@ class Router:
         self.calls.append(request)
         answers = self.routes.get((request.method, request.url.path))
         if not answers:
-            return httpx.Response(599, json={"message": f"unrouted {request.method} {request.url.path}"})
+            return httpx.Response(418, json={"message": f"unrouted {request.method} {request.url.path}"})
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
         return answer(request) if callable(answer) else answer
 
