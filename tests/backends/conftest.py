@@ -3,15 +3,15 @@ test, and delete every key under that prefix afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.abc
 import pytest
 
 from integration_status.testing import FakeClock
@@ -112,54 +112,81 @@ async def redis_engine_b(redis_engines: EngineFactory) -> RedisEngine:
 
 
 class RedisProxy:
-    """A loopback TCP proxy in front of the test Redis that a test can cut, as if the server went away."""
+    """A loopback TCP proxy in front of the test Redis that a test can cut (as if the server went away) and
+    restore on the same port (as if it came back). It runs on threads: it holds no cancel scope of the test.
+    """
 
-    def __init__(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
-        self._listener = listener
-        self._tg = tg
-        self._streams: list[anyio.abc.SocketStream] = []
-        self.port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        with self._lock:
+            self._listener: socket.socket | None = self._listen(0)
+            self.port: int = self._listener.getsockname()[1]
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def serve(self) -> None:
-        await self._listener.serve(self._handle, task_group=self._tg)
+    def _listen(self, port: int) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return listener
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
-        upstream = await anyio.connect_tcp(REDIS_HOST, REDIS_PORT)
-        self._streams += [client, upstream]
-        async with client, upstream, anyio.create_task_group() as tg:
-            tg.start_soon(self._pipe, client, upstream, tg)
-            tg.start_soon(self._pipe, upstream, client, tg)
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection((REDIS_HOST, REDIS_PORT))
+            except OSError:
+                return
+            with self._lock:
+                if listener is not self._listener:  # cut while this connection was being accepted
+                    for sock in (client, upstream):
+                        self._close(sock)
+                    return
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
 
     @staticmethod
-    async def _pipe(
-        src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, tg: anyio.abc.TaskGroup
-    ) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
-            async for chunk in src:
-                await dst.send(chunk)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
             pass
-        tg.cancel_scope.cancel()
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-    async def cut(self) -> None:
-        """Close the listener and every forwarded connection: the "server" is gone."""
-        self._tg.cancel_scope.cancel()
-        await self._listener.aclose()
-        for stream in self._streams:
-            await stream.aclose()
+    def cut(self) -> None:
+        """Stop listening and drop every forwarded connection: the "server" is gone."""
+        with self._lock:
+            if self._listener is not None:
+                self._close(self._listener)
+            self._listener = None
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            self._close(sock)
+
+    def restore(self) -> None:
+        """Listen again on the same port: the "server" is back (empty connections, same data)."""
+        with self._lock:
+            self._listener = self._listen(self.port)
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 @pytest.fixture
-async def redis_proxy(redis_url: str) -> AsyncIterator[RedisProxy]:
-    """A cuttable loopback proxy to the test Redis (``redis_proxy.url``, ``await redis_proxy.cut()``)."""
-    async with anyio.create_task_group() as tg:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        proxy = RedisProxy(listener, tg)
-        tg.start_soon(proxy.serve)
-        yield proxy
-        tg.cancel_scope.cancel()
-    await listener.aclose()
+def redis_proxy(redis_url: str) -> Iterator[RedisProxy]:
+    """A cuttable loopback proxy to the test Redis (``redis_proxy.url``, ``.cut()``, ``.restore()``)."""
+    proxy = RedisProxy()
+    yield proxy
+    proxy.cut()
