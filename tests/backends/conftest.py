@@ -53,19 +53,16 @@ def redis_clock() -> FakeClock:
 
 
 @pytest.fixture
-async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
-    import redis.asyncio as aioredis
+    import redis
 
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+            client.delete(*keys)
 
 
 @pytest.fixture
