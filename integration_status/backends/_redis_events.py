@@ -173,14 +173,12 @@ class RedisEventBus:
         self,
         shared: Shared,
         *,
-        maxlen: int = 1000,
-        ttl: float = 86_400.0,
+        maxlen: int = 500,
+        ttl: float = 3_600.0,
         queue_size: int = 256,
         block: float = 0.1,
         batch: int = 100,
     ) -> None:
-        if block >= shared.socket_timeout:
-            raise ConfigurationError("the event reader's block time must be shorter than the socket timeout")
         self._s = shared
         self._maxlen = maxlen
         self._ttl = ttl
@@ -293,10 +291,15 @@ class RedisEventBus:
             with reader.scope:
                 task_status.started()
                 await self._read(reader)
-        except IntegrationStatusError as exc:
+        except BackendUnavailable as exc:
             _log.warning("integration_status.redis.events.reader_failed", error=str(exc))
             for sub in reader.subscribers:
                 sub.fail(BackendUnavailable, str(exc))
+        except Exception:
+            # A bug here must end this project's subscriptions, not the engine's task group and every reader.
+            _log.exception("integration_status.redis.events.reader_crashed", project_id=reader.project_id)
+            for sub in reader.subscribers:
+                sub.fail(BackendUnavailable, "the event reader stopped unexpectedly")
         finally:
             self._running -= 1
             if self._readers.get(reader.project_id) is reader:

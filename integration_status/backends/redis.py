@@ -79,8 +79,8 @@ class RedisEngine:
         clock: Clock = SYSTEM_CLOCK,
         pool_size: int = 50,
         socket_timeout: float = 1.0,
-        stream_maxlen: int = 1000,
-        stream_ttl: float = 86_400.0,
+        stream_maxlen: int = 500,
+        stream_ttl: float = 3_600.0,
         queue_size: int = 256,
         block: float = 0.1,
     ) -> RedisEngine:
@@ -95,6 +95,10 @@ class RedisEngine:
         """
         if not prefix or any(c.isspace() for c in prefix):
             raise ConfigurationError("the Redis key prefix must be a non-empty string without whitespace")
+        if pool_size < 1 or socket_timeout <= 0 or block <= 0 or queue_size < 1 or stream_maxlen < 1:
+            raise ConfigurationError(
+                "pool_size, queue_size and stream_maxlen must be >= 1; socket_timeout and block must be > 0"
+            )
         endpoint, password = describe_endpoint(url)
         # No driver-level retries: a command that fails is reported at once (fail closed) instead of being
         # re-sent, which could run a non-idempotent script twice. Stale pooled connections are re-opened by

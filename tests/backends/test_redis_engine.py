@@ -62,10 +62,20 @@ def test_bad_urls_are_configuration_errors(url: str, match: str) -> None:
         RedisEngine.from_url(url)
 
 
-def test_bad_prefix_is_a_configuration_error() -> None:
-    """An empty prefix would mix keys with other apps: refused."""
-    with pytest.raises(ConfigurationError, match="prefix"):
-        RedisEngine.from_url("redis://127.0.0.1:6379", prefix="")
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"prefix": ""}, "prefix"),
+        ({"prefix": "my app"}, "prefix"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"socket_timeout": 0}, "socket_timeout"),
+        ({"queue_size": 0}, "queue_size"),
+    ],
+)
+def test_bad_options_are_configuration_errors(options: dict[str, Any], match: str) -> None:
+    """An empty prefix (keys mixed with other apps) or a nonsensical pool/timeout/queue is refused."""
+    with pytest.raises(ConfigurationError, match=match):
+        RedisEngine.from_url("redis://127.0.0.1:6379", **options)
 
 
 async def test_connect_to_a_closed_port_is_a_configuration_error() -> None:
