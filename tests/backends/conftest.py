@@ -1,6 +1,189 @@
+"""Fixtures for the backend tests. Redis fixtures use the server on 127.0.0.1:6379, a unique key prefix per
+test, and delete every key under that prefix afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
 import pytest
+
+from integration_status.testing import FakeClock
+
+if TYPE_CHECKING:
+    from integration_status.backends.redis import RedisEngine
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def _redis_reachable() -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis; skips (or fails when CI=true) if nothing listens there."""
+    if not _redis_reachable():
+        message = f"Redis not reachable on {REDIS_HOST}:{REDIS_PORT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+async def redis_raw(redis_url: str) -> AsyncIterator[Any]:
+    """A plain client for looking at (and tampering with) the keys an engine wrote."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+EngineFactory = Callable[..., Awaitable["RedisEngine"]]
+
+
+@pytest.fixture
+async def redis_engines(
+    redis_url: str, redis_prefix: str, redis_clock: FakeClock
+) -> AsyncIterator[EngineFactory]:
+    """Make started engines (each with its own connection pools, like separate workers) sharing the prefix and
+    the FakeClock; all are closed at the end. Keyword arguments go to ``RedisEngine.from_url``."""
+    from integration_status.backends.redis import RedisEngine
+
+    async with AsyncExitStack() as stack:
+
+        async def make(**kwargs: Any) -> RedisEngine:
+            options: dict[str, Any] = {"prefix": redis_prefix, "clock": redis_clock, **kwargs}
+            url = options.pop("url", redis_url)
+            engine = RedisEngine.from_url(url, **options)
+            return await stack.enter_async_context(engine)
+
+        yield make
+
+
+@pytest.fixture
+async def redis_engine(redis_engines: EngineFactory) -> RedisEngine:
+    return await redis_engines()
+
+
+@pytest.fixture
+async def redis_engine_b(redis_engines: EngineFactory) -> RedisEngine:
+    """A second engine on the same Redis and prefix with its own pools: another worker."""
+    return await redis_engines()
+
+
+class RedisProxy:
+    """A loopback TCP proxy in front of the test Redis that a test can cut (as if the server went away) and
+    restore on the same port (as if it came back). It runs on threads: it holds no cancel scope of the test.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        with self._lock:
+            self._listener: socket.socket | None = self._listen(0)
+            self.port: int = self._listener.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen(self, port: int) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection((REDIS_HOST, REDIS_PORT))
+            except OSError:
+                return
+            with self._lock:
+                if listener is not self._listener:  # cut while this connection was being accepted
+                    for sock in (client, upstream):
+                        self._close(sock)
+                    return
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Stop listening and drop every forwarded connection: the "server" is gone."""
+        with self._lock:
+            if self._listener is not None:
+                self._close(self._listener)
+            self._listener = None
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            self._close(sock)
+
+    def restore(self) -> None:
+        """Listen again on the same port: the "server" is back (empty connections, same data)."""
+        with self._lock:
+            self._listener = self._listen(self.port)
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[RedisProxy]:
+    """A cuttable loopback proxy to the test Redis (``redis_proxy.url``, ``.cut()``, ``.restore()``)."""
+    proxy = RedisProxy()
+    yield proxy
+    proxy.cut()

@@ -1,0 +1,100 @@
+"""What every Redis-backed store shares: the clients, the key prefix, the clock, and one error translation.
+
+Private to :mod:`integration_status.backends.redis`; nothing here is public API.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import redis.asyncio as _redis
+import redis.exceptions as _rexc
+
+from integration_status.core.clock import Clock
+from integration_status.exceptions import BackendUnavailable, ConfigurationError
+
+
+def describe_endpoint(url: str) -> tuple[str, str | None]:
+    """``host:port`` (or the socket path) of a Redis URL, and its password (to scrub it from messages).
+
+    >>> describe_endpoint("redis://:hunter2@cache.internal:6380/1")
+    ('cache.internal:6380', 'hunter2')
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError("the Redis URL is malformed (expected redis://host:port/db)") from None
+    if parts.scheme == "unix":
+        return parts.path or "unix socket", parts.password
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"the Redis URL must start with redis://, rediss:// or unix://, not {parts.scheme or '(nothing)'}://"
+        )
+    return f"{parts.hostname or 'localhost'}:{port or 6379}", parts.password
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, the form every value takes in Redis."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def to_ms(seconds: float) -> int:
+    """A duration for ``PX``/``PEXPIRE``: whole milliseconds, at least 1 (Redis refuses 0)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+@attrs.define(kw_only=True, eq=False)
+class Shared:
+    """One engine's connections and namespace, shared by all its stores.
+
+    ``client`` runs ordinary commands on a bounded pool; ``reader`` is a separate pool for the event readers'
+    blocking ``XREAD`` calls, so a busy bus never starves status requests of connections.
+    """
+
+    client: _redis.Redis
+    reader: _redis.Redis
+    prefix: str
+    clock: Clock
+    endpoint: str
+    password: str | None = attrs.field(repr=False)
+    socket_timeout: float
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the password, should a driver message ever echo it."""
+        if self.password:
+            text = text.replace(self.password, "***")
+        return text[:200]
+
+    @contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn any driver error raised inside into :class:`BackendUnavailable` with a message that names the
+        endpoint and the operation, never a secret."""
+        try:
+            yield
+        except _rexc.TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.endpoint} did not answer within {self.socket_timeout:g}s while {doing}"
+            ) from exc
+        except _rexc.ConnectionError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.endpoint} is unreachable while {doing} ({self.scrub(str(exc))})"
+            ) from exc
+        except _rexc.RedisError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.endpoint} refused a command while {doing} "
+                f"({type(exc).__name__}: {self.scrub(str(exc))})"
+            ) from exc
+        except OSError as exc:  # a socket error the driver did not wrap
+            raise BackendUnavailable(
+                f"Redis at {self.endpoint} is unreachable while {doing} ({type(exc).__name__})"
+            ) from exc

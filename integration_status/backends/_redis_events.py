@@ -1,0 +1,330 @@
+"""Events on Redis Streams: one stream per project, one blocking reader per project per worker.
+
+Publishing is ``XADD {prefix}:events:{project} MAXLEN ~ n``; the entry id ("1732600000000-0") is the SSE id,
+so a client can resume with ``Last-Event-ID`` on any worker. Each worker runs ONE ``XREAD BLOCK`` loop per
+project that has local subscribers and fans the entries out to their bounded queues; a subscriber that falls a
+full queue behind is dropped (:class:`SubscriberLagging`) rather than slowing everyone else down.
+
+How nothing is lost between replay and live: a subscriber is registered with the reader in the same step (no
+await between) as it reads the reader's cursor ``C``. Everything after ``C`` reaches its queue; everything
+from its starting point up to ``C`` is read with ``XRANGE``; ids at or before the last one handed out are
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from integration_status.backends._redis_base import Shared, dumps, to_ms
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, IntegrationStatusError
+from integration_status.protocols import StoredEvent
+
+_log = structlog.get_logger()
+
+StreamId = tuple[int, int]
+_ZERO: StreamId = (0, 0)
+
+
+class SubscriberLagging(IntegrationStatusError):
+    """A subscriber fell ``queue_size`` events behind and was dropped; it should resume from its last id."""
+
+
+def parse_id(text: str) -> StreamId | None:
+    """A Redis stream id as a comparable pair, or None when it is not one.
+
+    >>> parse_id("1732600000000-3"), parse_id("1732600000000"), parse_id("abc")
+    ((1732600000000, 3), (1732600000000, 0), None)
+    """
+    ms, _, seq = text.partition("-")
+    if not (ms.isascii() and ms.isdigit() and (not seq or (seq.isascii() and seq.isdigit()))):
+        return None
+    return int(ms), int(seq or 0)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def _decode(entries: Any) -> list[tuple[StreamId, StoredEvent | None]]:
+    """Stream entries as the driver returns them (``[(id, {field: value})]``) -> (id, event or None if
+    unreadable); entries with an id that is not a stream id are left out."""
+    out: list[tuple[StreamId, StoredEvent | None]] = []
+    for entry_id, fields in entries or ():
+        sid = parse_id(str(entry_id))
+        if sid is None:
+            continue
+        try:
+            event: StoredEvent | None = StoredEvent(id=str(entry_id), data=json.loads(fields["data"]))
+        except (KeyError, TypeError, ValueError):
+            _log.warning("integration_status.redis.events.unreadable", id=str(entry_id))
+            event = None
+        out.append((sid, event))
+    return out
+
+
+class _Subscriber:
+    """One local subscriber's bounded queue; fed by the reader without ever waiting."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: deque[StoredEvent] = deque()
+        self.error: tuple[type[Exception], str] | None = None
+        self.closed = False
+        self._wake = anyio.Event()
+
+    def offer(self, event: StoredEvent) -> bool:
+        if len(self.queue) >= self.size:
+            return False
+        self.queue.append(event)
+        self._wake.set()
+        return True
+
+    def fail(self, kind: type[Exception], message: str) -> None:
+        self.error = (kind, message)
+        self.queue.clear()
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def next(self) -> StoredEvent:
+        while True:
+            if self.error is not None:
+                raise self.error[0](self.error[1])
+            if self.queue:
+                return self.queue.popleft()
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake = anyio.Event()
+            await self._wake.wait()
+
+
+class _Reader:
+    def __init__(self, project_id: str, key: str, cursor: StreamId) -> None:
+        self.project_id = project_id
+        self.key = key
+        self.cursor = cursor
+        self.subscribers: set[_Subscriber] = set()
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+
+
+class RedisSubscription:
+    """Events of one project in id order: first the replay after ``Last-Event-ID``, then live events."""
+
+    def __init__(
+        self,
+        bus: RedisEventBus,
+        reader: _Reader,
+        sub: _Subscriber,
+        *,
+        gap: bool,
+        start: StreamId,
+        backlog: list[StoredEvent],
+        until: StreamId | None,
+    ) -> None:
+        self.gap = gap
+        self._bus = bus
+        self._reader = reader
+        self._sub = sub
+        self._cursor = start  # the last id handed out (or the starting point)
+        self._backlog = deque(backlog)
+        self._until = until  # replay with XRANGE up to here, then switch to the live queue
+
+    def __aiter__(self) -> AsyncIterator[StoredEvent]:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        while True:
+            if self._backlog:
+                return self._hand_out(self._backlog.popleft())
+            if self._until is not None:
+                if self._cursor < self._until:
+                    page = await self._bus._range(self._reader.key, self._cursor, self._until)
+                    if page:
+                        self._backlog.extend(page)
+                        continue
+                self._until = None
+            event = await self._sub.next()
+            sid = parse_id(event.id)
+            if sid is not None and sid > self._cursor:
+                return self._hand_out(event)
+
+    def _hand_out(self, event: StoredEvent) -> StoredEvent:
+        sid = parse_id(event.id)
+        if sid is not None:
+            self._cursor = sid
+        return event
+
+
+class RedisEventBus:
+    """The :class:`~integration_status.protocols.EventBus` on Redis Streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        *,
+        maxlen: int = 500,
+        ttl: float = 3_600.0,
+        queue_size: int = 256,
+        block: float = 0.1,
+        batch: int = 100,
+    ) -> None:
+        self._s = shared
+        self._maxlen = maxlen
+        self._ttl = ttl
+        self._queue_size = queue_size
+        self._block_ms = to_ms(block)
+        self._batch = batch
+        self._readers: dict[str, _Reader] = {}
+        self._running = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- lifecycle (driven by the engine) ---
+
+    def _attach(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+
+    def _detach(self) -> None:
+        self._tg = None
+
+    def subscriber_count(self, project_id: str | None = None) -> int:
+        """How many local subscribers this worker has (for one project, or in all)."""
+        if project_id is not None:
+            reader = self._readers.get(project_id)
+            return 0 if reader is None else len(reader.subscribers)
+        return sum(len(r.subscribers) for r in self._readers.values())
+
+    def reader_count(self) -> int:
+        """How many ``XREAD`` reader tasks this worker is running (one per project with local subscribers)."""
+        return self._running
+
+    # --- publishing ---
+
+    async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
+        """Append an event to the project's stream; its stream id, used verbatim as the SSE id."""
+        key = self._s.key("events", project_id)
+        with self._s.errors("publishing an event"):
+            async with self._s.client.pipeline(transaction=True) as pipe:
+                pipe.xadd(key, {"data": dumps(dict(event))}, maxlen=self._maxlen, approximate=True)
+                # Streams of projects nobody touches any more disappear on their own.
+                pipe.pexpire(key, to_ms(self._ttl))
+                entry_id, _ = await pipe.execute()
+        return str(entry_id)
+
+    # --- subscribing ---
+
+    @asynccontextmanager
+    async def subscribe(
+        self, project_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[RedisSubscription]:
+        """Events of one project. With ``last_event_id``, first every later entry still in the stream; if that
+        id is unparseable or no longer in the stream, ``gap`` is True and only new events follow."""
+        tg = self._tg
+        if tg is None:
+            raise ConfigurationError("the Redis event bus runs inside `async with engine:`; enter it first")
+        key = self._s.key("events", project_id)
+        after = None if last_event_id is None else parse_id(last_event_id)
+        with self._s.errors("subscribing to events"):
+            newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))
+        latest = newest[0][0] if newest else _ZERO
+
+        sub = _Subscriber(self._queue_size)
+        reader = self._readers.get(project_id)
+        if reader is None or reader.done.is_set():
+            reader = self._readers[project_id] = _Reader(project_id, key, latest)
+            fresh = True
+        else:
+            fresh = False
+        reader.subscribers.add(sub)
+        registered = reader.cursor  # the queue gets everything after this
+        try:
+            if fresh:
+                await tg.start(self._run, reader)
+            gap, start, backlog = last_event_id is not None, latest, list[StoredEvent]()
+            if after is not None:
+                # Inclusive of ``after``: seeing it proves nothing between it and the next entry was trimmed.
+                with self._s.errors("replaying events"):
+                    page = _decode(
+                        await self._s.client.xrange(
+                            key, format_id(after), format_id(max(after, registered)), count=self._batch + 1
+                        )
+                    )
+                if page and page[0][0] == after:
+                    gap, start = False, after
+                    backlog = [e for _, e in page[1:] if e is not None]
+            until = registered if registered > start else None
+            yield RedisSubscription(self, reader, sub, gap=gap, start=start, backlog=backlog, until=until)
+        finally:
+            reader.subscribers.discard(sub)
+            if not reader.subscribers:
+                await self._stop(reader)
+
+    async def _stop(self, reader: _Reader) -> None:
+        if self._readers.get(reader.project_id) is reader:
+            del self._readers[reader.project_id]
+        reader.scope.cancel()
+        # Wait for the reader to be gone, so "last subscriber left" means "no reader task" (and no leaked
+        # connection), even when this subscriber is itself being cancelled.
+        with anyio.CancelScope(shield=True):
+            await reader.done.wait()
+
+    async def _range(self, key: str, after: StreamId, until: StreamId) -> list[StoredEvent]:
+        with self._s.errors("replaying events"):
+            page = _decode(
+                await self._s.client.xrange(key, f"({format_id(after)}", format_id(until), count=self._batch)
+            )
+        return [e for _, e in page if e is not None]
+
+    async def _run(self, reader: _Reader, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self._running += 1
+        try:
+            with reader.scope:
+                task_status.started()
+                await self._read(reader)
+        except BackendUnavailable as exc:
+            _log.warning("integration_status.redis.events.reader_failed", error=str(exc))
+            for sub in reader.subscribers:
+                sub.fail(BackendUnavailable, str(exc))
+        except Exception:
+            # A bug here must end this project's subscriptions, not the engine's task group and every reader.
+            _log.exception("integration_status.redis.events.reader_crashed", project_id=reader.project_id)
+            for sub in reader.subscribers:
+                sub.fail(BackendUnavailable, "the event reader stopped unexpectedly")
+        finally:
+            self._running -= 1
+            if self._readers.get(reader.project_id) is reader:
+                del self._readers[reader.project_id]
+            for sub in reader.subscribers:
+                sub.close()
+            reader.done.set()
+
+    async def _read(self, reader: _Reader) -> None:
+        while True:
+            with self._s.errors("reading events"):
+                reply: Any = await self._s.reader.xread(
+                    {reader.key: format_id(reader.cursor)}, count=self._batch, block=self._block_ms
+                )
+            # RESP2 answers [[stream, entries]], RESP3 {stream: entries}; nothing new within BLOCK is empty.
+            streams = reply.items() if isinstance(reply, dict) else (reply or ())
+            for _stream, entries in streams:
+                for sid, event in _decode(entries):
+                    reader.cursor = sid
+                    if event is not None:
+                        self._fan_out(reader, event)
+
+    def _fan_out(self, reader: _Reader, event: StoredEvent) -> None:
+        for sub in list(reader.subscribers):
+            if not sub.offer(event):
+                reader.subscribers.discard(sub)
+                sub.fail(SubscriberLagging, f"subscriber fell {sub.size} events behind and was dropped")
+                _log.info("integration_status.redis.events.subscriber_dropped", project_id=reader.project_id)

@@ -1,0 +1,290 @@
+"""Redis implementations of the cache, idempotency, rate-limit and webhook-delivery stores.
+
+Every multi-step decision runs as ONE Lua script, so it is atomic across all workers sharing the Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from integration_status.backends._redis_base import Shared, dumps, to_ms
+from integration_status.exceptions import InvalidModel
+from integration_status.models import Problem
+from integration_status.protocols import BeginResult, CacheEntry, RateDecision, StoredResponse
+from integration_status.snapshot import ProviderSnapshot
+
+_log = structlog.get_logger()
+
+# --- cache --------------------------------------------------------------------------------------------------
+
+# KEYS[1] lock key; ARGV[1] owner token. Only the owner may release.
+_COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def entry_to_json(entry: CacheEntry) -> dict[str, Any]:
+    """The stored form of a cache entry (lossless; it carries sensitive values and stays on the server)."""
+    return {
+        "v": 1,
+        "snapshot": entry.snapshot.to_json(),
+        "freshUntil": entry.fresh_until,
+        "changedAt": entry.changed_at.isoformat(),
+        "checkedAt": entry.checked_at,
+        "error": None if entry.error is None else entry.error.to_json(),
+        "errorAt": entry.error_at,
+    }
+
+
+def entry_from_json(data: Mapping[str, Any]) -> CacheEntry:
+    """Inverse of :func:`entry_to_json`; anything else raises InvalidModel."""
+    try:
+        return CacheEntry(
+            snapshot=ProviderSnapshot.from_json(data["snapshot"]),
+            fresh_until=float(data["freshUntil"]),
+            changed_at=datetime.fromisoformat(data["changedAt"]),
+            checked_at=float(data["checkedAt"]),
+            error=None if data["error"] is None else Problem.from_json(data["error"]),
+            error_at=None if data["errorAt"] is None else float(data["errorAt"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidModel(f"not a cache entry: {type(exc).__name__}") from None
+
+
+class RedisCacheStore:
+    """Raw provider snapshots shared by all workers: ``{prefix}:cache:{key}``, expiring after ``keep_for``.
+
+    ``try_lock``/``unlock`` give the core's cache its cross-worker single-flight: ``{prefix}:lock:{key}``.
+    """
+
+    def __init__(self, shared: Shared) -> None:
+        self._s = shared
+        self._unlock = shared.client.register_script(_COMPARE_AND_DELETE)
+
+    async def load(self, key: str) -> CacheEntry | None:
+        with self._s.errors("reading the provider cache"):
+            raw = await self._s.client.get(self._s.key("cache", key))
+        if raw is None:
+            return None
+        try:
+            return entry_from_json(json.loads(raw))
+        except ValueError:  # json.JSONDecodeError and InvalidModel are both ValueErrors
+            # An entry written by an incompatible version is a miss, not an outage: the next refresh
+            # overwrites it.
+            _log.warning("integration_status.redis.cache.unreadable", key=key)
+            return None
+
+    async def save(self, key: str, entry: CacheEntry, *, keep_for: float) -> None:
+        with self._s.errors("writing the provider cache"):
+            await self._s.client.set(
+                self._s.key("cache", key), dumps(entry_to_json(entry)), px=to_ms(keep_for)
+            )
+
+    async def delete(self, key: str) -> None:
+        with self._s.errors("invalidating the provider cache"):
+            await self._s.client.delete(self._s.key("cache", key))
+
+    async def try_lock(self, key: str, ttl: float) -> str | None:
+        token = uuid.uuid4().hex
+        with self._s.errors("taking a refresh lock"):
+            taken = await self._s.client.set(self._s.key("lock", key), token, nx=True, px=to_ms(ttl))
+        return token if taken else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        with self._s.errors("releasing a refresh lock"):
+            await self._unlock(keys=[self._s.key("lock", key)], args=[token])
+
+
+# --- idempotency --------------------------------------------------------------------------------------------
+
+# KEYS[1] done record (hash: fp, status, body, headers); KEYS[2] lease (hash: token, fp).
+# ARGV[1] fingerprint; ARGV[2] new owner token; ARGV[3] lease ms.
+_BEGIN = """
+local fp = redis.call('HGET', KEYS[1], 'fp')
+if fp then
+  if fp == ARGV[1] then
+    local r = redis.call('HMGET', KEYS[1], 'status', 'body', 'headers')
+    return {'replay', r[1], r[2], r[3]}
+  end
+  return {'mismatch'}
+end
+local held = redis.call('HGET', KEYS[2], 'fp')
+if held then
+  if held == ARGV[1] then return {'in_flight'} end
+  return {'mismatch'}
+end
+redis.call('HSET', KEYS[2], 'token', ARGV[2], 'fp', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {'started', ARGV[2]}
+"""
+
+# KEYS[1] lease; KEYS[2] done record. ARGV: token, status, body, headers, keep ms.
+# A holder whose lease expired (and was maybe taken over) must not overwrite the newer owner's result.
+_COMPLETE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local fp = redis.call('HGET', KEYS[1], 'fp')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'fp', fp, 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisIdempotencyStore:
+    """Idempotency records shared by all workers: a lease ``{prefix}:idem:lease:{key}`` while the action runs,
+    then the finished response ``{prefix}:idem:done:{key}`` for replay."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._s = shared
+        self._begin = shared.client.register_script(_BEGIN)
+        self._complete = shared.client.register_script(_COMPLETE)
+        self._release = shared.client.register_script(_RELEASE)
+
+    def _keys(self, key: str) -> tuple[str, str]:
+        return self._s.key("idem", "done", key), self._s.key("idem", "lease", key)
+
+    async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
+        done, held = self._keys(key)
+        with self._s.errors("checking an idempotency key"):
+            reply = await self._begin(keys=[done, held], args=[fingerprint, uuid.uuid4().hex, to_ms(lease)])
+        state = reply[0]
+        if state == "started":
+            return BeginResult(state="started", token=reply[1])
+        if state == "replay":
+            response = StoredResponse(
+                status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
+            )
+            return BeginResult(state="replay", response=response)
+        if state == "in_flight":
+            return BeginResult(state="in_flight")
+        return BeginResult(state="mismatch")
+
+    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None:
+        done, held = self._keys(key)
+        args: list[str | int] = [
+            token,
+            response.status,
+            dumps(dict(response.body)),
+            dumps(dict(response.headers)),
+            to_ms(keep_for),
+        ]
+        with self._s.errors("storing an idempotent response"):
+            stored = await self._complete(keys=[held, done], args=args)
+        if not stored:
+            _log.warning("integration_status.redis.idempotency.lease_lost", status=response.status)
+
+    async def release(self, key: str, token: str) -> None:
+        with self._s.errors("releasing an idempotency key"):
+            await self._release(keys=[self._keys(key)[1]], args=[token])
+
+
+# --- rate limiting ------------------------------------------------------------------------------------------
+
+# A sliding-window log of admitted hits. KEYS[1] the sorted set; ARGV: now ms, window ms, limit, a unique
+# member.
+# Scores are returned as strings because Lua numbers come back from Redis truncated to integers.
+_HIT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  count = count + 1
+  allowed = 1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then
+  redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(tonumber(newest[2]) + window - now)))
+end
+return {allowed, count, oldest[2] or '', newest[2] or ''}
+"""
+
+
+def decide(
+    *,
+    allowed: bool,
+    count: int,
+    limit: int,
+    window: float,
+    now: float,
+    oldest: float | None,
+    newest: float | None,
+) -> RateDecision:
+    """The decision from the script's raw answer (times in seconds).
+
+    >>> decide(allowed=False, count=5, limit=5, window=60, now=130, oldest=100, newest=120).retry_after
+    30.0
+    """
+    # Rounded to microseconds: epoch milliseconds as doubles carry noise far below that.
+    retry_after = 0.0 if allowed or oldest is None else round(max(0.0, oldest + window - now), 6)
+    reset = 0.0 if newest is None else round(max(0.0, newest + window - now), 6)
+    return RateDecision(
+        allowed=allowed, limit=limit, remaining=max(0, limit - count), retry_after=retry_after, reset=reset
+    )
+
+
+class RedisRateLimiter:
+    """An exact sliding-window limit shared by all workers (``{prefix}:rl:{key}``).
+
+    Time comes from the injected clock, not from the Redis server, so workers' clocks must agree to well
+    under a second (NTP); a worker whose clock runs behind sees hits from the others as slightly "future".
+    """
+
+    def __init__(self, shared: Shared) -> None:
+        self._s = shared
+        self._hit = shared.client.register_script(_HIT)
+
+    async def hit(self, key: str, *, limit: int, window: float) -> RateDecision:
+        if limit < 1 or window <= 0:
+            raise ValueError("a rate limit needs limit >= 1 and window > 0")
+        now = self._s.clock.time()
+        args: list[str | int] = [repr(now * 1000), repr(window * 1000), limit, uuid.uuid4().hex]
+        with self._s.errors("counting a rate-limited action"):
+            allowed, count, oldest, newest = await self._hit(keys=[self._s.key("rl", key)], args=args)
+        return decide(
+            allowed=bool(allowed),
+            count=int(count),
+            limit=limit,
+            window=window,
+            now=now,
+            oldest=float(oldest) / 1000 if oldest else None,
+            newest=float(newest) / 1000 if newest else None,
+        )
+
+
+# --- webhook deliveries -------------------------------------------------------------------------------------
+
+
+class RedisDeliveryLog:
+    """Webhook replay protection shared by all workers: ``{prefix}:delivery:{id}``."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._s = shared
+
+    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
+        """True the first time a delivery id is seen within ``ttl`` seconds, False for every repeat."""
+        with self._s.errors("checking a webhook delivery id"):
+            fresh = await self._s.client.set(
+                self._s.key("delivery", delivery_id), "1", nx=True, px=to_ms(ttl)
+            )
+        return bool(fresh)

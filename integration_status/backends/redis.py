@@ -1,0 +1,205 @@
+"""The scale-out engine: provider cache, idempotency, rate limits, webhook replay protection and events in
+Redis, shared by every worker that uses the same Redis and key prefix. Needs the ``redis`` extra.
+
+>>> engine = RedisEngine.from_url("redis://127.0.0.1:6379/0", prefix="myapp")
+>>> engine
+RedisEngine(endpoint='127.0.0.1:6379', prefix='myapp')
+
+Use it as ``async with engine:`` (it checks the connection and runs the event readers), then hand
+``engine.cache_store``, ``engine.idempotency``, ``engine.rate_limiter``, ``engine.events`` and
+``engine.deliveries`` to the service. Key layout and operations: ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+try:
+    import redis.asyncio as _redis
+    from redis.asyncio.retry import Retry as _Retry
+    from redis.backoff import NoBackoff as _NoBackoff
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "the Redis engine needs the redis package: pip install 'integration-status[redis]'"
+    ) from exc
+
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import anyio
+import structlog
+
+from integration_status.backends._redis_base import Shared, describe_endpoint
+from integration_status.backends._redis_events import RedisEventBus, RedisSubscription, SubscriberLagging
+from integration_status.backends._redis_stores import (
+    RedisCacheStore,
+    RedisDeliveryLog,
+    RedisIdempotencyStore,
+    RedisRateLimiter,
+)
+from integration_status.core.clock import SYSTEM_CLOCK, Clock
+from integration_status.exceptions import BackendUnavailable, ConfigurationError
+
+__all__ = [
+    "RedisCacheStore",
+    "RedisDeliveryLog",
+    "RedisEngine",
+    "RedisEventBus",
+    "RedisIdempotencyStore",
+    "RedisRateLimiter",
+    "RedisSubscription",
+    "SubscriberLagging",
+]
+
+_log = structlog.get_logger()
+
+
+class RedisEngine:
+    """All Redis-backed stores over one connection pool and one key prefix. Build it with :meth:`from_url`."""
+
+    def __init__(
+        self, shared: Shared, *, stream_maxlen: int, stream_ttl: float, queue_size: int, block: float
+    ) -> None:
+        """Internal: use :meth:`from_url`."""
+        self._s = shared
+        self._cache = RedisCacheStore(shared)
+        self._idempotency = RedisIdempotencyStore(shared)
+        self._rate_limiter = RedisRateLimiter(shared)
+        self._deliveries = RedisDeliveryLog(shared)
+        self._events = RedisEventBus(
+            shared, maxlen=stream_maxlen, ttl=stream_ttl, queue_size=queue_size, block=block
+        )
+        self._stack: AsyncExitStack | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "integration-status",
+        clock: Clock = SYSTEM_CLOCK,
+        pool_size: int = 50,
+        socket_timeout: float = 1.0,
+        stream_maxlen: int = 500,
+        stream_ttl: float = 3_600.0,
+        queue_size: int = 256,
+        block: float = 0.1,
+    ) -> RedisEngine:
+        """An engine for the Redis at ``url`` (``redis://[:password@]host:port/db``, ``rediss://``, ``unix://``).
+
+        No connection is made here; :meth:`connect` (or ``async with``) checks it. ``prefix`` namespaces every
+        key, so several apps can share one Redis. ``pool_size`` bounds the connections for ordinary commands
+        (event readers use one more connection per project with local subscribers). ``stream_maxlen`` is how
+        many events each project's stream keeps (approximately) for ``Last-Event-ID`` replay, ``stream_ttl``
+        how long an idle stream lives, ``queue_size`` how far one subscriber may fall behind, ``block`` the
+        reader's ``XREAD BLOCK`` time in seconds.
+        """
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ConfigurationError("the Redis key prefix must be a non-empty string without whitespace")
+        if pool_size < 1 or socket_timeout <= 0 or block <= 0 or queue_size < 1 or stream_maxlen < 1:
+            raise ConfigurationError(
+                "pool_size, queue_size and stream_maxlen must be >= 1; socket_timeout and block must be > 0"
+            )
+        endpoint, password = describe_endpoint(url)
+        # No driver-level retries: a command that fails is reported at once (fail closed) instead of being
+        # re-sent, which could run a non-idempotent script twice. Stale pooled connections are re-opened by
+        # the pool's own health check before use.
+        common = {
+            "decode_responses": True,
+            "retry": _Retry(_NoBackoff(), 0),
+            "socket_connect_timeout": socket_timeout,
+        }
+        try:
+            pool = _redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                **common,
+            )
+            # Readers block in XREAD for ``block`` seconds, so their socket timeout is longer by that much.
+            reader_pool = _redis.ConnectionPool.from_url(url, socket_timeout=socket_timeout + block, **common)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the Redis URL for {endpoint} is invalid ({type(exc).__name__})"
+            ) from None
+        shared = Shared(
+            client=_redis.Redis.from_pool(pool),
+            reader=_redis.Redis.from_pool(reader_pool),
+            prefix=prefix,
+            clock=clock,
+            endpoint=endpoint,
+            password=password,
+            socket_timeout=socket_timeout,
+        )
+        return cls(
+            shared, stream_maxlen=stream_maxlen, stream_ttl=stream_ttl, queue_size=queue_size, block=block
+        )
+
+    # --- the stores ---
+
+    @property
+    def cache_store(self) -> RedisCacheStore:
+        return self._cache
+
+    @property
+    def idempotency(self) -> RedisIdempotencyStore:
+        return self._idempotency
+
+    @property
+    def rate_limiter(self) -> RedisRateLimiter:
+        return self._rate_limiter
+
+    @property
+    def events(self) -> RedisEventBus:
+        return self._events
+
+    @property
+    def deliveries(self) -> RedisDeliveryLog:
+        return self._deliveries
+
+    @property
+    def prefix(self) -> str:
+        return self._s.prefix
+
+    # --- lifecycle ---
+
+    async def connect(self) -> None:
+        """Check that Redis answers (``PING``); raise :class:`ConfigurationError` naming host:port if not."""
+        try:
+            with self._s.errors("connecting"):
+                await self._s.client.ping()
+        except BackendUnavailable as exc:
+            raise ConfigurationError(f"cannot use Redis at {self._s.endpoint}: {exc}") from exc.__cause__
+        _log.debug("integration_status.redis.connected", endpoint=self._s.endpoint, prefix=self._s.prefix)
+
+    async def aclose(self) -> None:
+        """Stop the event readers and close every connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        await self._s.client.aclose()
+        await self._s.reader.aclose()
+
+    async def __aenter__(self) -> RedisEngine:
+        await self.connect()
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(self._events._detach)
+        stack.callback(tg.cancel_scope.cancel)  # the readers loop forever; leaving the engine stops them
+        self._events._attach(tg)
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisEngine(endpoint={self._s.endpoint!r}, prefix={self._s.prefix!r})"

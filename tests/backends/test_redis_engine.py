@@ -1,0 +1,154 @@
+"""The Redis engine itself: optional import, connection checks, failing closed when Redis goes away."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+import pytest
+
+from integration_status.backends.redis import RedisEngine
+from integration_status.exceptions import BackendUnavailable, ConfigurationError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_import_without_redis_names_the_extra() -> None:
+    """Importing the engine without the redis package raises ImportError with the pip extra to install."""
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "try:\n"
+        "    import integration_status.backends.redis\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'integration-status[redis]'" in out.stdout
+
+
+def test_backends_package_does_not_import_redis() -> None:
+    """The core and the backends package load without pulling in the redis driver."""
+    code = (
+        "import sys, integration_status.backends, integration_status.protocols; print('redis' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_repr_hides_the_password() -> None:
+    """The engine's repr names the endpoint and prefix, never the URL's password."""
+    engine = RedisEngine.from_url("redis://:s3cr3t-pw@cache.internal:6380/2", prefix="app")
+    assert repr(engine) == "RedisEngine(endpoint='cache.internal:6380', prefix='app')"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [("http://127.0.0.1:6379", "must start with redis://"), ("redis://127.0.0.1:notaport", "malformed")],
+)
+def test_bad_urls_are_configuration_errors(url: str, match: str) -> None:
+    """A URL that is not a Redis URL is refused at construction."""
+    with pytest.raises(ConfigurationError, match=match):
+        RedisEngine.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"prefix": ""}, "prefix"),
+        ({"prefix": "my app"}, "prefix"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"socket_timeout": 0}, "socket_timeout"),
+        ({"queue_size": 0}, "queue_size"),
+    ],
+)
+def test_bad_options_are_configuration_errors(options: dict[str, Any], match: str) -> None:
+    """An empty prefix (keys mixed with other apps) or a nonsensical pool/timeout/queue is refused."""
+    with pytest.raises(ConfigurationError, match=match):
+        RedisEngine.from_url("redis://127.0.0.1:6379", **options)
+
+
+async def test_connect_to_a_closed_port_is_a_configuration_error() -> None:
+    """connect() to a closed port raises ConfigurationError naming host:port, never the password."""
+    port = _closed_port()
+    engine = RedisEngine.from_url(f"redis://:s3cr3t-pw@127.0.0.1:{port}/0", socket_timeout=0.5)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            await engine.connect()
+    finally:
+        await engine.aclose()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "s3cr3t-pw" not in repr(info.value.__cause__)
+
+
+async def test_async_with_checks_the_connection() -> None:
+    """Entering the engine with Redis unreachable fails at once with ConfigurationError."""
+    engine = RedisEngine.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout=0.5)
+    with pytest.raises(ConfigurationError, match="cannot use Redis"):
+        async with engine:
+            pass
+
+
+async def test_connect_succeeds_against_the_real_redis(redis_url: str, redis_prefix: str) -> None:
+    """connect() against the live server returns; aclose() may be called twice."""
+    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+    await engine.connect()
+    await engine.aclose()
+    await engine.aclose()
+
+
+OPERATIONS: dict[str, Any] = {
+    "cache.load": lambda e: e.cache_store.load("k"),
+    "cache.try_lock": lambda e: e.cache_store.try_lock("k", 5),
+    "idempotency.begin": lambda e: e.idempotency.begin("k", "fp", lease=5, keep_for=60),
+    "rate_limiter.hit": lambda e: e.rate_limiter.hit("k", limit=5, window=60),
+    "deliveries.first_seen": lambda e: e.deliveries.first_seen("d", 60),
+    "events.publish": lambda e: e.events.publish("p1", {"n": 1}),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+async def test_redis_going_away_mid_flight_fails_closed(
+    redis_engines: Any, redis_proxy: Any, operation: str
+) -> None:
+    """When the server goes away after start-up, every store raises BackendUnavailable naming the endpoint."""
+    engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
+    await OPERATIONS[operation](engine)  # works through the proxy
+    redis_proxy.cut()
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{redis_proxy.port}"):
+        await OPERATIONS[operation](engine)
+
+
+async def test_reader_failure_reaches_subscribers(redis_engines: Any, redis_proxy: Any) -> None:
+    """A subscriber whose reader loses Redis gets BackendUnavailable, and the reader is gone."""
+    engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
+    async with engine.events.subscribe("p1") as sub:
+        assert engine.events.reader_count() == 1
+        redis_proxy.cut()
+        with anyio.fail_after(5), pytest.raises(BackendUnavailable):
+            await anext(aiter(sub))
+        assert engine.events.reader_count() == 0
+    assert engine.events.subscriber_count() == 0
+
+
+async def test_engine_recovers_when_redis_comes_back(redis_engines: Any, redis_proxy: Any) -> None:
+    """After an outage the same engine works again once the server is back, without being rebuilt."""
+    engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
+    assert await engine.deliveries.first_seen("before", 60) is True
+    redis_proxy.cut()
+    with pytest.raises(BackendUnavailable):
+        await engine.deliveries.first_seen("during", 60)
+    redis_proxy.restore()
+    assert await engine.deliveries.first_seen("after", 60) is True
+    assert await engine.deliveries.first_seen("before", 60) is False
