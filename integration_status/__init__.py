@@ -25,6 +25,7 @@ from integration_status.exceptions import (
     ProviderUnavailable,
     RateLimitExceeded,
     RequestError,
+    SubscriberLagging,
     Unauthorized,
 )
 from integration_status.models import (
@@ -124,6 +125,7 @@ __all__ = [
     "StatusResult",
     "StatusService",
     "StatusUpdate",
+    "SubscriberLagging",
     "SystemClock",
     "Unauthorized",
     "Viewer",

@@ -6,6 +6,7 @@
     ├── InvalidModel (also ValueError)          a value or JSON document breaks the contract
     ├── ConfigurationError                      the host wired something wrong (raised at start-up)
     ├── BackendUnavailable                      Redis / the store is unreachable; actions fail closed
+    ├── SubscriberLagging                       an event subscriber fell too far behind and was dropped
     ├── ProviderError                           a provider call failed; carries provider, status_code, retry_after
     │   ├── ProviderAuthError                   -> problem.code "oauth_revoked"
     │   ├── ProviderRateLimited                 -> problem.code "rate_limited"
@@ -45,6 +46,7 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimitExceeded",
     "RequestError",
+    "SubscriberLagging",
     "Unauthorized",
 ]
 
@@ -67,6 +69,11 @@ class ConfigurationError(IntegrationStatusError):
 
 class BackendUnavailable(IntegrationStatusError):
     """The shared store (e.g. Redis) could not be reached; state-changing operations fail closed."""
+
+
+class SubscriberLagging(IntegrationStatusError):
+    """An event subscriber fell ``queue_size`` events behind and was dropped so it could not slow the others;
+    the client reconnects with the last id it received and resumes from there."""
 
 
 class ProviderError(IntegrationStatusError):

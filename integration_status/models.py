@@ -10,7 +10,7 @@ with the offending field named).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
@@ -137,6 +137,10 @@ class Action:
         return cls(id=d.get("id"), label=d.get("label"), can=d.get("can"), reason=d.get("reason"))
 
 
+def _actions(value: Iterable[Action]) -> tuple[Action, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class IntegrationStatus:
     """One provider's status as one viewer sees it (already redacted)."""
@@ -147,7 +151,7 @@ class IntegrationStatus:
     summary: str | None = attrs.field(default=None, validator=_opt_str)
     stale: bool = attrs.field(default=False, validator=_bool)
     problem: Problem | None = None
-    actions: tuple[Action, ...] = attrs.field(default=(), converter=tuple)
+    actions: tuple[Action, ...] = attrs.field(default=(), converter=_actions)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "status": self.status}
@@ -180,12 +184,16 @@ class IntegrationStatus:
         )
 
 
+def _items(value: Iterable[IntegrationStatus]) -> tuple[IntegrationStatus, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class StatusEnvelope:
     """The body of ``GET /status``: four items in the order of :data:`PROVIDERS` and their hash."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    items: tuple[IntegrationStatus, ...] = attrs.field(converter=tuple)
+    items: tuple[IntegrationStatus, ...] = attrs.field(converter=_items)
     hash: str = ""
 
     def to_json(self, *, with_hash: bool = True) -> dict[str, Any]:
@@ -295,7 +303,7 @@ class StatusUpdate:
     """``status:update``: the project's items as this viewer sees them now."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    items: tuple[IntegrationStatus, ...] = attrs.field(converter=tuple)
+    items: tuple[IntegrationStatus, ...] = attrs.field(converter=_items)
     ts: int = attrs.field(validator=_ts)
     type: Literal["status:update"] = "status:update"
 

@@ -61,7 +61,10 @@ class ProviderConnection:
     """
 
     provider: ProviderKey
-    settings: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
+    # Values are not shown in reprs: a setting may hold a secret (e.g. a Vercel deploy hook URL).
+    settings: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_map, hash=False, repr=lambda m: f"<keys {sorted(m)}>"
+    )
     token: Secret | None = attrs.field(default=None, converter=_secret)
     dsn: Secret | None = attrs.field(default=None, converter=_secret)
     webhook_secret: Secret | None = attrs.field(default=None, converter=_secret)

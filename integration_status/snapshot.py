@@ -23,7 +23,7 @@ rendered text, and with it the ETag, changes rarely.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
@@ -91,12 +91,16 @@ class Ago:
 Piece: TypeAlias = str | Sensitive | Ago
 
 
+def _pieces(value: Iterable[Piece]) -> tuple[Piece, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Segment:
     """One ``·``-separated part of a summary. If any Sensitive piece is hidden, the whole segment becomes
     ``redacted`` (or is dropped when ``redacted`` is None)."""
 
-    pieces: tuple[Piece, ...] = attrs.field(converter=tuple)
+    pieces: tuple[Piece, ...] = attrs.field(converter=_pieces)
     redacted: str | None = None
 
 
@@ -145,6 +149,14 @@ def default_actions(
     return tuple(out)
 
 
+def _segments(value: Iterable[Segment]) -> tuple[Segment, ...]:
+    return tuple(value)
+
+
+def _action_states(value: Iterable[ActionState]) -> tuple[ActionState, ...]:
+    return tuple(value)
+
+
 def _freeze_details(value: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((value or {}).items())) if not isinstance(value, tuple) else value
 
@@ -156,9 +168,9 @@ class ProviderSnapshot:
 
     provider: ProviderKey = attrs.field(validator=attrs.validators.in_(PROVIDERS))
     status: StatusValue = attrs.field(validator=attrs.validators.in_(STATUSES))
-    summary: tuple[Segment, ...] = attrs.field(default=(), converter=tuple)
+    summary: tuple[Segment, ...] = attrs.field(default=(), converter=_segments)
     problem: Problem | None = None
-    actions: tuple[ActionState, ...] = attrs.field(converter=tuple)
+    actions: tuple[ActionState, ...] = attrs.field(converter=_action_states)
     #: Extra facts for events and action handlers, e.g. ``("productionUrl", Sensitive(kind="url", ...))``.
     details: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_details)
 

@@ -41,13 +41,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.events import format_event_id, next_event_id, parse_event_id
+from integration_status.exceptions import SubscriberLagging
 from integration_status.protocols import StoredEvent
 
 __all__ = ["MemoryEventBus", "MemorySubscription", "SubscriberLagging"]
-
-
-class SubscriberLagging(Exception):
-    """A subscriber fell ``queue_size`` events behind and was dropped; reconnect with the last id received."""
 
 
 @attrs.define(eq=False)

@@ -24,17 +24,18 @@ import anyio.abc
 import structlog
 
 from integration_status.backends._redis_base import Shared, dumps, to_ms
-from integration_status.exceptions import BackendUnavailable, ConfigurationError, IntegrationStatusError
+from integration_status.exceptions import (
+    BackendUnavailable,
+    ConfigurationError,
+    IntegrationStatusError,
+    SubscriberLagging,
+)
 from integration_status.protocols import StoredEvent
 
 _log = structlog.get_logger()
 
 StreamId = tuple[int, int]
 _ZERO: StreamId = (0, 0)
-
-
-class SubscriberLagging(IntegrationStatusError):
-    """A subscriber fell ``queue_size`` events behind and was dropped; it should resume from its last id."""
 
 
 def parse_id(text: str) -> StreamId | None:

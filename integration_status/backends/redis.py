@@ -28,7 +28,8 @@ import anyio
 import structlog
 
 from integration_status.backends._redis_base import Shared, describe_endpoint
-from integration_status.backends._redis_events import RedisEventBus, RedisSubscription, SubscriberLagging
+from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
+from integration_status.exceptions import SubscriberLagging
 from integration_status.backends._redis_stores import (
     RedisCacheStore,
     RedisDeliveryLog,

@@ -13,7 +13,7 @@ import attrs
 import structlog
 
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
-from integration_status.exceptions import InvalidRequest, RequestError
+from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
 from integration_status.protocols import RequestInfo
 from integration_status.service import StatusService
 
@@ -200,7 +200,8 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
                                     continue
                                 last_items = event["items"]
                             await send(encode_event(data=event, event=str(event["type"]), id=stored.id))
-                    except Exception as exc:  # a lagging subscriber: end; the client resumes with Last-Event-ID
+                    except (SubscriberLagging, BackendUnavailable) as exc:
+                        # End the stream; the client reconnects and resumes with Last-Event-ID.
                         _log.info("integration_status.sse.dropped", error=type(exc).__name__)
                     tg.cancel_scope.cancel()
         finally:
