@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ from adapter_support import AutoClock, Router, _serve
 from integration_status.adapters._http import HttpClient
 from integration_status.testing import FakeClock
 
-# The payloads live beside the repository (../shared/provider-payloads); a git worktree sits one level deeper.
-_CANDIDATES = [base / "shared" / "provider-payloads" for base in Path(__file__).parents[2].parents[:2]]
-PAYLOADS = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0])
+# Example responses from the providers' public API descriptions (see the README in that folder).
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "provider-payloads"
 
 
 @pytest.fixture
@@ -28,11 +26,6 @@ def anyio_backend() -> str:
 @pytest.fixture
 def payload() -> Callable[[str], dict[str, Any]]:
     """Load ``provider/name`` (without .json) from the shared payload directory."""
-    if not PAYLOADS.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"provider payloads missing at {PAYLOADS}")
-        pytest.skip(f"provider payloads not found at {PAYLOADS} (they live beside the repository)")
-
     def load(name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((PAYLOADS / f"{name}.json").read_text())
         return data

@@ -18,7 +18,7 @@ from integration_status.demo.server import build_app
 from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.anyio
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "provider-payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "provider-payloads"
 
 
 async def test_demo_status_etag_and_304() -> None:
@@ -55,10 +55,7 @@ async def test_demo_roles_and_projects() -> None:
 
 
 def fixture(name: str) -> Any:
-    path = PAYLOADS / name
-    if not path.exists():
-        pytest.skip(f"provider payloads not found at {PAYLOADS}")
-    return json.loads(path.read_text())
+    return json.loads((PAYLOADS / name).read_text())
 
 
 async def test_demo_switches_to_real_providers_by_configuration() -> None:
