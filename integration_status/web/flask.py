@@ -299,8 +299,10 @@ class _EventStream:
             pass  # the loop is already gone, and with it the writer
         except Exception:
             _log.exception("integration_status.flask.stream_failed")
-        with suppress(RuntimeError):
+        try:
             self._portal.call(self._receive.aclose)
+        except RuntimeError:
+            self._receive.close()  # the loop is gone, so nothing waits on the stream: closing here is safe
 
 
 async def _run_writer(
