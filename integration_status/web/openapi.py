@@ -231,20 +231,24 @@ assert tuple(_EVENT_SCHEMAS) == EVENT_TYPES
 
 
 def _headers() -> Json:
-    def header(description: str, schema: Json | None = None) -> Json:
-        return {"description": description, "schema": schema or {"type": "string"}}
+    def header(description: str, schema: Json | None = None, *, required: bool = True) -> Json:
+        return {"description": description, "required": required, "schema": schema or {"type": "string"}}
 
     return {
         "ETag": header(
             "The status hash, quoted: a strong entity tag.", {"type": "string", "pattern": '^"[^"]+"$'}
         ),
         "Cache-Control": header("Always no-store.", {"const": "no-store"}),
-        "Idempotent-Replayed": header("Present on a replayed response.", {"const": "true"}),
+        "Idempotent-Replayed": header("Present on a replayed response.", {"const": "true"}, required=False),
         "Retry-After": header(
             "Seconds to wait; equals error.retryAfter.", {"type": "string", "pattern": r"^\d+$"}
         ),
-        "RateLimit": header("draft-ietf-httpapi-ratelimit-headers: limit, remaining, reset.", None),
-        "RateLimit-Policy": header("draft-ietf-httpapi-ratelimit-headers: <limit>;w=<window seconds>.", None),
+        "RateLimit": header(
+            "draft-ietf-httpapi-ratelimit-headers: limit, remaining, reset (not on replays).", required=False
+        ),
+        "RateLimit-Policy": header(
+            "draft-ietf-httpapi-ratelimit-headers: <limit>;w=<window seconds>.", required=False
+        ),
         "X-Accel-Buffering": header("Always no: proxies must not buffer the stream.", {"const": "no"}),
     }
 
@@ -443,10 +447,12 @@ def _paths(prefix: str) -> Json:
                 "responses": {
                     "200": {
                         "description": "Accepted (also a ping or a duplicate).",
+                        "headers": _h("Cache-Control"),
                         "content": _json(_ref("WebhookResponse")),
                     },
                     "202": {
                         "description": "Authentic, of a kind that is ignored.",
+                        "headers": _h("Cache-Control"),
                         "content": _json(_ref("WebhookResponse")),
                     },
                     "400": _error("Malformed JSON or payload.", "invalid_request"),
@@ -460,7 +466,13 @@ def _paths(prefix: str) -> Json:
             "get": {
                 "operationId": "getOpenAPI",
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "headers": _h("Cache-Control"),
+                        "content": _json({"type": "object"}),
+                    }
+                },
             }
         },
     }
