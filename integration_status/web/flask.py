@@ -120,10 +120,15 @@ class IntegrationStatus:
         """The blocking portal running the service, started on first use. Hosts may use it too, e.g.
         ``ext.portal.call(service.publish, project_id, event)`` from a view."""
         with self._lock:
-            if self._portal is not None and self._pid == os.getpid():
-                return self._portal
-            # A fork copies the state but not the loop's thread: start afresh in the child.
-            return self._start_locked()
+            if self._portal is None:
+                return self._start_locked()
+            if self._pid != os.getpid():
+                # A fork copies the running service's state but not the loop's thread: nothing can run it.
+                raise ConfigurationError(
+                    "IntegrationStatus was started before this process forked; start it in each worker "
+                    "(leave INTEGRATION_STATUS_EAGER_START off with a pre-forking server)"
+                )
+            return self._portal
 
     def start(self) -> None:
         """Start the event loop thread and enter the service now (otherwise the first request does it)."""

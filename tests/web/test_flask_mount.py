@@ -22,6 +22,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import (
     ActionContext,
     ActionOutcome,
@@ -201,6 +202,24 @@ def test_eager_start_enters_the_service_in_init_app() -> None:
     finally:
         ext.close()
     assert not service.running
+
+
+def test_init_app_without_a_service_is_a_configuration_error() -> None:
+    """An extension without a service refuses init_app with a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="needs a service"):
+        IntegrationStatus(Flask(__name__))
+
+
+def test_a_forked_process_refuses_an_inherited_portal(h: Harness) -> None:
+    """A process that inherited a started extension (pid changed) refuses to use the parent's dead loop."""
+    h.ext.start()
+    parent = h.ext._pid
+    h.ext._pid = -1  # what a fork looks like to the extension
+    try:
+        with pytest.raises(ConfigurationError, match="forked"):
+            h.ext.portal  # noqa: B018
+    finally:
+        h.ext._pid = parent
 
 
 def test_import_without_flask_names_the_extra() -> None:
