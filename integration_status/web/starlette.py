@@ -123,7 +123,8 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         return _to_starlette(await handlers.handle_webhook(service, provider, _info(request), body))
 
     async def openapi(request: Request) -> StarletteResponse:
-        return _to_starlette(handlers.handle_openapi(prefix))
+        # Mounted (e.g. inside FastAPI), the mount's path is the root_path: the document lists full paths.
+        return _to_starlette(handlers.handle_openapi(request.scope.get("root_path", "") + prefix))
 
     return [
         Route(f"{prefix}/status", status, methods=["GET"], name="integration_status:status"),

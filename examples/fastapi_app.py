@@ -1,0 +1,59 @@
+"""integration-status inside a FastAPI app, with simulated providers.
+
+    pip install 'integration-status[starlette,demo]' fastapi
+    python examples/fastapi_app.py            # then open http://127.0.0.1:8000/
+
+A mounted app gets no lifespan events of its own, so the service's lifespan goes to the FastAPI app and the
+mounted integration-status app is created with ``lifespan=False`` and ``prefix=""`` (the mount adds the path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+import integration_status.web
+from integration_status.core.clock import SYSTEM_CLOCK
+from integration_status.demo.simulated import World, simulated_adapters
+from integration_status.models import PROVIDERS
+from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
+from integration_status.service import StatusService
+from integration_status.web.starlette import create_app
+
+STATIC = Path(integration_status.web.__file__).parent / "static"
+
+
+async def connections(project_id: str) -> ProjectConnections | None:
+    """Your storage: which providers a project links, and with which credentials (None: no such project)."""
+    if project_id != "demo":
+        return None
+    return ProjectConnections(
+        project_id="demo", providers={p: ProviderConnection(provider=p) for p in PROVIDERS}
+    )
+
+
+async def authenticate(request: RequestInfo) -> Viewer | None:
+    """Demo authentication - replace with your own (session cookie, bearer token, ...).
+
+    Trusts the X-User / X-Role headers, or user / role query parameters (EventSource cannot send headers).
+    """
+    role = request.headers.get("x-role") or request.query.get("role") or "owner"
+    user = request.headers.get("x-user") or request.query.get("user") or "demo"
+    return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
+
+
+service = StatusService(
+    connections=connections,
+    adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
+    authenticator=authenticate,
+)
+app = FastAPI(lifespan=service.lifespan)
+app.mount("/api/integrations", create_app(service, prefix="", lifespan=False))
+app.mount("/", StaticFiles(directory=STATIC, html=True), name="status-bar")
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=8000)

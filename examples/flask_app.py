@@ -1,0 +1,65 @@
+"""integration-status in a Flask app, with simulated providers.
+
+    pip install 'integration-status[flask]'
+    python examples/flask_app.py              # then open http://127.0.0.1:8000/
+
+The extension runs the async service on its own event loop thread (an anyio blocking portal), started on the
+first request and stopped at exit. Each open event stream holds one server thread: serve with threads
+(``flask run`` and this dev server do; in production e.g. ``gunicorn --threads 32 examples.flask_app:app``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, redirect
+from flask.typing import ResponseReturnValue
+
+import integration_status.web
+from integration_status.core.clock import SYSTEM_CLOCK
+from integration_status.demo.simulated import World, simulated_adapters
+from integration_status.models import PROVIDERS
+from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
+from integration_status.service import StatusService
+from integration_status.web.flask import IntegrationStatus
+
+STATIC = Path(integration_status.web.__file__).parent / "static"
+
+
+async def connections(project_id: str) -> ProjectConnections | None:
+    """Your storage: which providers a project links, and with which credentials (None: no such project)."""
+    if project_id != "demo":
+        return None
+    return ProjectConnections(
+        project_id="demo", providers={p: ProviderConnection(provider=p) for p in PROVIDERS}
+    )
+
+
+async def authenticate(request: RequestInfo) -> Viewer | None:
+    """Demo authentication - replace with your own (Flask-Login's user, a bearer token, ...).
+
+    Trusts the X-User / X-Role headers, or user / role query parameters (EventSource cannot send headers).
+    """
+    role = request.headers.get("x-role") or request.query.get("role") or "owner"
+    user = request.headers.get("x-user") or request.query.get("user") or "demo"
+    return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
+
+
+service = StatusService(
+    connections=connections,
+    adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
+    authenticator=authenticate,
+)
+app = Flask(__name__, static_folder=STATIC, static_url_path="/static")
+app.config["INTEGRATION_STATUS_PREFIX"] = "/api/integrations"  # the default
+integration_status_ext = IntegrationStatus(app, service=service)
+
+
+@app.get("/")
+def index() -> ResponseReturnValue:
+    """The status bar page (its scripts and styles are relative to it)."""
+    return redirect("/static/index.html?projectId=demo")
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=8000, threaded=True)

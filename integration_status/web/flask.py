@@ -1,0 +1,332 @@
+"""Flask mount (extra ``[flask]``): the :class:`IntegrationStatus` extension.
+
+::
+
+    from flask import Flask
+    from integration_status.web.flask import IntegrationStatus
+
+    app = Flask(__name__)
+    app.config["INTEGRATION_STATUS_PREFIX"] = "/api/integrations"   # the default
+    status = IntegrationStatus(app, service=service)
+
+or with an application factory::
+
+    status = IntegrationStatus(service=service)
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        status.init_app(app)
+        return app
+
+The service is async; Flask views are not. Each extension runs one event loop in a background thread (an anyio
+blocking portal), started on the first request (or by :meth:`IntegrationStatus.start`), and enters the
+service there once: ``async with service`` lasts until :meth:`IntegrationStatus.close` or interpreter exit.
+Views hand each request to the same framework-neutral handlers as the Starlette mount through that portal.
+
+Configuration keys:
+
+``INTEGRATION_STATUS_PREFIX``
+    Where the endpoints live (default ``/api/integrations``); the ``prefix`` argument wins when given.
+``INTEGRATION_STATUS_EAGER_START``
+    Start the portal and the service in :meth:`~IntegrationStatus.init_app` instead of on the first request
+    (default ``False``: a server that forks workers after loading the app must not start threads before it).
+``INTEGRATION_STATUS_SSE_BUFFER``
+    How many event-stream chunks may wait for a slow client before the stream waits too (default 16).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import CancelledError
+from contextlib import AbstractContextManager, suppress
+from typing import Any, Final, TypeVar
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+try:
+    from flask import Blueprint, Flask, current_app, request
+    from flask import Response as FlaskResponse
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "integration_status.web.flask needs Flask: pip install 'integration-status[flask]'"
+    ) from exc
+
+from integration_status.exceptions import ConfigurationError
+from integration_status.protocols import RequestInfo
+from integration_status.service import StatusService
+from integration_status.web import handlers
+from integration_status.web.handlers import Response, Write
+from integration_status.web.webhooks import DEFAULT_MAX_BODY
+
+__all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "IntegrationStatus"]
+
+DEFAULT_PREFIX: Final = "/api/integrations"
+#: The key of the extension's state in ``app.extensions``.
+EXTENSION_KEY: Final = "integration_status"
+MAX_WEBHOOK_BODY: Final = DEFAULT_MAX_BODY
+
+_log = structlog.get_logger("integration_status.web.flask")
+T = TypeVar("T")
+
+
+class IntegrationStatus:
+    """Flask extension serving the integration-status endpoints from a Blueprint.
+
+    ``service`` is required (here or before :meth:`init_app`); ``prefix`` overrides the
+    ``INTEGRATION_STATUS_PREFIX`` config key. One extension object may be initialised on several apps: they
+    share its service and its event loop.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, service: StatusService | None = None, prefix: str | None = None
+    ) -> None:
+        self.service = service
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._service_cm: AbstractContextManager[StatusService] | None = None
+        self._pid: int | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # --- Flask extension protocol ---------------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Register the endpoints on ``app`` and store this extension in ``app.extensions``."""
+        if self.service is None:
+            raise ConfigurationError("IntegrationStatus needs a service: IntegrationStatus(app, service=...)")
+        app.config.setdefault("INTEGRATION_STATUS_PREFIX", DEFAULT_PREFIX)
+        app.config.setdefault("INTEGRATION_STATUS_EAGER_START", False)
+        app.config.setdefault("INTEGRATION_STATUS_SSE_BUFFER", 16)
+        prefix = self.prefix if self.prefix is not None else app.config["INTEGRATION_STATUS_PREFIX"]
+        prefix = str(prefix).rstrip("/")
+        app.extensions[EXTENSION_KEY] = self
+        app.register_blueprint(_blueprint(prefix), url_prefix=prefix or None)
+        if app.config["INTEGRATION_STATUS_EAGER_START"]:
+            self.start()
+
+    # --- the event loop -------------------------------------------------------------------------------------
+
+    @property
+    def portal(self) -> BlockingPortal:
+        """The blocking portal running the service, started on first use. Hosts may use it too, e.g.
+        ``ext.portal.call(service.publish, project_id, event)`` from a view."""
+        with self._lock:
+            if self._portal is None:
+                return self._start_locked()
+            if self._pid != os.getpid():
+                # A fork copies the running service's state but not the loop's thread: nothing can run it.
+                raise ConfigurationError(
+                    "IntegrationStatus was started before this process forked; start it in each worker "
+                    "(leave INTEGRATION_STATUS_EAGER_START off with a pre-forking server)"
+                )
+            return self._portal
+
+    def start(self) -> None:
+        """Start the event loop thread and enter the service now (otherwise the first request does it)."""
+        self.portal  # noqa: B018 - the property starts it
+
+    def _start_locked(self) -> BlockingPortal:
+        assert self.service is not None
+        portal_cm = start_blocking_portal()
+        portal = portal_cm.__enter__()
+        try:
+            service_cm = portal.wrap_async_context_manager(self.service)
+            service_cm.__enter__()
+        except BaseException as exc:
+            portal_cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._portal, self._portal_cm, self._service_cm, self._pid = (
+            portal,
+            portal_cm,
+            service_cm,
+            os.getpid(),
+        )
+        atexit.register(self.close)
+        _log.info("integration_status.flask.started")
+        return portal
+
+    def close(self) -> None:
+        """Leave the service (open event streams end) and stop the event loop thread. Idempotent; also run at
+        interpreter exit."""
+        with self._lock:
+            portal, portal_cm, service_cm = self._portal, self._portal_cm, self._service_cm
+            self._portal = self._portal_cm = self._service_cm = None
+            if portal is None or portal_cm is None or service_cm is None or self._pid != os.getpid():
+                return
+            atexit.unregister(self.close)
+            try:
+                service_cm.__exit__(None, None, None)
+            finally:
+                # Requests still in flight are cut short: the process is going away.
+                with suppress(RuntimeError):
+                    portal.call(portal.stop, True)
+                portal_cm.__exit__(None, None, None)
+            _log.info("integration_status.flask.stopped")
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` on the extension's event loop and return its result (blocking)."""
+        return self.portal.call(fn, *args)
+
+
+# --- views --------------------------------------------------------------------------------------------------
+
+
+def _extension() -> IntegrationStatus:
+    ext: IntegrationStatus = current_app.extensions[EXTENSION_KEY]
+    return ext
+
+
+def _info() -> RequestInfo:
+    # The concrete request object, not the proxy: the handler runs on the portal's thread.
+    raw = request._get_current_object()  # type: ignore[attr-defined]
+    return handlers.request_info(
+        request.method,
+        request.script_root + request.path,
+        dict(request.headers),
+        request.args.to_dict(),
+        raw=raw,
+    )
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw body, at most ``limit + 1`` bytes (the handler refuses anything past ``limit``)."""
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _to_flask(response: Response, ext: IntegrationStatus) -> FlaskResponse:
+    headers = list(response.headers)
+    if response.writer is None:
+        return FlaskResponse(response=response.body, status=response.status, headers=headers)
+    stream = _EventStream(
+        ext.portal, response.writer, buffer=int(current_app.config.get("INTEGRATION_STATUS_SSE_BUFFER", 16))
+    )
+    # direct_passthrough: the WSGI server gets our iterable itself, and so calls its close() on disconnect.
+    return FlaskResponse(response=stream, status=response.status, headers=headers, direct_passthrough=True)
+
+
+def _blueprint(prefix: str) -> Blueprint:
+    bp = Blueprint("integration_status", __name__)
+
+    @bp.get("/status")
+    def status() -> FlaskResponse:
+        ext = _extension()
+        assert ext.service is not None
+        return _to_flask(ext.call(handlers.handle_status, ext.service, _info()), ext)
+
+    @bp.post("/actions")
+    def actions() -> FlaskResponse:
+        ext = _extension()
+        assert ext.service is not None
+        body = _read_body(handlers.MAX_ACTION_BODY)
+        return _to_flask(ext.call(handlers.handle_action, ext.service, _info(), body), ext)
+
+    @bp.get("/events")
+    def events() -> FlaskResponse:
+        ext = _extension()
+        assert ext.service is not None
+        return _to_flask(ext.call(handlers.handle_events, ext.service, _info()), ext)
+
+    @bp.post("/webhooks/<provider>")
+    def webhooks(provider: str) -> FlaskResponse:
+        ext = _extension()
+        assert ext.service is not None
+        body = _read_body(MAX_WEBHOOK_BODY)
+        return _to_flask(ext.call(handlers.handle_webhook, ext.service, provider, _info(), body), ext)
+
+    @bp.get("/openapi.json")
+    def openapi() -> FlaskResponse:
+        # Under a WSGI mount point (SCRIPT_NAME), the document lists the full paths clients use.
+        return _to_flask(handlers.handle_openapi(request.script_root + prefix), _extension())
+
+    return bp
+
+
+# --- event streams ------------------------------------------------------------------------------------------
+
+
+class _EventStream:
+    """A WSGI response iterable fed by a handler's writer running on the portal.
+
+    The writer starts at once and puts its chunks into a bounded memory stream; each ``next()`` takes one
+    from the server's thread. ``close()`` (the server calls it when the client goes away, or when the
+    response ends) cancels the writer and waits for its ``finally`` blocks, so subscriptions and connection
+    slots are released before the server thread moves on.
+    """
+
+    def __init__(
+        self, portal: BlockingPortal, writer: Callable[[Write], Awaitable[None]], *, buffer: int
+    ) -> None:
+        self._portal = portal
+        self._closed = False
+        self._future, started = portal.start_task(_run_writer, writer, buffer)
+        self._scope: anyio.CancelScope = started[0]
+        self._receive: MemoryObjectReceiveStream[bytes] = started[1]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._portal.call(self._receive.receive)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, RuntimeError, CancelledError):
+            # The writer ended (or the loop is stopping): the stream is over.
+            self.close()
+            raise StopIteration from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._portal.call(self._scope.cancel)
+            self._future.result()
+        except (RuntimeError, CancelledError):
+            pass  # the loop is already gone, and with it the writer
+        except Exception:
+            _log.exception("integration_status.flask.stream_failed")
+        try:
+            self._portal.call(self._receive.aclose)
+        except RuntimeError:
+            self._receive.close()  # the loop is gone, so nothing waits on the stream: closing here is safe
+
+
+async def _run_writer(
+    writer: Callable[[Write], Awaitable[None]],
+    buffer: int,
+    *,
+    task_status: anyio.abc.TaskStatus[tuple[anyio.CancelScope, MemoryObjectReceiveStream[bytes]]],
+) -> None:
+    send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=buffer)
+    with anyio.CancelScope() as scope:
+        task_status.started((scope, receive))
+        async with send:
+
+            async def write(chunk: bytes) -> None:
+                try:
+                    await send.send(chunk)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    # Nobody reads any more: stop the writer, which cleans up in its finally blocks.
+                    raise OSError("event stream closed") from None
+
+            with suppress(OSError):
+                await writer(write)
