@@ -345,7 +345,7 @@ async def test_fifty_concurrent_posts_with_one_key_run_once(mount: MountFactory)
             for _ in range(50):
                 tg.start_soon(one)
             # Hold the first execution open until every other request has been answered.
-            await wait_until(lambda: len(answers) == 49, timeout=10)
+            await wait_until(lambda: len(answers) == 49, within=10)
             await m.call(gate.set)
         assert handler.calls == 1
         ran = [r for r in answers if r.status_code == 200 and "idempotent-replayed" not in r.headers]
