@@ -115,3 +115,17 @@ async def test_a_redelivery_publishes_nothing_twice(mount: MountFactory) -> None
             seen.append(frame.event)
         assert seen.count("github:push") == 1
 
+
+async def test_branch_deletion_refreshes_the_status(mount: MountFactory) -> None:
+    """A signed branch deletion sends no push event (202) but still refreshes the provider: a status:update
+    follows."""
+    service, github = github_service()
+    async with mount(service) as m, m.client() as client, events_stream(client) as r:
+        events = SSEReader(r)
+        await events.event()
+        github.then(snapshot("github", "warning", "Branch deleted"))
+        answer = await deliver(client, push_body(deleted=True))
+        assert answer.status_code == 202
+        update = await events.event()
+        assert update.event == "status:update"
+        assert _github_summary(update.json()) == "Branch deleted"
