@@ -20,6 +20,7 @@ from integration_status.exceptions import (
 from integration_status.protocols import ActionContext, ActionOutcome, ActionRequest, ProviderConnection
 from integration_status.service import Settings
 from integration_status.testing import FakeClock, ScriptedAdapter, snapshot
+from integration_status.web.handlers import handle_action, request_info
 from tests.web.mounts import (
     ACTIONS,
     MountFactory,
@@ -314,6 +315,23 @@ async def test_sixth_action_in_a_minute_is_429_with_retry_after(mount: MountFact
         await m.advance(1)
         assert (await post(client, key="k7")).status_code == 200
         assert handler.calls == 6
+
+
+async def test_a_429_carries_exactly_one_retry_after_header() -> None:
+    """The framework-neutral 429 response lists Retry-After once, so every mount sends a single integer."""
+    service = deploy_service(Recorder())
+    async with service:
+        for i in range(6):
+            request = request_info(
+                "POST",
+                ACTIONS,
+                {**viewer_headers(key=f"k{i}"), "Content-Type": "application/json"},
+                {},
+            )
+            response = await handle_action(service, request, json.dumps(action()).encode())
+    assert response.status == 429
+    retry_after = [value for name, value in response.headers if name.lower() == "retry-after"]
+    assert retry_after == [str(json.loads(response.body)["error"]["retryAfter"])]
 
 
 async def test_limit_is_per_user_and_project(mount: MountFactory) -> None:
