@@ -246,7 +246,7 @@ def mount(request: pytest.FixtureRequest) -> MountFactory:
 
 
 def action(
-    provider: str = "vercel", name: str = "deploy", project: Any = "p", **extra: Any
+    provider: str = "vercel", name: Any = "deploy", project: Any = "p", **extra: Any
 ) -> dict[str, Any]:
     """An actions request body."""
     return {"projectId": project, "provider": provider, "action": name, **extra}
