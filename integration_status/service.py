@@ -365,7 +365,8 @@ class StatusService:
         result = await handle_webhook(
             provider, headers, body, resolve=resolver, deliveries=self.engine.deliveries, clock=self.clock
         )
-        if result.status == 200 and result.project_id is not None:
+        # 202 too: an authentic delivery we send no event for (a deleted branch) may still outdate the status.
+        if result.status in (200, 202) and result.project_id is not None:
             for event in result.events:
                 await self.publish(result.project_id, event)
             if result.invalidate and provider in EVENT_PROVIDER.values():

@@ -32,6 +32,7 @@ class FakeClock:
         self._mono = 0.0
         self._waiters: list[tuple[float, int, anyio.Event]] = []
         self._seq = itertools.count()
+        self._sleeping = 0
 
     def time(self) -> float:
         return self._wall
@@ -45,7 +46,13 @@ class FakeClock:
             return
         event = anyio.Event()
         heapq.heappush(self._waiters, (self._mono + seconds, next(self._seq), event))
-        await event.wait()
+        self._sleeping += 1
+        try:
+            await event.wait()
+        finally:
+            # A cancelled sleep (a timeout that lost its race) stays in the heap until its deadline, but it
+            # is no longer sleeping.
+            self._sleeping -= 1
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has passed."""
@@ -58,8 +65,8 @@ class FakeClock:
 
     @property
     def sleepers(self) -> int:
-        """How many tasks are sleeping on this clock right now."""
-        return sum(1 for _, _, e in self._waiters if not e.is_set())
+        """How many tasks are sleeping on this clock right now (cancelled sleeps do not count)."""
+        return self._sleeping
 
     def __repr__(self) -> str:
         return f"FakeClock(time={self._wall!r}, monotonic={self._mono!r})"

@@ -60,8 +60,8 @@ def error_response(exc: RequestError, headers: tuple[tuple[str, str], ...] = (),
     if envelope:
         body = {"success": False, **body}
     extra = headers
-    # The rate limiter's own headers may carry Retry-After already: send it once.
-    if exc.retry_after is not None and not any(k.lower() == "retry-after" for k, _ in headers):
+    # The rate limiter's headers may already carry Retry-After: send it once, or clients see "60, 60".
+    if exc.retry_after is not None and not any(name.lower() == "retry-after" for name, _ in headers):
         extra = (("Retry-After", str(exc.retry_after)), *headers)
     return json_response(exc.http_status, body, extra)
 
