@@ -136,6 +136,15 @@ class Served:
         result: str = await self.call(self.service.publish, project_id, event)
         return result
 
+    async def wait_released(self, predicate: Callable[[], bool]) -> None:
+        """Wait (bounded) for a closed stream to be cleaned up. A WSGI server notices a gone client only when a
+        write fails, so on Flask each round moves the clock one heartbeat to make the stream write."""
+        with anyio.fail_after(SOCKET_WAIT):
+            while not predicate():
+                if self.kind == "flask":
+                    await self.advance(self.service.settings.heartbeat)
+                await anyio.sleep(0.02)
+
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=SOCKET_WAIT * 2, **kwargs)
 
