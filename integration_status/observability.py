@@ -139,7 +139,8 @@ class _Tee:
 
 def combine(*metrics: Metrics | None) -> Metrics:
     """One sink reporting to each of ``metrics``, skipping None and :class:`NoMetrics`."""
-    live = tuple(m for m in metrics if m is not None and not isinstance(m, NoMetrics))
+    # Exactly NoMetrics: HealthRecorder reuses its no-op methods but records.
+    live = tuple(m for m in metrics if m is not None and type(m) is not NoMetrics)
     if not live:
         return NO_METRICS
     return live[0] if len(live) == 1 else _Tee(*live)
