@@ -264,7 +264,7 @@ def test_missing_prometheus_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_importing_the_package_does_not_import_prometheus_client() -> None:
-    """``import integration_status`` (and the service and observability modules) leave prometheus_client alone."""
+    """Importing the package, the service and observability leaves prometheus_client unimported."""
     code = (
         "import sys, integration_status, integration_status.service, integration_status.observability;"
         "print('prometheus_client' in sys.modules)"

@@ -140,8 +140,8 @@ async def service() -> AsyncIterator[StatusService]:
 
 
 async def test_adapter_failures_never_carry_a_secret(service: StatusService) -> None:
-    """Every real adapter failing (401, 500, timeout, DB refused) raises errors whose text, repr and chain hold
-    no token or password; the log lines they write hold none either."""
+    """Real adapters failing (401, 500, timeout, DB refused) raise errors whose text, repr and chain, and
+    whose log lines, hold no token or password."""
     conns = connections()
     failures: list[ProviderError] = []
     with capture_logs() as logs:
@@ -162,8 +162,8 @@ async def test_adapter_failures_never_carry_a_secret(service: StatusService) -> 
 
 
 async def test_status_events_actions_and_webhooks_leak_nothing(service: StatusService) -> None:
-    """Status, its event snapshot, failing actions and badly signed webhooks: bodies, headers, events and every
-    captured log line are free of secrets."""
+    """Status, its event snapshot, failing actions, badly signed webhooks and health: bodies, headers,
+    events and captured log lines are free of secrets."""
     transport = httpx.ASGITransport(app=create_app(service, lifespan=False))
     seen: list[str] = []
     with capture_logs() as logs:

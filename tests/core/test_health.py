@@ -47,7 +47,7 @@ snapshots = st.builds(
 
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=200), st.floats(1, 100))
 def test_percentile_is_the_nearest_rank(values: list[float], q: float) -> None:
-    """The q-th percentile is a member with at least ceil(q% of n) values at or below it, and fewer below it."""
+    """The q-th percentile is a member with at least ceil(q% of n) values at or below it, fewer below."""
     p = percentile(values, q)
     assert p in values
     rank = math.ceil(q / 100 * len(values))
@@ -106,7 +106,7 @@ def test_too_few_samples_pass_and_say_so() -> None:
 
 def test_slow_p95_fails_with_the_observed_value() -> None:
     """p95 at or over 500 ms fails and reports the observed p95."""
-    snap = HealthSnapshot(window=300, status_durations=FAST[:36] + (0.6, 0.7, 0.8, 0.9))
+    snap = HealthSnapshot(window=300, status_durations=(*FAST[:36], 0.6, 0.7, 0.8, 0.9))
     report = evaluate(snap)
     check = next(c for c in report.checks if c.name == "status.p95")
     assert not check.passed
