@@ -221,6 +221,7 @@ class ActionRunner:
         _log.info(
             "integration_status.action.succeeded", provider=call.provider, action=call.action, done=outcome.done
         )
+        service.metrics.action(call.provider, call.action, "ok")
         if outcome.changes_state:
             service.spawn(_refresh_later(service.refresh_provider, call.project_id, call.provider))
         body: dict[str, Any] = {"success": True, "operationId": outcome.operation_id or operation_id}
@@ -231,6 +232,8 @@ class ActionRunner:
         _log.info(
             "integration_status.action.failed", provider=call.provider, action=call.action, code=exc.problem_code
         )
+        outcome = "timeout" if exc.problem_code == "timeout" else "error"
+        self._service.metrics.action(call.provider, call.action, outcome)
         status, body, headers = failure_body(exc)
         return StoredResponse(status=status, body=body, headers=headers)
 

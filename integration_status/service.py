@@ -28,6 +28,7 @@ from integration_status.core.idempotency import IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, view_item
 from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
 from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
+from integration_status.observability import HealthRecorder, Metrics, combine
 from integration_status.protocols import (
     Adapter,
     Authenticator,
@@ -118,12 +119,17 @@ class StatusService:
         rng: Any = None,
         action_handlers: Mapping[tuple[str, str], ActionHandler] | None = None,
         webhooks: WebhookResolver | None = None,
+        metrics: Metrics | None = None,
+        health: HealthRecorder | None = None,
     ) -> None:
         from integration_status.actions import ActionRunner
         from integration_status.backends.memory import MemoryEngine
 
         self.settings = settings or Settings()
         self.clock = clock
+        # Health statistics are always kept; ``metrics`` (e.g. PrometheusMetrics) gets the same reports.
+        self.health = health if health is not None else HealthRecorder(clock=clock)
+        self.metrics: Metrics = combine(self.health, metrics)
         self._connections = connections
         self._authenticator = authenticator
         self._authorizer = authorizer or _allow_members
@@ -154,6 +160,7 @@ class StatusService:
                 deadline=self.settings.deadline,
                 breaker=self.settings.breaker,
             ),
+            metrics=self.metrics,
         )
         self.idempotency = IdempotencyGuard(
             self.engine.idempotency, clock=clock, keep_for=self.settings.idempotency_ttl

@@ -18,13 +18,14 @@ import attrs
 import structlog
 from cachetools import LRUCache
 
-from integration_status.core.breaker import BreakerConfig, CircuitBreaker
+from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
 from integration_status.core.deadline import call_with_timeout
 from integration_status.core.policy import ProviderView
 from integration_status.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from integration_status.models import PROVIDERS, Problem, ProviderKey
+from integration_status.observability import NO_METRICS, FetchOutcome, Metrics
 from integration_status.protocols import Adapter, CacheEntry, FetchContext, ProjectConnections, ProviderConnection
 from integration_status.snapshot import ProviderSnapshot, Segment
 
@@ -113,8 +114,10 @@ class Aggregator:
         cache: SnapshotCache,
         clock: Clock,
         config: AggregatorConfig | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._adapters = dict(adapters)
+        self._metrics = metrics
         self._cache = cache
         self._clock = clock
         self._config = config or AggregatorConfig()
@@ -129,7 +132,14 @@ class Aggregator:
     def breaker(self, key: str) -> CircuitBreaker:
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = CircuitBreaker(self._config.breaker, clock=self._clock, name=key)
+            provider = key.rpartition(":")[2]
+
+            def transition(old: BreakerPhase, new: BreakerPhase) -> None:
+                self._metrics.breaker_state(provider, new, old)
+
+            breaker = CircuitBreaker(
+                self._config.breaker, clock=self._clock, name=key, on_transition=transition
+            )
             self._breakers[key] = breaker
         return breaker
 
@@ -142,8 +152,10 @@ class Aggregator:
             key = cache_key(project_id, provider)
             entry = await self._cache.peek(key)
             if entry is not None and self._cache.is_fresh(entry):
+                self._metrics.cache("hit")
                 views[provider] = ProviderView(provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at)
             else:
+                self._metrics.cache("miss")
                 connection = connections.get(provider)
                 if connection is not None and provider not in self._adapters:
                     connection = None  # linked, but the host configured no adapter for it
@@ -189,6 +201,10 @@ class Aggregator:
                 problem = entry.error if entry is not None else None
                 _log.info("integration_status.aggregator.deadline", provider=provider, stale=entry is not None)
             views[provider] = fallback_view(provider, entry, problem, now)
+            if entry is not None and views[provider].stale:
+                self._metrics.cache("stale")
+                code = None if problem is None else problem.code
+                _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
         return [views[p] for p in PROVIDERS]
 
     async def _refresh(self, provider: ProviderKey, key: str, connection: ProviderConnection | None) -> CacheEntry:
@@ -227,7 +243,9 @@ class Aggregator:
                 wrapped = ProviderUnavailable(f"{provider} adapter failed", provider=provider)
                 self._failed(key, breaker, wrapped, started)
                 raise wrapped from None
-            breaker.record(success=True, duration=self._clock.monotonic() - started)
+            took = self._clock.monotonic() - started
+            breaker.record(success=True, duration=took)
+            self._metrics.observe_fetch(provider, took, "ok")
             return snapshot
 
         return await self._cache.refresh(key, fetch)
@@ -235,8 +253,17 @@ class Aggregator:
     def _failed(self, key: str, breaker: CircuitBreaker, exc: ProviderError, started: float) -> None:
         # Losing access is the provider answering correctly, not an outage: it does not trip the breaker.
         success = exc.problem_code == "oauth_revoked"
-        breaker.record(success=success, duration=self._clock.monotonic() - started)
+        took = self._clock.monotonic() - started
+        breaker.record(success=success, duration=took)
         self._last_problem[key] = problem_of(exc)
+        self._metrics.observe_fetch(key.rpartition(":")[2], took, fetch_outcome(exc))
+
+
+def fetch_outcome(exc: ProviderError) -> FetchOutcome:
+    """How a failed fetch is counted: ``timeout``, ``auth`` (access lost) or ``error``."""
+    if exc.problem_code == "timeout":
+        return "timeout"
+    return "auth" if exc.problem_code == "oauth_revoked" else "error"
 
 
 class _BreakerOpen(ProviderError):

@@ -28,6 +28,7 @@ All times are ``clock.monotonic()`` seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -179,9 +180,17 @@ class CircuitBreaker:
     """Holds one provider's :class:`BreakerState` and logs its transitions. Not thread-safe; use it from one
     event loop (every method is synchronous, so it is safe across tasks)."""
 
-    def __init__(self, config: BreakerConfig | None = None, *, clock: Clock, name: str = "") -> None:
+    def __init__(
+        self,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock,
+        name: str = "",
+        on_transition: Callable[[BreakerPhase, BreakerPhase], None] | None = None,
+    ) -> None:
         self.config = config if config is not None else BreakerConfig()
         self.name = name
+        self._on_transition = on_transition
         self._clock = clock
         self._state = BreakerState()
 
@@ -190,6 +199,8 @@ class CircuitBreaker:
         self._state = new
         if new.phase != old.phase:
             structlog.get_logger().info(_EVENTS[new.phase], provider=self.name, previous=old.phase)
+            if self._on_transition is not None:
+                self._on_transition(old.phase, new.phase)
 
     @property
     def snapshot(self) -> BreakerState:

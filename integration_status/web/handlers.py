@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 
 import anyio
 import attrs
@@ -78,6 +79,35 @@ def request_info(
     )
 
 
+_P = ParamSpec("_P")
+
+
+def _timed(
+    endpoint: str,
+) -> Callable[
+    [Callable[Concatenate[StatusService, RequestInfo, _P], Awaitable[Response]]],
+    Callable[Concatenate[StatusService, RequestInfo, _P], Awaitable[Response]],
+]:
+    """Report the handler's duration and status to ``service.metrics`` as ``endpoint``."""
+
+    def wrap(
+        fn: Callable[Concatenate[StatusService, RequestInfo, _P], Awaitable[Response]],
+    ) -> Callable[Concatenate[StatusService, RequestInfo, _P], Awaitable[Response]]:
+        async def timed(
+            service: StatusService, request: RequestInfo, /, *args: _P.args, **kw: _P.kwargs
+        ) -> Response:
+            started = service.clock.monotonic()
+            response = await fn(service, request, *args, **kw)
+            service.metrics.observe_request(endpoint, service.clock.monotonic() - started, response.status)
+            return response
+
+        functools.update_wrapper(timed, fn)
+        return timed
+
+    return wrap
+
+
+@_timed("status")
 async def handle_status(service: StatusService, request: RequestInfo) -> Response:
     """``GET {prefix}/status?projectId=``: 200 with the envelope and its ETag, or 304 when ``If-None-Match``
     matches; 401/400/404 first (they win over ``If-None-Match``)."""
@@ -101,6 +131,7 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
 MAX_ACTION_BODY: Final = 64 * 1024
 
 
+@_timed("actions")
 async def handle_action(service: StatusService, request: RequestInfo, body: bytes) -> Response:
     """``POST {prefix}/actions``: see :mod:`integration_status.actions` for the order of checks."""
     try:
@@ -164,6 +195,8 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
 
     async def stream(write: Write) -> None:
         lock = anyio.Lock()
+        dropped = False  # ended by an error on our side (not the client going away, not shutdown)
+        service.metrics.sse_connections(1)
 
         async def send(frame: bytes) -> None:
             async with lock:
@@ -204,11 +237,26 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
                     except (SubscriberLagging, BackendUnavailable) as exc:
                         # End the stream; the client reconnects and resumes with Last-Event-ID.
                         _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                        dropped = True
                     tg.cancel_scope.cancel()
+        except Exception as exc:
+            dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
+            raise
         finally:
             service.sse_connections.release(viewer.user_id)
+            service.metrics.sse_connections(-1, dropped=dropped)
 
     return Response(status=200, headers=headers, writer=stream)
+
+
+# --- health -------------------------------------------------------------------------------------------------
+
+
+async def handle_health(service: StatusService, request: RequestInfo) -> Response:
+    """``GET {prefix}/health``: 200 when every check of :func:`integration_status.core.health.evaluate` passes
+    over the service's recent statistics, else 503; the body lists each check either way."""
+    report = service.health.report()
+    return json_response(report.http_status, report.to_json())
 
 
 # --- openapi ------------------------------------------------------------------------------------------------

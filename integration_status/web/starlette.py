@@ -122,6 +122,9 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         provider = request.path_params["provider"]
         return _to_starlette(await handlers.handle_webhook(service, provider, _info(request), body))
 
+    async def health(request: Request) -> StarletteResponse:
+        return _to_starlette(await handlers.handle_health(service, _info(request)))
+
     async def openapi(request: Request) -> StarletteResponse:
         # Mounted (e.g. inside FastAPI), the mount's path is the root_path: the document lists full paths.
         return _to_starlette(handlers.handle_openapi(request.scope.get("root_path", "") + prefix))
@@ -131,6 +134,7 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         Route(f"{prefix}/actions", actions, methods=["POST"], name="integration_status:actions"),
         Route(f"{prefix}/events", events, methods=["GET"], name="integration_status:events"),
         Route(f"{prefix}/webhooks/{{provider}}", webhooks, methods=["POST"], name="integration_status:webhooks"),
+        Route(f"{prefix}/health", health, methods=["GET"], name="integration_status:health"),
         Route(f"{prefix}/openapi.json", openapi, methods=["GET"], name="integration_status:openapi"),
     ]
 
