@@ -105,10 +105,11 @@ class HealthCheck:
         out: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
-            "observed": None if self.observed is None else round(self.observed, 6),
             "threshold": self.threshold,
             "samples": self.samples,
         }
+        if self.observed is not None:  # optional fields are omitted, never null
+            out["observed"] = round(self.observed, 6)
         if self.detail:
             out["detail"] = self.detail
         return out

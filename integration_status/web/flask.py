@@ -251,6 +251,12 @@ def _blueprint(prefix: str) -> Blueprint:
         body = _read_body(MAX_WEBHOOK_BODY)
         return _to_flask(ext.call(handlers.handle_webhook, ext.service, provider, _info(), body), ext)
 
+    @bp.get("/health")
+    def health() -> FlaskResponse:
+        ext = _extension()
+        assert ext.service is not None
+        return _to_flask(ext.call(handlers.handle_health, ext.service, _info()), ext)
+
     @bp.get("/openapi.json")
     def openapi() -> FlaskResponse:
         # Under a WSGI mount point (SCRIPT_NAME), the document lists the full paths clients use.

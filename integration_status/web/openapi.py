@@ -128,6 +128,25 @@ def _schemas() -> Json:
             ("code", "message"),
         ),
         "ErrorResponse": _obj({"error": _ref("Error")}, ("error",)),
+        "HealthCheck": _obj(
+            {
+                "name": {"type": "string", "examples": ["adapter_timeout_rate:github", "status_p95"]},
+                "passed": {"type": "boolean"},
+                "observed": {"type": "number", "description": "Omitted while there is nothing to measure."},
+                "threshold": {"type": "number"},
+                "samples": {"type": "integer", "minimum": 0},
+                "detail": {"type": "string"},
+            },
+            ("name", "passed", "threshold", "samples"),
+        ),
+        "HealthReport": _obj(
+            {
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "windowSeconds": {"type": "number"},
+                "checks": {"type": "array", "items": _ref("HealthCheck")},
+            },
+            ("status", "windowSeconds", "checks"),
+        ),
         "ActionResponse": _obj(
             {
                 "success": {"type": "boolean"},
@@ -459,6 +478,24 @@ def _paths(prefix: str) -> Json:
                     "401": _error("Missing or bad signature, or a stale timestamp.", "unauthorized"),
                     "404": _error("Unknown provider or integration.", "not_found"),
                     "413": _error("Body larger than 1 MiB.", "invalid_request"),
+                },
+            }
+        },
+        f"{prefix}/health": {
+            "get": {
+                "operationId": "getHealth",
+                "summary": "Adapter error and timeout rates, status p95 and SSE stability over a rolling window",
+                "responses": {
+                    "200": {
+                        "description": "Every check passed.",
+                        "headers": _h("Cache-Control"),
+                        "content": _json(_ref("HealthReport")),
+                    },
+                    "503": {
+                        "description": "At least one check failed; the body says which.",
+                        "headers": _h("Cache-Control"),
+                        "content": _json(_ref("HealthReport")),
+                    },
                 },
             }
         },

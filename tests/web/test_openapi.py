@@ -101,7 +101,7 @@ def test_callers_cannot_change_the_cached_document() -> None:
     first["components"]["schemas"]["Error"]["properties"]["code"]["enum"].append("nope")
     second = openapi_document()
     assert second is not first
-    assert len(second["paths"]) == 5
+    assert len(second["paths"]) == 6
     assert "nope" not in second["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
     assert openapi_json(prefix=PREFIX) is openapi_json(prefix=PREFIX)
 
@@ -115,6 +115,7 @@ def test_prefix_sets_the_paths(prefix: str) -> None:
         f"{root}/actions",
         f"{root}/events",
         f"{root}/webhooks/{{provider}}",
+        f"{root}/health",
         f"{root}/openapi.json",
     }
 
@@ -316,6 +317,20 @@ async def test_webhook_and_openapi_responses_match_the_document(setup: Setup) ->
     document = await client.get("/openapi.json")
     check(document, "get", f"{PREFIX}/openapi.json")
     assert document.json() == DOC
+
+
+@pytest.mark.anyio
+async def test_health_responses_match_the_document(setup: Setup) -> None:
+    """GET /health (before and after traffic) matches the documented HealthReport."""
+    client, _, _ = setup
+    quiet = await client.get("/health")
+    check(quiet, "get", f"{PREFIX}/health")
+    for _ in range(3):
+        await client.get("/status", params={"projectId": "p"})
+    busy = await client.get("/health")
+    assert busy.status_code in (200, 503)
+    check(busy, "get", f"{PREFIX}/health")
+    assert all(c.get("observed") is not None or "observed" not in c for c in busy.json()["checks"])
 
 
 async def sse_frames(app: Any, query: bytes, count: int) -> tuple[int, dict[str, str], list[dict[str, str]]]:
