@@ -73,7 +73,7 @@ async def serve_on(app: Any, port: int = 0) -> AsyncIterator[tuple[str, int]]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: server.serve(sockets=[sock]))
             with anyio.fail_after(10):
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
                     await anyio.sleep(0.01)
             try:
                 yield f"http://127.0.0.1:{port}", port
@@ -92,7 +92,10 @@ async def browser_page() -> AsyncIterator[Any]:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         async with async_playwright() as pw:
             context = await pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+                profile,
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
                 viewport={"width": 1100, "height": 460},
             )
             try:
@@ -104,8 +107,9 @@ async def browser_page() -> AsyncIterator[Any]:
     assert errors == [], f"uncaught errors in the page: {errors}"
 
 
-async def wait_for(page: Any, expression: str, arg: Any = None, timeout: float = 10_000) -> Any:
-    handle = await page.wait_for_function(expression, arg=arg, timeout=timeout)
+async def wait_for(page: Any, expression: str, arg: Any = None, within_ms: float = 10_000) -> Any:
+    """Wait in the page until ``expression`` is truthy; its value."""
+    handle = await page.wait_for_function(expression, arg=arg, timeout=within_ms)
     return await handle.json_value()
 
 
@@ -113,7 +117,7 @@ FOUR_SHOWN = "document.querySelectorAll('#bar .indicator[data-status]').length =
 
 
 async def test_page_shows_four_indicators_with_tooltips_and_keyboard_menu(browser_ready: None) -> None:
-    """The demo page renders four indicators (colour, glyph, summary tooltip) reachable and operable by keyboard."""
+    """The demo page renders four indicators (colour, glyph, summary tooltip), operable by keyboard."""
     async with serve_on(build_app()) as (base, _), browser_page() as page:
         await page.goto(base + PAGE.format(poll=10_000))
         await wait_for(page, FOUR_SHOWN)
@@ -128,7 +132,8 @@ async def test_page_shows_four_indicators_with_tooltips_and_keyboard_menu(browse
         for s in shown:
             assert s["status"] in {"connected", "warning", "error", "disconnected"}
             assert s["glyph"] in {"✓", "▲", "✕", "○"}
-            assert s["title"].startswith(s["summary"]) and s["summary"]
+            assert s["title"].startswith(s["summary"])
+            assert s["summary"]
         assert shown[1]["summary"].startswith("Linked to main")
         by_status = {s["status"]: s["color"] for s in shown}
         if "connected" in by_status:
@@ -155,7 +160,7 @@ async def test_page_shows_four_indicators_with_tooltips_and_keyboard_menu(browse
 
 
 async def test_deploy_shows_started_then_finished_within_a_second_of_the_events(browser_ready: None) -> None:
-    """Clicking Deploy in the Vercel menu shows 'Deploying…' then 'Deployed ✓', each within 1 s of its event."""
+    """Deploy in the Vercel menu shows 'Deploying…' then 'Deployed ✓', each within 1 s of its event."""
     async with serve_on(build_app(deploy_seconds=0.8)) as (base, _), browser_page() as page:
         await page.goto(base + PAGE.format(poll=10_000))
         await wait_for(page, FOUR_SHOWN)
@@ -168,7 +173,8 @@ async def test_deploy_shows_started_then_finished_within_a_second_of_the_events(
                     const p = document.querySelector('[data-key="vercel"] .progress')?.textContent;
                     const last = window.progressSeen.at(-1);
                     if (p && (!last || last.text !== p)) window.progressSeen.push({text: p, at: Date.now()});
-                }).observe(document.getElementById('bar'), {subtree: true, childList: true, characterData: true});
+                }).observe(document.getElementById('bar'),
+                           {subtree: true, childList: true, characterData: true});
             }"""
         )
         await page.click('[data-key="vercel"] > button')
@@ -207,12 +213,15 @@ async def test_provider_outage_shows_the_stale_hint(browser_ready: None) -> None
         label = await page.get_attribute('[data-key="github"] > button', "aria-label")
         assert "stale" in label
         announced = await page.text_content("#bar [role=status]")
-        assert "Git (GitHub)" in announced and "stale" in announced
+        assert "Git (GitHub)" in announced
+        assert "stale" in announced
         # Still showing the last good summary, not an error.
         assert await page.get_attribute('[data-key="github"]', "data-status") == "connected"
 
 
-async def test_event_stream_resumes_after_a_server_restart_without_missing_events(browser_ready: None) -> None:
+async def test_event_stream_resumes_after_a_server_restart_without_missing_events(
+    browser_ready: None,
+) -> None:
     """The browser's EventSource reconnects to a restarted server and receives, via Last-Event-ID, the event
     published while it was disconnected."""
     engine = MemoryEngine()
@@ -223,24 +232,27 @@ async def test_event_stream_resumes_after_a_server_restart_without_missing_event
             await wait_for(page, FOUR_SHOWN)
             await wait_for(page, "document.getElementById('bar').dataset.stream === 'open'")
             before_id = await first.state.service.publish(
-                "demo", {"type": "sanity:webhook", "projectId": "demo", "count": 41, "ts": int(time.time() * 1000)}
+                "demo",
+                {"type": "sanity:webhook", "projectId": "demo", "count": 41, "ts": int(time.time() * 1000)},
             )
             await wait_for(page, "(id) => document.getElementById('bar').state.lastEventId === id", before_id)
         # The server is down: publish on the engine the next server will use.
         missed_id = await engine.events.publish(
-            "demo", {"type": "sanity:webhook", "projectId": "demo", "count": 42, "ts": int(time.time() * 1000)}
+            "demo",
+            {"type": "sanity:webhook", "projectId": "demo", "count": 42, "ts": int(time.time() * 1000)},
         )
         await wait_for(page, "document.getElementById('bar').dataset.stream !== 'open'")
         async with serve_on(build_app(engine=engine), port=port):
             got = await wait_for(
                 page,
                 "() => document.getElementById('bar').state.events.find(e => e.count === 42)",
-                timeout=20_000,
+                within_ms=20_000,
             )
             assert got["id"] == missed_id
             events = await page.evaluate("document.getElementById('bar').state.events")
             counts = [e.get("count") for e in events if e["type"] == "sanity:webhook"]
-            assert counts.count(41) == 1 and counts.count(42) == 1  # nothing lost, nothing twice
+            assert counts.count(41) == 1
+            assert counts.count(42) == 1
             assert "sanity:webhook 42 doc(s)" in await page.inner_text("#log")
 
 
