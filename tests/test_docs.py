@@ -2,7 +2,8 @@
 
 The blocks of one file run in order in one fresh interpreter (a later block may use what an earlier one
 defined), with the repository on PYTHONPATH and an empty temporary working directory. A block preceded by
-``<!-- not-run: reason -->`` is only compiled (it needs a server, the network or credentials). See docs/README.md.
+``<!-- not-run: reason -->`` is only compiled (it needs a server, the network or credentials).
+See docs/README.md.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
         pytest.skip("no python blocks")
     for block in found:
         # Even not-run blocks must parse (a top-level await is fine in a snippet).
-        compile(str(block["code"]), f"{block['file']}:{block['line']}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        compile(
+            str(block["code"]),
+            f"{block['file']}:{block['line']}",
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+        )
         if block["not_run"] is not None:
             assert len(str(block["not_run"])) >= 5, f"{block['file']}:{block['line']}: say why it is not run"
     runnable = [b for b in found if b["not_run"] is None]
@@ -87,7 +93,9 @@ def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
 def test_not_run_marker_is_recognised(tmp_path: Path) -> None:
     """A block right after the not-run comment is marked; the next one is not."""
     doc = tmp_path / "x.md"
-    doc.write_text("<!-- not-run: needs a server -->\n```python\nimport nowhere\n```\n\n```python\nx = 1\n```\n")
+    doc.write_text(
+        "<!-- not-run: needs a server -->\n```python\nimport nowhere\n```\n\n```python\nx = 1\n```\n"
+    )
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
