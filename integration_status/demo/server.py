@@ -58,11 +58,13 @@ async def demo_authenticator(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id=user, roles={role})
 
 
-def build_service(*, clock: Clock = SYSTEM_CLOCK, engine: Any = None, seed: int = 7) -> tuple[StatusService, World]:
+def build_service(
+    *, clock: Clock = SYSTEM_CLOCK, engine: Any = None, seed: int = 7, deploy_seconds: float = 4.0
+) -> tuple[StatusService, World]:
     world = World(clock=clock, seed=seed)
     service = StatusService(
         connections=DemoConnections(),
-        adapters=simulated_adapters(world),
+        adapters=simulated_adapters(world, deploy_seconds=deploy_seconds),
         authenticator=demo_authenticator,
         settings=Settings(),
         engine=engine,
@@ -103,10 +105,15 @@ def build_app(
     seed: int = 7,
     providers: str = "simulated",
     env: Mapping[str, str] | None = None,
+    engine: Any = None,
+    deploy_seconds: float = 4.0,
 ) -> Starlette:
-    """The demo ASGI app, on simulated providers (default) or the real ones (``providers="real"``)."""
-    engine = None
-    if redis_url:
+    """The demo ASGI app, on simulated providers (default) or the real ones (``providers="real"``).
+
+    ``engine`` reuses an existing engine (an app restarted in the same process keeps its event buffer, so
+    browsers resume with ``Last-Event-ID``); ``deploy_seconds`` is how long a simulated deploy takes.
+    """
+    if redis_url and engine is None:
         from integration_status.backends.redis import RedisEngine
 
         engine = RedisEngine.from_url(redis_url, clock=clock)
@@ -115,7 +122,7 @@ def build_app(
     if providers == "real":
         service, http = build_real_service(os.environ if env is None else env, clock=clock, engine=engine)
     elif providers == "simulated":
-        service, world = build_service(clock=clock, engine=engine, seed=seed)
+        service, world = build_service(clock=clock, engine=engine, seed=seed, deploy_seconds=deploy_seconds)
     else:
         raise ValueError(f"providers must be 'simulated' or 'real', not {providers!r}")
 

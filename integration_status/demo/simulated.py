@@ -257,8 +257,10 @@ class SimulatedAdapter:
         return ActionOutcome(operation_id=ctx.operation_id, done=False)
 
 
-def simulated_adapters(world: World) -> list[SimulatedAdapter]:
-    return [SimulatedAdapter(p, world) for p in ("sanity", "github", "vercel", "supabase")]
+def simulated_adapters(world: World, *, deploy_seconds: float = 4.0) -> list[SimulatedAdapter]:
+    """One simulated adapter per provider over ``world``; a deploy takes ``deploy_seconds`` to finish."""
+    providers: tuple[ProviderKey, ...] = ("sanity", "github", "vercel", "supabase")
+    return [SimulatedAdapter(p, world, deploy_seconds=deploy_seconds) for p in providers]
 
 
 __all__ = ["ActionState", "Incident", "SimulatedAdapter", "World", "simulated_adapters"]
