@@ -132,3 +132,50 @@ async def test_peek_remembers_only_what_the_store_last_said() -> None:
     assert await cache.peek("p:github") is None
     store.down = True
     assert await cache.peek("p:github") is None
+
+
+async def test_action_with_the_store_down_is_a_503_and_runs_nothing() -> None:
+    """Store down: POST /actions answers 503 with the SPEC error object (no endpoint) and runs nothing."""
+    clock, executions = FakeClock(), list[str]()
+    service, switches, _ = make(clock, executions)
+    body = json.dumps({"projectId": "p", "provider": "vercel", "action": "deploy"}).encode()
+    request = handlers.request_info("POST", "/actions", {"Idempotency-Key": "k1"}, {})
+    async with service:
+        switches[1].down = True
+        refused = await handlers.handle_action(service, request, body)
+        switches[1].down = False
+        ran = await handlers.handle_action(service, request, body)
+    assert refused.status == 503
+    error = json.loads(refused.body)
+    assert error["success"] is False
+    assert error["error"]["code"] == "unknown"
+    assert "unavailable" in error["error"]["message"]
+    assert b"10.0.0.9" not in refused.body
+    assert ran.status == 200
+    assert len(executions) == 1
+
+
+async def test_webhook_with_the_store_down_is_a_503() -> None:
+    """Store down: a webhook delivery answers 503 so the provider retries it later."""
+    from integration_status.core.webhooks import sign_github
+    from integration_status.protocols import Secret
+    from integration_status.web.webhooks import WebhookTarget
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
+
+    clock, executions = FakeClock(), list[str]()
+    service, switches, _ = make(clock, executions)
+    service._webhooks = resolve
+    raw = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
+    headers = {**sign_github("s3cret", raw), "X-GitHub-Event": "push", "X-GitHub-Delivery": "d1"}
+    request = handlers.request_info("POST", "/webhooks/github", headers, {})
+    async with service:
+        switches[2].down = True
+        refused = await handlers.handle_webhook(service, "github", request, raw)
+        switches[2].down = False
+        accepted = await handlers.handle_webhook(service, "github", request, raw)
+    assert refused.status == 503
+    assert json.loads(refused.body)["error"]["code"] == "unknown"
+    assert b"10.0.0.9" not in refused.body
+    assert (accepted.status, json.loads(accepted.body)) == (200, {"ok": True})
