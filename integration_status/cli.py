@@ -48,6 +48,7 @@ __all__ = [
 CLI_PROJECT_ID: Final = "cli"
 DEFAULT_TIMEOUT: Final = 2.5
 REDIS_URL_ENV: Final = "INTEGRATION_STATUS_REDIS_URL"
+REDIS_PREFIX_ENV: Final = "INTEGRATION_STATUS_REDIS_PREFIX"
 
 #: Provider API base URLs: key -> (environment variable, public default).
 DEFAULT_URLS: Final[Mapping[str, tuple[str, str]]] = {
@@ -267,6 +268,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"use Redis for cache, idempotency and events (default: ${REDIS_URL_ENV}, else in memory)",
     )
     demo.add_argument(
+        "--prefix",
+        default=_get(env, REDIS_PREFIX_ENV) or "integration-status",
+        help=f"key prefix in Redis; demos sharing Redis and prefix act as one (default: ${REDIS_PREFIX_ENV}, "
+        "else %(default)s)",
+    )
+    demo.add_argument(
         "--providers",
         choices=("simulated", "real"),
         default="simulated",
@@ -298,7 +305,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = parser.parse_args(argv)
     if args.command == "demo":
         server = importlib.import_module("integration_status.demo.server")
-        server.run(host=args.host, port=args.port, redis_url=args.redis, providers=args.providers)
+        server.run(
+            host=args.host,
+            port=args.port,
+            redis_url=args.redis,
+            redis_prefix=args.prefix,
+            providers=args.providers,
+        )
         return 0
     if args.command == "check":
         return _check(args, env)

@@ -5,6 +5,9 @@ For each provider of a project the aggregator takes, in order: a fresh cache ent
 until the response deadline; when that refresh fails or is not done by the deadline, the last good value marked
 ``stale`` with the problem, or a placeholder. Refreshes still running at the deadline go on in the background
 and the cache's ``on_change`` reports their result.
+
+When the shared cache store is unreachable, a provider is served from the cache's process-local copy (fresh
+while it lasts, then ``stale``) and no refresh is attempted.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
 from integration_status.core.deadline import call_with_timeout
 from integration_status.core.policy import ProviderView
-from integration_status.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from integration_status.exceptions import (
+    BackendUnavailable,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from integration_status.models import PROVIDERS, Problem, ProviderKey
 from integration_status.observability import NO_METRICS, FetchOutcome, Metrics
 from integration_status.protocols import Adapter, CacheEntry, FetchContext, ProjectConnections, ProviderConnection
@@ -164,6 +172,7 @@ class Aggregator:
             return [views[p] for p in PROVIDERS]
 
         results: dict[ProviderKey, CacheEntry | ProviderError] = {}
+        unreachable: set[ProviderKey] = set()
         remaining = len(pending)
         budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
 
@@ -175,6 +184,9 @@ class Aggregator:
                     results[provider] = await self._refresh(provider, key, connection)
                 except ProviderError as exc:
                     results[provider] = exc
+                except BackendUnavailable:
+                    # The store is down: serve what this process last saw, never fail the status request.
+                    unreachable.add(provider)
                 finally:
                     remaining -= 1
                     if remaining == 0:
@@ -197,9 +209,10 @@ class Aggregator:
             if isinstance(result, ProviderError):
                 problem = problem_of(result)
                 entry = await self._cache.peek(key) or entry
-            else:  # not done by the deadline: the refresh goes on in the background
+            else:  # not done by the deadline (the refresh goes on in the background), or the store is down
                 problem = entry.error if entry is not None else None
-                _log.info("integration_status.aggregator.deadline", provider=provider, stale=entry is not None)
+                why = "store_unavailable" if provider in unreachable else "deadline"
+                _log.info(f"integration_status.aggregator.{why}", provider=provider, stale=entry is not None)
             views[provider] = fallback_view(provider, entry, problem, now)
             if entry is not None and views[provider].stale:
                 self._metrics.cache("stale")

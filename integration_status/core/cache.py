@@ -1,6 +1,10 @@
 """The provider snapshot cache: TTL with jitter, single-flight refreshes (in-process and across workers),
 and a last good value that a failed refresh never overwrites.
 
+Each process also remembers the last entry it saw per key. When the shared store is unreachable
+(:class:`~integration_status.exceptions.BackendUnavailable`), :meth:`SnapshotCache.peek` answers from that
+copy, so status keeps being served (fresh while it lasts, then stale) instead of failing with the store.
+
 The cache holds raw provider snapshots per key (``"{project_id}:{provider}"``) in a ``CacheStore``.
 Serving stale data while revalidating is composed by the caller: it peeks, calls
 :meth:`SnapshotCache.refresh` under its own deadline, and falls back to the peeked entry when the deadline
@@ -25,9 +29,11 @@ from typing import Final, cast
 import anyio
 import attrs
 import structlog
+from cachetools import LRUCache
 
 from integration_status.core.clock import Clock, utcnow
 from integration_status.exceptions import (
+    BackendUnavailable,
     ConfigurationError,
     ProviderAuthError,
     ProviderError,
@@ -87,7 +93,8 @@ class SnapshotCache:
     last good value served while a provider is failing). ``lock_ttl``: how long the cross-worker refresh lock
     lives, and so how long a worker waits for another worker's result before fetching itself.
     ``on_change(key, entry)`` is awaited after a refresh that changed the content, cleared an error, or hit
-    a new error.
+    a new error. ``local_size``: how many keys' last seen entries this process keeps for when the store is
+    unreachable.
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class SnapshotCache:
         keep_for: float = 86_400.0,
         lock_ttl: float = 5.0,
         on_change: OnChange | None = None,
+        local_size: int = 10_000,
     ) -> None:
         if not ttl > 0:
             raise ConfigurationError(f"cache ttl must be > 0 seconds, not {ttl!r}")
@@ -120,6 +128,7 @@ class SnapshotCache:
         self._on_change = on_change
         self._spawn: Spawn | None = None
         self._flights: dict[str, _Flight] = {}
+        self._last_seen: LRUCache[str, CacheEntry] = LRUCache(maxsize=max(1, local_size))
 
     def start(self, spawn: Spawn) -> None:
         """Say how background refreshes run, e.g. a long-lived task group's ``start_soon``."""
@@ -134,8 +143,21 @@ class SnapshotCache:
         return self._clock.time() < entry.fresh_until
 
     async def peek(self, key: str) -> CacheEntry | None:
-        """The stored entry, fresh or not, without refreshing."""
-        return await self._store.load(key)
+        """The stored entry, fresh or not, without refreshing. When the store is unreachable: the last entry
+        this process saw for ``key`` (None if it saw none)."""
+        try:
+            entry = await self._store.load(key)
+        except BackendUnavailable as exc:
+            structlog.get_logger().info("integration_status.cache.store_unavailable", key=key, error=str(exc))
+            return self._last_seen.get(key)
+        self._remember(key, entry)
+        return entry
+
+    def _remember(self, key: str, entry: CacheEntry | None) -> None:
+        if entry is None:
+            self._last_seen.pop(key, None)
+        else:
+            self._last_seen[key] = entry
 
     async def invalidate(self, key: str) -> None:
         """Make the entry not fresh (the next read refreshes), keeping it as the last good value."""
@@ -179,6 +201,7 @@ class SnapshotCache:
         # Errors go to the waiters, never to the task group: one failing provider must not stop the service.
         try:
             flight.entry = await self._refresh_once(key, fetch)
+            self._remember(key, flight.entry)
         except Exception as exc:
             flight.error = exc
         finally:

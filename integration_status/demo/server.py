@@ -102,6 +102,7 @@ def build_app(
     *,
     clock: Clock = SYSTEM_CLOCK,
     redis_url: str | None = None,
+    redis_prefix: str = "integration-status",
     seed: int = 7,
     providers: str = "simulated",
     env: Mapping[str, str] | None = None,
@@ -110,13 +111,14 @@ def build_app(
 ) -> Starlette:
     """The demo ASGI app, on simulated providers (default) or the real ones (``providers="real"``).
 
+    With ``redis_url``, every demo using the same Redis and ``redis_prefix`` shares cache, actions and events.
     ``engine`` reuses an existing engine (an app restarted in the same process keeps its event buffer, so
     browsers resume with ``Last-Event-ID``); ``deploy_seconds`` is how long a simulated deploy takes.
     """
     if redis_url and engine is None:
         from integration_status.backends.redis import RedisEngine
 
-        engine = RedisEngine.from_url(redis_url, clock=clock)
+        engine = RedisEngine.from_url(redis_url, prefix=redis_prefix, clock=clock)
     world: World | None = None
     http: HttpClient | None = None
     if providers == "real":
@@ -162,12 +164,17 @@ def build_app(
 
 
 def run(
-    *, host: str = "127.0.0.1", port: int = 8000, redis_url: str | None = None, providers: str = "simulated"
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    redis_url: str | None = None,
+    redis_prefix: str = "integration-status",
+    providers: str = "simulated",
 ) -> None:
     """Serve the demo with uvicorn until interrupted."""
     import uvicorn
 
-    app = build_app(redis_url=redis_url, providers=providers)
+    app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)")
     # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

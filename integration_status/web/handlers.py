@@ -67,6 +67,20 @@ def error_response(exc: RequestError, headers: tuple[tuple[str, str], ...] = (),
     return json_response(exc.http_status, body, extra)
 
 
+#: What a client is told when the shared store (Redis) is unreachable: no infrastructure details.
+STORE_UNAVAILABLE: Final = "The shared store is unavailable"
+
+
+def store_unavailable(exc: BackendUnavailable, *, envelope: bool = False) -> Response:
+    """503 with the SPEC error object (code ``unknown``): state-changing requests fail closed while the store
+    is down. The endpoint named in ``exc`` goes to the log only."""
+    _log.warning("integration_status.web.store_unavailable", error=str(exc))
+    body: dict[str, Any] = {"error": {"code": "unknown", "message": STORE_UNAVAILABLE, "hint": "Try again"}}
+    if envelope:
+        body = {"success": False, **body}
+    return json_response(503, body)
+
+
 def request_info(
     method: str, path: str, headers: Mapping[str, str], query: Mapping[str, str], raw: Any = None
 ) -> RequestInfo:
@@ -154,6 +168,9 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
         )
     except RequestError as exc:
         return error_response(exc, tuple(getattr(exc, "headers", {}).items()), envelope=True)
+    except BackendUnavailable as exc:
+        # The idempotency key or rate limit could not be checked: refused, never run unchecked.
+        return store_unavailable(exc, envelope=True)
     return json_response(result.status, result.body, tuple(result.headers.items()))
 
 
@@ -162,7 +179,10 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
 
 async def handle_webhook(service: StatusService, provider: str, request: RequestInfo, body: bytes) -> Response:
     """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``web.webhooks``)."""
-    result = await service.ingest_webhook(provider, request.headers, body)
+    try:
+        result = await service.ingest_webhook(provider, request.headers, body)
+    except BackendUnavailable as exc:
+        return store_unavailable(exc)  # the provider retries the delivery later
     return json_response(result.status, result.body)
 
 
