@@ -23,7 +23,8 @@ FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->\s*$")
 RUNNER = """
 import json, sys, traceback
-blocks = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as f:
+    blocks = json.load(f)
 namespace = {"__name__": "__main__"}
 for block in blocks:
     try:
