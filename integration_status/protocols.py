@@ -290,9 +290,12 @@ class StoredEvent:
 
 class Subscription(Protocol):
     """Events of one project, in id order. ``gap`` is True when the Last-Event-ID given at subscribe time had
-    already fallen out of the buffer (the client must get a fresh snapshot)."""
+    already fallen out of the buffer (the client must get a fresh snapshot). ``resume_id`` is the id of the
+    newest event before those this subscription delivers (None when the project has none yet): a snapshot sent
+    at subscribe time carries it, so a client that reconnects with it misses nothing."""
 
     gap: bool
+    resume_id: str | None
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]: ...
 

@@ -60,8 +60,12 @@ class _Project:
 class MemorySubscription:
     """One subscriber's view: replayed events first, then live ones. See the module docstring."""
 
-    def __init__(self, *, gap: bool, replay: list[StoredEvent], queue_size: int) -> None:
+    def __init__(
+        self, *, gap: bool, replay: list[StoredEvent], queue_size: int, resume_id: str | None = None
+    ) -> None:
         self.gap = gap
+        #: The newest id before the events this subscription delivers (see the Subscription protocol).
+        self.resume_id = replay[-1].id if replay else resume_id
         self.dropped = False
         self._replay = deque(replay)
         self._last: tuple[int, int] | None = parse_event_id(replay[-1].id) if replay else None
@@ -170,7 +174,13 @@ class MemoryEventBus:
         gap, after = self._resume_point(project, last_event_id)
         replay = [event for parts, event in project.buffer if after is not None and parts > after]
         # Registered in the same step as the buffer is copied: no event can fall between replay and live.
-        subscription = MemorySubscription(gap=gap, replay=replay, queue_size=self._queue_size)
+        resume = after if after is not None and not replay else project.last_id
+        subscription = MemorySubscription(
+            gap=gap,
+            replay=replay,
+            queue_size=self._queue_size,
+            resume_id=None if resume is None else format_event_id(resume),
+        )
         if self._closed:
             subscription._end()
         else:

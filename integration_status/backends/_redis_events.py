@@ -134,6 +134,8 @@ class RedisSubscription:
         until: StreamId | None,
     ) -> None:
         self.gap = gap
+        #: The newest id before the events this subscription delivers (see the Subscription protocol).
+        self.resume_id = format_id(start) if start != _ZERO else None
         self._bus = bus
         self._reader = reader
         self._sub = sub

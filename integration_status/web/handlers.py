@@ -229,7 +229,7 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
                 if last_event_id is None or subscription.gap:
                     snapshot = await service.snapshot_event(connections, viewer)
                     last_items = snapshot["items"]
-                    await send(encode_event(data=snapshot, event="status:update"))
+                    await send(encode_event(data=snapshot, event="status:update", id=subscription.resume_id))
                 async with anyio.create_task_group() as tg:
 
                     async def heartbeat() -> None:

@@ -114,6 +114,23 @@ async def test_last_event_id_replays_every_later_buffered_event(mount: MountFact
             assert (frame.id, frame.json()["ts"]) == (live, 4)
 
 
+async def test_snapshot_carries_the_resume_point(mount: MountFactory) -> None:
+    """The connect snapshot's id is the newest event before it: reconnecting with it misses nothing after."""
+    async with mount(make_service()) as m, m.client() as client:
+        async with events_stream(client) as r:
+            first = await SSEReader(r).event()
+            assert first.event == "status:update"
+            assert first.id is None  # nothing published yet: nothing to resume from
+        before = await m.publish("p", push(n=1))
+        async with events_stream(client) as r:
+            snapshot = await SSEReader(r).event()
+            assert (snapshot.event, snapshot.id) == ("status:update", before)
+        missed = await m.publish("p", push(n=2))
+        async with events_stream(client, **{"Last-Event-ID": snapshot.id}) as r:
+            replayed = await SSEReader(r).event()
+            assert (replayed.id, replayed.json()["ts"]) == (missed, 2)
+
+
 async def test_evicted_last_event_id_gets_a_fresh_snapshot(mount: MountFactory) -> None:
     """A Last-Event-ID that fell out of the buffer gets a fresh snapshot instead of a partial replay."""
     clock = FakeClock()
