@@ -63,6 +63,7 @@ def throughput_app() -> Starlette:
         settings=Settings(cache_ttl=3600.0, cache_jitter=0.0),
     )
     bare: dict[str, Response] = {}
+    bare_headers: dict[str, dict[str, str]] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,13 +74,16 @@ def throughput_app() -> Starlette:
             bare["200"] = Response(content=answer.body, status_code=200, headers=headers)
             etag = headers["ETag"]
             bare["304"] = Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-store"})
+            bare_headers["200"] = headers
+            bare_headers["304"] = {"ETag": etag, "Cache-Control": "no-store"}
             yield
 
+    # Like any endpoint, the bare ones build their Response per request; only the bytes are prepared.
     async def bare_200(request: Request) -> Response:
-        return bare["200"]
+        return Response(content=bare["200"].body, headers=bare_headers["200"])
 
     async def bare_304(request: Request) -> Response:
-        return bare["304"]
+        return Response(status_code=304, headers=bare_headers["304"])
 
     async def etag(request: Request) -> Response:
         return Response(content=bare["200"].headers["etag"])
