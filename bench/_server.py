@@ -18,12 +18,15 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import logging
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -155,6 +158,11 @@ def main() -> None:
     from bench._common import raise_nofile
 
     raise_nofile(65_536)
+    # An application may configure logging: keep warnings, on stderr (stdout only says "ready").
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
