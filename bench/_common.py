@@ -1,5 +1,6 @@
-"""What every benchmark shares: the result line, percentiles, a bench server in a subprocess, and a small
-keep-alive HTTP/1.1 client over raw sockets (lighter than httpx, so the load generator is not the bottleneck)."""
+"""What every benchmark shares: the result line, percentiles, a bench server in a subprocess, and a
+small keep-alive HTTP/1.1 client over raw sockets (lighter than httpx, so the load generator is not the
+bottleneck)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,9 @@ def bench_server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
             proc.wait()
 
 
-def request_bytes(path: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes = b"") -> bytes:
+def request_bytes(
+    path: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes = b""
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method == "POST":
@@ -123,11 +126,13 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
-async def fetch(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def fetch(
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(request_bytes(path, {**(headers or {}), "Connection": "close"}))
+        writer.write(request_bytes(path, {**(headers or {}), "Connection": "close"}, method=method))
         return await read_response(reader)
     finally:
         writer.close()
@@ -140,8 +145,10 @@ def now() -> float:
 # --- load generation ----------------------------------------------------------------------------------------
 
 
-def _load_worker(port: int, path: str, headers: dict[str, str], connections: int, seconds: float) -> tuple[int, int]:
-    """One load process: ``connections`` keep-alive connections in a closed loop; (responses, bad statuses)."""
+def _load_worker(
+    port: int, path: str, headers: dict[str, str], connections: int, seconds: float
+) -> tuple[int, int]:
+    """One load process: keep-alive connections in a closed loop; (responses, bad statuses)."""
 
     async def run() -> tuple[int, int]:
         stop = time.perf_counter() + seconds

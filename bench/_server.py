@@ -92,7 +92,12 @@ def throughput_app() -> Starlette:
         return Response(content=bare["200"].headers["etag"])
 
     return Starlette(
-        routes=[*api_routes(service), Route("/bare", bare_200), Route("/bare304", bare_304), Route("/etag", etag)],
+        routes=[
+            *api_routes(service),
+            Route("/bare", bare_200),
+            Route("/bare304", bare_304),
+            Route("/etag", etag),
+        ],
         lifespan=lifespan,
     )
 
@@ -133,7 +138,13 @@ def sse_app() -> Starlette:
     async def publish(request: Request) -> Response:
         event_id = await service.publish(
             "demo",
-            {"type": "github:push", "projectId": "demo", "branch": "main", "sha": "0" * 40, "sentAt": time.time()},
+            {
+                "type": "github:push",
+                "projectId": "demo",
+                "branch": "main",
+                "sha": "0" * 40,
+                "sentAt": time.time(),
+            },
         )
         return Response(content=event_id)
 
@@ -142,7 +153,11 @@ def sse_app() -> Starlette:
         return Response(content=json.dumps(body), media_type="application/json")
 
     return Starlette(
-        routes=[*api_routes(service), Route("/bench/publish", publish, methods=["POST"]), Route("/bench/stats", stats)],
+        routes=[
+            *api_routes(service),
+            Route("/bench/publish", publish, methods=["POST"]),
+            Route("/bench/stats", stats),
+        ],
         lifespan=service.lifespan,
     )
 

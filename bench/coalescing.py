@@ -4,31 +4,38 @@ memory; with Redis (two services sharing one Redis) when the Redis engine is ava
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from bench._common import Outcome, report, skipped
+from integration_status.models import ProviderKey
 from integration_status.protocols import Viewer
 from integration_status.service import StatusService
+from integration_status.snapshot import ProviderSnapshot
 from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
 
-PROVIDERS = ("sanity", "github", "vercel", "supabase")
+PROVIDERS: tuple[ProviderKey, ...] = ("sanity", "github", "vercel", "supabase")
 VIEWER = Viewer(user_id="bench", roles={"owner"})
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _adapters() -> list[ScriptedAdapter]:
-    async def slow(provider: str) -> object:
+def _slow(provider: ProviderKey) -> Callable[[], Awaitable[ProviderSnapshot]]:
+    async def fetch() -> ProviderSnapshot:
         await anyio.sleep(0.1)  # long enough that every request arrives while the first fetch runs
-        return snapshot(provider)  # type: ignore[arg-type]
+        return snapshot(provider)
 
-    return [ScriptedAdapter(p, lambda p=p: slow(p)) for p in PROVIDERS]  # type: ignore[misc]
+    return fetch
+
+
+def _adapters() -> list[ScriptedAdapter]:
+    return [ScriptedAdapter(p, _slow(p)) for p in PROVIDERS]
 
 
 async def _cold(services: list[StatusService], requests: int) -> None:
     async with anyio.create_task_group() as tg:
         for i in range(requests):
-            tg.start_soon(lambda s=services[i % len(services)]: s.status("p1", VIEWER))
+            tg.start_soon(services[i % len(services)].status, "p1", VIEWER)
 
 
 async def _memory(requests: int) -> dict[str, int]:
@@ -44,7 +51,7 @@ async def _redis(requests: int) -> dict[str, int]:
 
     prefix = f"bench-{secrets.token_hex(4)}:"
     adapters = _adapters()
-    counts = {p: 0 for p in PROVIDERS}
+    counts = dict.fromkeys(PROVIDERS, 0)
     services = [
         StatusService(
             connections=StaticConnections.linked("p1", *PROVIDERS),

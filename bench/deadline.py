@@ -43,7 +43,10 @@ def run(smoke: bool = False) -> list[Outcome]:
     import multiprocessing
 
     clients, seconds, processes = (20, 1.5, 2) if smoke else (100, 10.0, 4)
-    with bench_server("deadline") as (port, _pid), multiprocessing.get_context("fork").Pool(processes) as pool:
+    with (
+        bench_server("deadline") as (port, _pid),
+        multiprocessing.get_context("fork").Pool(processes) as pool,
+    ):
         # Clients spread over processes, so a burst of answers is not queued behind one client loop.
         parts = pool.starmap(_process, [(port, clients // processes, seconds)] * processes)
     latencies = [x for part in parts for x in part[0]]

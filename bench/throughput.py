@@ -18,11 +18,15 @@ from bench._server import STATUS_PATH, server_options
 BAR = 0.7
 
 
-def _wrk(port: int, path: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, int]:
+def _wrk(
+    port: int, path: str, headers: dict[str, str], seconds: float, connections: int
+) -> tuple[float, int]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return rps, int(bad.group(1)) if bad else 0
