@@ -43,7 +43,7 @@ async def _memory(requests: int) -> dict[str, int]:
     service = StatusService(connections=StaticConnections.linked("p1", *PROVIDERS), adapters=adapters)
     async with service:
         await _cold([service], requests)
-    return {a.provider: a.calls for a in adapters}
+    return {str(a.provider): a.calls for a in adapters}
 
 
 async def _redis(requests: int) -> dict[str, int]:
@@ -51,7 +51,7 @@ async def _redis(requests: int) -> dict[str, int]:
 
     prefix = f"bench-{secrets.token_hex(4)}:"
     adapters = _adapters()
-    counts = dict.fromkeys(PROVIDERS, 0)
+    counts: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
     services = [
         StatusService(
             connections=StaticConnections.linked("p1", *PROVIDERS),
