@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -16,6 +17,7 @@ import anyio
 import anyio.abc
 import attrs
 import structlog
+from cachetools import LRUCache
 
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
 from integration_status.core.breaker import BreakerConfig
@@ -56,6 +58,12 @@ _log = structlog.get_logger("integration_status.service")
 
 MAX_PROJECT_ID = 200
 
+#: A rendered envelope is reused for this long (seconds) by requests that see the same provider views with the
+#: same permissions. Relative times ("5 minutes ago") move in minutes, so this delays nothing a viewer can see
+#: by more than a second, and it spares hashing and JSON encoding on every poll.
+RENDER_BUCKET = 1.0
+RENDER_CACHE_SIZE = 1024
+
 
 @attrs.frozen(kw_only=True)
 class Settings:
@@ -83,6 +91,22 @@ class StatusResult:
     envelope: StatusEnvelope
     etag: str
     not_modified: bool
+    #: The envelope as compact UTF-8 JSON, encoded once (what the status endpoint sends).
+    body: bytes = b""
+
+
+@attrs.frozen(kw_only=True)
+class _Rendered:
+    # ``views`` keeps the snapshots alive, so the ``id()``s in this entry's key cannot be reused meanwhile.
+    views: tuple[ProviderView, ...]
+    envelope: StatusEnvelope
+    digest: str
+    etag: str
+    body: bytes
+
+
+def _envelope_body(envelope: StatusEnvelope) -> bytes:
+    return json.dumps(envelope.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def _allow_members(viewer: Viewer, project_id: str) -> bool:
@@ -175,6 +199,7 @@ class StatusService:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
+        self._rendered: LRUCache[tuple[Any, ...], _Rendered] = LRUCache(maxsize=RENDER_CACHE_SIZE)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -256,16 +281,50 @@ class StatusService:
             raise NotFound("project not found")
         return connections
 
-    async def status(self, project_id: object, viewer: Viewer, *, if_none_match: str | None = None) -> StatusResult:
+    async def status(
+        self, project_id: object, viewer: Viewer, *, if_none_match: str | None = None
+    ) -> StatusResult:
         """The viewer's status envelope with its ETag; ``not_modified`` when ``if_none_match`` matches."""
         self._require_running()
         connections = await self.project(project_id, viewer)
-        items = await self.items(connections, viewer)
-        body = StatusEnvelope(project_id=connections.project_id, items=items)
-        digest = compute_etag(body.to_json(with_hash=False))
-        envelope = attrs.evolve(body, hash=digest)
+        project_id = connections.project_id
+        views = tuple(await self.aggregator.collect(project_id, connections))
+        policy = self.policy
+        grants = tuple(
+            (
+                policy.allowed_actions(viewer, project_id, v.provider),
+                policy.visibility(viewer, project_id, v.provider),
+            )
+            for v in views
+        )
+        key = (
+            project_id,
+            grants,
+            int(self.clock.time() // RENDER_BUCKET),
+            tuple((id(v.snapshot), v.changed_at, v.stale, v.problem) for v in views),
+        )
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            now = utcnow(self.clock)
+            items = tuple(
+                view_item(view, allowed=allowed, visibility=visibility, now=now)
+                for view, (allowed, visibility) in zip(views, grants, strict=True)
+            )
+            body = StatusEnvelope(project_id=project_id, items=items)
+            digest = compute_etag(body.to_json(with_hash=False))
+            envelope = attrs.evolve(body, hash=digest)
+            rendered = _Rendered(
+                views=views,
+                envelope=envelope,
+                digest=digest,
+                etag=format_etag(digest),
+                body=_envelope_body(envelope),
+            )
+            self._rendered[key] = rendered
+        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
+        matched = if_none_match == rendered.etag or if_none_match_matches(if_none_match, rendered.digest)
         return StatusResult(
-            envelope=envelope, etag=format_etag(digest), not_modified=if_none_match_matches(if_none_match, digest)
+            envelope=rendered.envelope, etag=rendered.etag, not_modified=matched, body=rendered.body
         )
 
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:

@@ -12,6 +12,7 @@ The mapping itself is :func:`classify_response`, a pure function over status, he
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
 from collections.abc import Mapping
 from importlib import metadata as _metadata
@@ -398,12 +399,15 @@ class HttpClient:
                 else:
                     chunks: list[bytes] = []
                     size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > self.max_body:
-                            mapped = self._too_big(provider, response.status_code)
-                            break
-                        chunks.append(chunk)
+                    # aclosing: leaving the loop early must close the stream's generator here, not in a
+                    # finalizer task the event loop runs later.
+                    async with contextlib.aclosing(response.aiter_bytes()) as body:
+                        async for chunk in body:
+                            size += len(chunk)
+                            if size > self.max_body:
+                                mapped = self._too_big(provider, response.status_code)
+                                break
+                            chunks.append(chunk)
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:

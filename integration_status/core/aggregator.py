@@ -12,6 +12,7 @@ while it lasts, then ``stale``) and no refresh is attempted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
@@ -59,6 +60,8 @@ def disconnected_snapshot(provider: ProviderKey) -> ProviderSnapshot:
     return ProviderSnapshot(provider=provider, status="disconnected", summary=(Segment(pieces=("Not connected",)),))
 
 
+# Cached: the same object for the same failure lets the service reuse the envelope it rendered for it.
+@functools.lru_cache(maxsize=256)
 def error_snapshot(provider: ProviderKey, problem: Problem) -> ProviderSnapshot:
     """What a provider shows when it failed and there is no good value to fall back on."""
     text = {
@@ -70,6 +73,7 @@ def error_snapshot(provider: ProviderKey, problem: Problem) -> ProviderSnapshot:
     return ProviderSnapshot(provider=provider, status="error", summary=(Segment(pieces=(text,)),), problem=problem)
 
 
+@functools.lru_cache(maxsize=8)
 def placeholder_snapshot(provider: ProviderKey) -> ProviderSnapshot:
     """A cold start whose first answer is not in yet (SPEC.md: warning, stale, problem timeout)."""
     problem = Problem(code="timeout", hint="Try again")

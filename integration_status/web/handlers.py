@@ -135,9 +135,8 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
     headers = (("ETag", result.etag), NO_STORE)
     if result.not_modified:
         return Response(status=304, headers=headers)
-    return Response(
-        status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=dumps(result.envelope.to_json())
-    )
+    body = result.body or dumps(result.envelope.to_json())
+    return Response(status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=body)
 
 
 # --- actions ------------------------------------------------------------------------------------------------

@@ -1,0 +1,41 @@
+"""The benchmarks run: ``python -m bench --smoke`` exits 0 and prints a ratio line for each benchmark."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = (
+    "throughput_200",
+    "throughput_304",
+    "deadline_p95_ms",
+    "coalescing_memory_calls",
+    "etag_hit_rate",
+    "sse_p99_ms",
+    "sse_kib_per_stream",
+    "sse_streams_after",
+    "actions_memory_one_key_executions",
+    "actions_memory_distinct_admitted",
+)
+
+
+def test_bench_smoke_prints_every_ratio() -> None:
+    """`python -m bench --smoke` finishes within a minute, exits 0 and prints one ratio line per figure."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratios = [line for line in done.stdout.splitlines() if line.startswith("ratio ")]
+    for name in EXPECTED:
+        assert any(line.startswith(f"ratio {name}: ") for line in ratios), f"no ratio line for {name}"
+    assert done.stdout.splitlines()[-1].startswith("summary: ")
