@@ -141,11 +141,14 @@ class Authorizer(Protocol):
 
 @attrs.frozen(kw_only=True)
 class FetchContext:
-    """What an adapter gets with each fetch: the clock and its time budget (seconds, from ``started``)."""
+    """What an adapter gets with each fetch: the clock, its time budget (seconds, from ``started``) and the
+    provider's previous snapshot for this project, if one is cached (e.g. to keep a displayed measurement steady
+    while it only jitters, see :func:`~integration_status.snapshot.steady_ms`)."""
 
     clock: Clock
     timeout: float
     started: float  # clock.monotonic() when the fetch began
+    previous: ProviderSnapshot | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.timeout - (self.clock.monotonic() - self.started))

@@ -230,17 +230,18 @@ def _piece_from_json(data: Any) -> Piece:
     raise InvalidModel("unknown summary piece")
 
 
-_MINUTE_STEPS: Final = (1, 2, 5, 10, 15, 20, 30, 45)
+_MINUTE_STEPS: Final = (2, 5, 15, 30, 45)
 
 
 def humanize_ago(seconds: float) -> str:
-    """A coarse relative time that changes rarely: "just now", then 1/2/5/10/15/20/30/45 minutes, then hours,
-    then days. Each value is the largest step not greater than the elapsed time, so it never runs ahead.
+    """A coarse relative time that changes rarely: "just now", then 2/5/15/30/45 minutes, then hours, then days.
+    Each value is the largest step not greater than the elapsed time, so it never runs ahead. Five changes in
+    the first hour, then one an hour: a 10 s poll keeps getting 304 between them.
 
-    >>> [humanize_ago(s) for s in (5, 61, 299, 300, 3599, 3600, 86400 * 3)]
-    ['just now', '1m ago', '2m ago', '5m ago', '45m ago', '1h ago', '3d ago']
+    >>> [humanize_ago(s) for s in (5, 61, 150, 299, 300, 1000, 3599, 3600, 86400 * 3)]
+    ['just now', 'just now', '2m ago', '2m ago', '5m ago', '15m ago', '45m ago', '1h ago', '3d ago']
     """
-    if seconds < 60:
+    if seconds < 120:
         return "just now"
     minutes = int(seconds // 60)
     if minutes < 60:
@@ -250,6 +251,19 @@ def humanize_ago(seconds: float) -> str:
     if hours < 24:
         return f"{hours}h ago"
     return f"{hours // 24}d ago"
+
+
+def steady_ms(measured: float, shown: float | None, *, tolerance: float = 0.5, floor: float = 5.0) -> int:
+    """A latency readout that does not flicker: keep the value shown before while the new measurement is within
+    ``tolerance`` (a fraction) or ``floor`` ms of it; otherwise show the new measurement, to the millisecond.
+    A few milliseconds of jitter mean nothing to a user; a doubling does.
+
+    >>> steady_ms(12.4, None), steady_ms(16.9, 12), steady_ms(19, 12), steady_ms(140, 100), steady_ms(160, 100)
+    (12, 12, 19, 100, 160)
+    """
+    if shown is not None and abs(measured - shown) <= max(floor, tolerance * shown):
+        return int(shown)
+    return max(1, round(measured))
 
 
 def render_summary(summary: tuple[Segment, ...], visibility: Visibility, now: datetime) -> str | None:
@@ -287,4 +301,5 @@ __all__ = [
     "default_actions",
     "humanize_ago",
     "render_summary",
+    "steady_ms",
 ]

@@ -28,14 +28,13 @@ from integration_status.protocols import (
     ProviderConnection,
     Secret,
 )
-from integration_status.snapshot import ProviderSnapshot, Segment
+from integration_status.snapshot import ProviderSnapshot, Segment, steady_ms
 
 __all__ = [
     "HEALTH_SERVICES",
     "DatabaseProbe",
     "SupabaseAdapter",
     "SupabaseFacts",
-    "coarse_ms",
     "supabase_snapshot",
 ]
 
@@ -72,27 +71,24 @@ class SupabaseFacts:
     measured_by_probe: bool = False
 
 
-def coarse_ms(ms: float) -> int:
-    """Latency rounded to a step that grows with it, so a summary does not change on every probe.
-
-    >>> [coarse_ms(x) for x in (0.4, 7.6, 12, 13, 88, 240, 1234)]
-    [1, 8, 10, 15, 90, 250, 1200]
-    """
-    step = 1 if ms < 10 else 5 if ms < 100 else 25 if ms < 1000 else 100
-    return max(1, round(ms / step) * step)
-
-
-def supabase_snapshot(facts: SupabaseFacts, *, latency_warning_ms: float = 250) -> ProviderSnapshot:
+def supabase_snapshot(
+    facts: SupabaseFacts, *, latency_warning_ms: float = 250, shown_ms: float | None = None
+) -> ProviderSnapshot:
     """The status rule: error when the project is down or a service is unhealthy, warning while services start
-    or above ``latency_warning_ms``, else connected.
+    or above ``latency_warning_ms``, else connected. The latency readout stays at ``shown_ms`` (what the previous
+    snapshot showed) while the measurement only jitters around it (:func:`steady_ms`), so the summary, and the
+    ETag, change when the latency really moves.
 
-    >>> facts = SupabaseFacts(project_status="ACTIVE_HEALTHY", latency_ms=12, measured_by_probe=True)
+    >>> facts = SupabaseFacts(project_status="ACTIVE_HEALTHY", latency_ms=12.4, measured_by_probe=True)
     >>> supabase_snapshot(facts).summary
-    (Segment(pieces=('Database healthy',), redacted=None), Segment(pieces=('10ms avg',), redacted=None))
+    (Segment(pieces=('Database healthy',), redacted=None), Segment(pieces=('12ms avg',), redacted=None))
+    >>> supabase_snapshot(attrs.evolve(facts, latency_ms=14.1), shown_ms=12).summary[1].pieces
+    ('12ms avg',)
     """
     details: dict[str, Any] = {"projectStatus": facts.project_status}
-    if facts.latency_ms is not None:
-        details["latencyMs"] = coarse_ms(facts.latency_ms)
+    shown = None if facts.latency_ms is None else steady_ms(facts.latency_ms, shown_ms)
+    if shown is not None:
+        details["latencyMs"] = shown
     if facts.project_status in _DOWN or facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY":
         if facts.project_status in _DOWN:
             what = _DOWN_TEXT.get(facts.project_status, "Project unavailable")
@@ -124,8 +120,8 @@ def supabase_snapshot(facts: SupabaseFacts, *, latency_warning_ms: float = 250) 
             details=details,
         )
     summary: tuple[Segment, ...] = (text("Database healthy"),)
-    if facts.measured_by_probe and facts.latency_ms is not None:
-        summary += (text(f"{coarse_ms(facts.latency_ms)}ms avg"),)
+    if facts.measured_by_probe and shown is not None:
+        summary += (text(f"{shown}ms avg"),)
     return ProviderSnapshot(provider=_PROVIDER, status="connected", summary=summary, details=details)
 
 
@@ -187,7 +183,9 @@ class SupabaseAdapter:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No database linked"),)
             )
-        return supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms)
+        previous = ctx.previous.detail("latencyMs") if ctx.previous is not None else None
+        shown = previous if isinstance(previous, int | float) and not isinstance(previous, bool) else None
+        return supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms, shown_ms=shown)
 
     async def _facts(
         self, connection: ProviderConnection, clock: Clock, remaining: Any
@@ -255,5 +253,5 @@ class SupabaseAdapter:
         snap = supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms)
         data: dict[str, Any] = {"status": snap.status}
         if facts.latency_ms is not None:
-            data["latencyMs"] = coarse_ms(facts.latency_ms)
+            data["latencyMs"] = round(facts.latency_ms)
         return ActionOutcome(operation_id=ctx.operation_id, done=True, data=data, changes_state=True)

@@ -182,10 +182,13 @@ class Aggregator:
 
         async with anyio.create_task_group() as tg:
 
-            async def one(provider: ProviderKey, key: str, connection: ProviderConnection | None) -> None:
+            async def one(
+                provider: ProviderKey, key: str, connection: ProviderConnection | None, entry: CacheEntry | None
+            ) -> None:
                 nonlocal remaining
                 try:
-                    results[provider] = await self._refresh(provider, key, connection)
+                    previous = None if entry is None else entry.snapshot
+                    results[provider] = await self._refresh(provider, key, connection, previous)
                 except ProviderError as exc:
                     results[provider] = exc
                 except BackendUnavailable:
@@ -201,8 +204,8 @@ class Aggregator:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(deadline)
-            for provider, key, connection, _ in pending:
-                tg.start_soon(one, provider, key, connection)
+            for provider, key, connection, entry in pending:
+                tg.start_soon(one, provider, key, connection, entry)
 
         now = utcnow(self._clock)
         for provider, key, _, entry in pending:
@@ -224,7 +227,13 @@ class Aggregator:
                 _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
         return [views[p] for p in PROVIDERS]
 
-    async def _refresh(self, provider: ProviderKey, key: str, connection: ProviderConnection | None) -> CacheEntry:
+    async def _refresh(
+        self,
+        provider: ProviderKey,
+        key: str,
+        connection: ProviderConnection | None,
+        previous: ProviderSnapshot | None = None,
+    ) -> CacheEntry:
         if connection is None:
 
             async def unlinked() -> ProviderSnapshot:
@@ -241,7 +250,9 @@ class Aggregator:
 
         async def fetch() -> ProviderSnapshot:
             started = self._clock.monotonic()
-            ctx = FetchContext(clock=self._clock, timeout=self._config.adapter_timeout, started=started)
+            ctx = FetchContext(
+                clock=self._clock, timeout=self._config.adapter_timeout, started=started, previous=previous
+            )
             try:
                 snapshot = await call_with_timeout(
                     self._clock, self._config.adapter_timeout, lambda: adapter.fetch(connection, ctx)

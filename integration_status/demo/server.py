@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from integration_status.adapters._http import HttpClient
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
-from integration_status.demo.simulated import World, simulated_adapters
+from integration_status.demo.simulated import Activity, World, simulated_adapters
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service import Settings, StatusService
 from integration_status.web.starlette import routes as api_routes
@@ -59,9 +59,15 @@ async def demo_authenticator(request: RequestInfo) -> Viewer | None:
 
 
 def build_service(
-    *, clock: Clock = SYSTEM_CLOCK, engine: Any = None, seed: int = 7, deploy_seconds: float = 4.0
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    engine: Any = None,
+    seed: int = 7,
+    deploy_seconds: float = 4.0,
+    activity: Activity | None = None,
 ) -> tuple[StatusService, World]:
-    world = World(clock=clock, seed=seed)
+    """The demo's service over a simulated world (lively by default: see :class:`Activity`)."""
+    world = World(clock=clock, seed=seed, activity=activity or Activity.lively())
     service = StatusService(
         connections=DemoConnections(),
         adapters=simulated_adapters(world, deploy_seconds=deploy_seconds),

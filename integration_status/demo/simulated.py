@@ -26,7 +26,15 @@ from integration_status.protocols import (
     FetchContext,
     ProviderConnection,
 )
-from integration_status.snapshot import ActionState, Ago, ProviderSnapshot, Segment, Sensitive, default_actions
+from integration_status.snapshot import (
+    ActionState,
+    Ago,
+    ProviderSnapshot,
+    Segment,
+    Sensitive,
+    default_actions,
+    steady_ms,
+)
 
 TICK = 20.0  # seconds of world time per simulation step
 
@@ -38,12 +46,35 @@ class Incident:
     until: float
 
 
+@attrs.frozen(kw_only=True)
+class Activity:
+    """How busy the simulated project is: the mean seconds between happenings of each kind."""
+
+    push_every: float = 300.0
+    deploy_share: float = 0.5  # of pushes that are deployed
+    edit_every: float = 240.0
+    spike_every: float = 1800.0  # database latency spikes
+    incident_every: float = 900.0  # outages and rate limits
+
+    @classmethod
+    def lively(cls) -> Activity:
+        """The demo's default: something happens every few minutes, so there is always something to see."""
+        return cls()
+
+    @classmethod
+    def realistic(cls) -> Activity:
+        """An active team's working day: a push every ~30 minutes (half of them deployed), a CMS edit every
+        ~20 minutes, a database latency spike every ~4 hours, a provider incident every ~3 hours."""
+        return cls(push_every=1800.0, edit_every=1200.0, spike_every=4 * 3600.0, incident_every=3 * 3600.0)
+
+
 @attrs.define
 class World:
     """The simulated state of one project's four providers."""
 
     clock: Clock
     seed: int = 7
+    activity: Activity = attrs.field(factory=Activity.lively)
     branch: str = "main"
     repository: str = "acme/storefront"
     org: str = "acme"
@@ -84,28 +115,32 @@ class World:
     def _step(self, t: float) -> None:
         rng = self._rng
         ts = int(t * 1000)
-        if rng.random() < TICK / 300:  # a push every ~5 minutes
+        act = self.activity
+        if rng.random() < TICK / act.push_every:
             self.last_push, self.last_sha = t, self._sha()
             self.pending_events.append(
                 {"type": "github:push", "projectId": "demo", "branch": self.branch, "sha": self.last_sha, "ts": ts}
             )
-            if rng.random() < 0.5:
+            if rng.random() < act.deploy_share:
                 self.deployments.append((t, self._url()))
         day = int(t // 86400)
         if day != self.docs_day:
             self.docs_day, self.docs_today = day, 0
-        if rng.random() < TICK / 240:  # an editor saves a few documents every ~4 minutes
+        if rng.random() < TICK / act.edit_every:  # an editor saves a few documents
             count = rng.randint(1, 3)
             self.docs_today += count
             self.pending_events.append({"type": "sanity:webhook", "projectId": "demo", "count": count, "ts": ts})
-        self.db_latency_ms = max(4.0, min(400.0, self.db_latency_ms + rng.gauss(0, 1.5)))
-        if rng.random() < TICK / 1800:  # a latency spike every ~30 minutes
+        # Latency jitters around its baseline (and returns to it after a spike); it does not wander off.
+        baseline = 12.0
+        if self.db_latency_ms <= 250:
+            self.db_latency_ms = max(4.0, baseline + rng.gauss(0, 1.5))
+        if rng.random() < TICK / act.spike_every:
             self.db_latency_ms = 320.0
         elif self.db_latency_ms > 250 and rng.random() < 0.3:
             self.db_latency_ms = 14.0
         if self.incident is not None and t >= self.incident.until:
             self.incident = None
-        if self.incident is None and rng.random() < TICK / 900:  # an outage or a rate limit every ~15 minutes
+        if self.incident is None and rng.random() < TICK / act.incident_every:  # an outage or a rate limit
             provider: ProviderKey = rng.choice(["github", "vercel", "sanity", "supabase"])
             kind = rng.choice(["outage", "rate_limit"])
             self.incident = Incident(provider=provider, kind=kind, until=t + rng.uniform(40, 90))
@@ -137,7 +172,9 @@ class SimulatedAdapter:
         if incident is not None and incident.kind == "rate_limit":
             retry = max(1.0, incident.until - ctx.clock.time())
             raise ProviderRateLimited("simulated rate limit", provider=self.provider, status_code=429, retry_after=retry)
-        return getattr(self, f"_{self.provider}")(ctx.clock)
+        if self.provider == "supabase":
+            return self._supabase(ctx.clock, ctx.previous)
+        return getattr(self, f"_{self.provider}")(ctx.clock)  # type: ignore[no-any-return]
 
     def _at(self, t: float) -> datetime:
         return datetime.fromtimestamp(t, tz=UTC)
@@ -178,18 +215,22 @@ class SimulatedAdapter:
             summary=(Segment(pieces=(f"{n} doc{'s' if n != 1 else ''} updated today",)), Segment(pieces=("Live sync",))),
         )
 
-    def _supabase(self, clock: Clock) -> ProviderSnapshot:
+    def _supabase(self, clock: Clock, previous: ProviderSnapshot | None) -> ProviderSnapshot:
         ms = self.world.db_latency_ms
         if ms > 250:
             return ProviderSnapshot(
-                provider="supabase", status="warning", summary=(Segment(pieces=("Connected",)), Segment(pieces=("High latency",)))
+                provider="supabase",
+                status="warning",
+                summary=(Segment(pieces=("Connected",)), Segment(pieces=("High latency",))),
             )
-        # Round so the summary (and the ETag) does not move with every millisecond of jitter.
-        shown = int(round(ms / 5.0) * 5) or 5
+        # As the real adapter does: the readout moves when the latency does, not with every bit of jitter.
+        before = previous.detail("latencyMs") if previous is not None else None
+        shown = steady_ms(ms, before if isinstance(before, int) else None)
         return ProviderSnapshot(
             provider="supabase",
             status="connected",
             summary=(Segment(pieces=("Database healthy",)), Segment(pieces=(f"{shown}ms avg",))),
+            details={"latencyMs": shown},
         )
 
     # --- actions --------------------------------------------------------------------------------------------
@@ -263,4 +304,4 @@ def simulated_adapters(world: World, *, deploy_seconds: float = 4.0) -> list[Sim
     return [SimulatedAdapter(p, world, deploy_seconds=deploy_seconds) for p in providers]
 
 
-__all__ = ["ActionState", "Incident", "SimulatedAdapter", "World", "simulated_adapters"]
+__all__ = ["ActionState", "Activity", "Incident", "SimulatedAdapter", "World", "simulated_adapters"]

@@ -61,12 +61,12 @@ def _text(snap: Any, clock: Any) -> str | None:
 
 @pytest.mark.anyio
 async def test_healthy_with_probe(http: HttpClient, router: Router, clock: Any, payload: Any) -> None:
-    """Healthy services and a fast probe: connected, "Database healthy · 10ms avg" (12 ms, coarsened)."""
+    """Healthy services and a fast probe: connected, "Database healthy · 12ms avg"."""
     _setup(router, payload)
     probe = FakeProbe(avg_ms=12)
     snap = await SupabaseAdapter(http=http, probe=probe).fetch(WITH_DSN, fetch_ctx(clock))
     assert snap.status == "connected"
-    assert _text(snap, clock) == "Database healthy · 10ms avg"
+    assert _text(snap, clock) == "Database healthy · 12ms avg"
     assert probe.calls == 1
     health = router.calls[1].url
     assert health.params.get_list("services") == ["db", "rest", "auth"]
@@ -162,6 +162,21 @@ async def test_probe_errors_propagate(http: HttpClient, router: Router, clock: A
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("measured", "shown"), [(16.0, "12ms avg"), (8.0, "12ms avg"), (30.0, "30ms avg")])
+async def test_latency_readout_is_steady_while_it_jitters(
+    http: HttpClient, router: Router, clock: Any, payload: Any, measured: float, shown: str
+) -> None:
+    """With a previous snapshot showing 12 ms, a probe that only jitters keeps "12ms avg"; a real move shows."""
+    _setup(router, payload)
+    adapter = SupabaseAdapter(http=http, probe=FakeProbe(avg_ms=12))
+    first = await adapter.fetch(WITH_DSN, fetch_ctx(clock))
+    _setup(router, payload)
+    adapter = SupabaseAdapter(http=http, probe=FakeProbe(avg_ms=measured))
+    again = await adapter.fetch(WITH_DSN, attrs.evolve(fetch_ctx(clock), previous=first))
+    assert _text(again, clock) == f"Database healthy · {shown}"
+
+
+@pytest.mark.anyio
 async def test_test_connection_reprobes(http: HttpClient, router: Router, clock: Any, payload: Any) -> None:
     """test-connection probes again and reports done with the new latency; state changes."""
     _setup(router, payload)
@@ -177,7 +192,7 @@ async def test_test_connection_reprobes(http: HttpClient, router: Router, clock:
     outcome = await handlers["test-connection"](req, WITH_DSN, ctx)
     assert outcome.done
     assert outcome.changes_state
-    assert outcome.data == {"status": "connected", "latencyMs": 30}
+    assert outcome.data == {"status": "connected", "latencyMs": 31}
     assert probe.calls == 1
 
 
