@@ -91,6 +91,11 @@ def parse_timestamp(value: object, field: str = "updatedAt") -> datetime:
     return moment.astimezone(UTC)
 
 
+def _get(data: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """``data.get(name)``, typed as Any: the validators check what it is."""
+    return data.get(name, default)
+
+
 def _obj(data: object, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidModel(f"{what} must be a JSON object", field=what)
@@ -113,7 +118,7 @@ class Problem:
     @classmethod
     def from_json(cls, data: object) -> Problem:
         d = _obj(data, "problem")
-        return cls(code=d.get("code"), hint=d.get("hint"))
+        return cls(code=_get(d, "code"), hint=_get(d, "hint"))
 
 
 @attrs.frozen(kw_only=True)
@@ -134,7 +139,7 @@ class Action:
     @classmethod
     def from_json(cls, data: object) -> Action:
         d = _obj(data, "action")
-        return cls(id=d.get("id"), label=d.get("label"), can=d.get("can"), reason=d.get("reason"))
+        return cls(id=_get(d, "id"), label=_get(d, "label"), can=_get(d, "can"), reason=_get(d, "reason"))
 
 
 def _actions(value: Iterable[Action]) -> tuple[Action, ...]:
@@ -169,16 +174,16 @@ class IntegrationStatus:
     @classmethod
     def from_json(cls, data: object) -> IntegrationStatus:
         d = _obj(data, "item")
-        actions = d.get("actions", [])
+        actions = _get(d, "actions", [])
         if not isinstance(actions, list):
             raise InvalidModel("actions must be a list", field="actions")
-        problem = d.get("problem")
+        problem = _get(d, "problem")
         return cls(
-            key=d.get("key"),
-            status=d.get("status"),
-            summary=d.get("summary"),
-            updated_at=parse_timestamp(d.get("updatedAt")),
-            stale=d.get("stale", False),
+            key=_get(d, "key"),
+            status=_get(d, "status"),
+            summary=_get(d, "summary"),
+            updated_at=parse_timestamp(_get(d, "updatedAt")),
+            stale=_get(d, "stale", False),
             problem=None if problem is None else Problem.from_json(problem),
             actions=tuple(Action.from_json(a) for a in actions),
         )
@@ -205,13 +210,13 @@ class StatusEnvelope:
     @classmethod
     def from_json(cls, data: object) -> StatusEnvelope:
         d = _obj(data, "envelope")
-        items = d.get("items")
+        items = _get(d, "items")
         if not isinstance(items, list):
             raise InvalidModel("items must be a list", field="items")
         return cls(
-            project_id=d.get("projectId"),
+            project_id=_get(d, "projectId"),
             items=tuple(IntegrationStatus.from_json(i) for i in items),
-            hash=d.get("hash", ""),
+            hash=_get(d, "hash", ""),
         )
 
 
@@ -329,28 +334,28 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
 def event_from_json(data: object) -> IntegrationEvent:
     """Parse one event by its ``type``; unknown types and missing fields raise InvalidModel."""
     d = _obj(data, "event")
-    kind = d.get("type")
+    kind = _get(d, "type")
     if kind == "deploy:started":
-        if d.get("provider", "vercel") != "vercel":
+        if _get(d, "provider", "vercel") != "vercel":
             raise InvalidModel("deploy events come from vercel", field="provider")
-        return DeployStarted(project_id=d.get("projectId"), operation_id=d.get("operationId"), ts=d.get("ts"))
+        return DeployStarted(project_id=_get(d, "projectId"), operation_id=_get(d, "operationId"), ts=_get(d, "ts"))
     if kind == "deploy:finished":
         return DeployFinished(
-            project_id=d.get("projectId"),
-            success=d.get("success"),
-            url=d.get("url"),
-            operation_id=d.get("operationId"),
-            ts=d.get("ts"),
+            project_id=_get(d, "projectId"),
+            success=_get(d, "success"),
+            url=_get(d, "url"),
+            operation_id=_get(d, "operationId"),
+            ts=_get(d, "ts"),
         )
     if kind == "github:push":
-        return GithubPush(project_id=d.get("projectId"), branch=d.get("branch"), sha=d.get("sha"), ts=d.get("ts"))
+        return GithubPush(project_id=_get(d, "projectId"), branch=_get(d, "branch"), sha=_get(d, "sha"), ts=_get(d, "ts"))
     if kind == "sanity:webhook":
-        return SanityWebhook(project_id=d.get("projectId"), count=d.get("count"), ts=d.get("ts"))
+        return SanityWebhook(project_id=_get(d, "projectId"), count=_get(d, "count"), ts=_get(d, "ts"))
     if kind == "status:update":
-        items = d.get("items")
+        items = _get(d, "items")
         if not isinstance(items, list):
             raise InvalidModel("items must be a list", field="items")
         return StatusUpdate(
-            project_id=d.get("projectId"), items=tuple(IntegrationStatus.from_json(i) for i in items), ts=d.get("ts")
+            project_id=_get(d, "projectId"), items=tuple(IntegrationStatus.from_json(i) for i in items), ts=_get(d, "ts")
         )
     raise InvalidModel(f"unknown event type {kind!r}", field="type")

@@ -157,8 +157,12 @@ def _action_states(value: Iterable[ActionState]) -> tuple[ActionState, ...]:
     return tuple(value)
 
 
-def _freeze_details(value: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((value or {}).items())) if not isinstance(value, tuple) else value
+def _freeze_details(
+    value: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None,
+) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, tuple):
+        return value
+    return tuple(sorted((value or {}).items()))
 
 
 @attrs.frozen(kw_only=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json as _json
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from importlib import metadata as _metadata
 from typing import Any, Final, cast
 
@@ -401,7 +401,7 @@ class HttpClient:
                     size = 0
                     # aclosing: leaving the loop early must close the stream's generator here, not in a
                     # finalizer task the event loop runs later.
-                    async with contextlib.aclosing(response.aiter_bytes()) as body:
+                    async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as body:
                         async for chunk in body:
                             size += len(chunk)
                             if size > self.max_body:

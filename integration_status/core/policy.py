@@ -14,7 +14,7 @@ Visibility(repo=False, org=False, urls=True)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 
@@ -36,11 +36,15 @@ class Policy(Protocol):
     def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility: ...
 
 
+def _action_ids(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
 @attrs.frozen(kw_only=True)
 class RoleRule:
     """What one role may do (action ids) and see."""
 
-    actions: frozenset[str] = attrs.field(converter=frozenset)
+    actions: frozenset[str] = attrs.field(converter=_action_ids)
     visibility: Visibility
 
 
