@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,16 @@ def run(
     providers: str = "simulated",
 ) -> None:
     """Serve the demo with uvicorn until interrupted."""
+    import logging
+
+    import structlog
     import uvicorn
 
+    # An application entry point may configure logging (library code never does): warnings and up, to stderr.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)")
     # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
