@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 
-import anyio
 import attrs
 import structlog
 
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
-from integration_status.protocols import RequestInfo
+from integration_status.fanout import HEARTBEAT, StreamBeat
+from integration_status.protocols import ProjectConnections, RequestInfo, StoredEvent, Viewer
 from integration_status.service import StatusService
 
 _log = structlog.get_logger("integration_status.web")
 
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
+
+#: The first frame of every event stream.
+CONNECTED: Final = encode_comment("connected")
 
 #: How a streaming handler sends one chunk; the mount implements it over its server.
 Write: TypeAlias = Callable[[bytes], Awaitable[None]]
@@ -213,51 +216,30 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         return Response(status=200, headers=headers, writer=refuse)
 
     async def stream(write: Write) -> None:
-        lock = anyio.Lock()
+        # One task per stream: heartbeats and shutdown come from the service's StreamHub, which interrupts
+        # the wait for the next event; frames are rendered and encoded once per kind of viewer.
         dropped = False  # ended by an error on our side (not the client going away, not shutdown)
         service.metrics.sse_connections(1)
-
-        async def send(frame: bytes) -> None:
-            async with lock:
-                await write(frame)
-
         try:
             async with service.subscribe(connections.project_id, last_event_id=last_event_id) as subscription:
-                await send(encode_comment("connected"))
-                last_items: object = None
-                if last_event_id is None or subscription.gap:
-                    snapshot = await service.snapshot_event(connections, viewer)
-                    last_items = snapshot["items"]
-                    await send(encode_event(data=snapshot, event="status:update", id=subscription.resume_id))
-                async with anyio.create_task_group() as tg:
-
-                    async def heartbeat() -> None:
-                        while True:
-                            await service.clock.sleep(service.settings.heartbeat)
-                            await send(encode_comment())
-
-                    async def shutdown() -> None:
-                        await service.closing.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(heartbeat)
-                    tg.start_soon(shutdown)
-                    try:
-                        async for stored in subscription:
-                            event = await service.event_for(stored, connections, viewer)
-                            if event is None:
-                                continue
-                            if event["type"] == "status:update":
-                                # Only what changed for this viewer: several raw markers can render alike.
-                                if event["items"] == last_items:
-                                    continue
-                                last_items = event["items"]
-                            await send(encode_event(data=event, event=str(event["type"]), id=stored.id))
-                    except (SubscriberLagging, BackendUnavailable) as exc:
-                        # End the stream; the client reconnects and resumes with Last-Event-ID.
-                        _log.info("integration_status.sse.dropped", error=type(exc).__name__)
-                        dropped = True
-                    tg.cancel_scope.cancel()
+                beat = service.streams.open()
+                try:
+                    with beat.scope:
+                        await write(CONNECTED)
+                        last_items: object = None
+                        if last_event_id is None or subscription.gap:
+                            frame, last_items = await service.snapshot_frame(
+                                connections, viewer, event_id=subscription.resume_id
+                            )
+                            await write(frame)
+                        try:
+                            await _pump(service, beat, aiter(subscription), connections, viewer, write, last_items)
+                        except (SubscriberLagging, BackendUnavailable) as exc:
+                            # End the stream; the client reconnects and resumes with Last-Event-ID.
+                            _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                            dropped = True
+                finally:
+                    service.streams.close_stream(beat)
         except Exception as exc:
             dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
             raise
@@ -266,6 +248,38 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
             service.metrics.sse_connections(-1, dropped=dropped)
 
     return Response(status=200, headers=headers, writer=stream)
+
+
+async def _pump(
+    service: StatusService,
+    beat: StreamBeat,
+    subscription: AsyncIterator[StoredEvent],
+    connections: ProjectConnections,
+    viewer: Viewer,
+    write: Write,
+    last_items: object,
+) -> None:
+    """Send events and heartbeats until the subscription ends (or the hub cancels ``beat.scope``)."""
+    while True:
+        if beat.due:
+            beat.due = False
+            await write(HEARTBEAT)
+            continue
+        try:
+            stored = await beat.next(subscription)
+        except StopAsyncIteration:
+            return
+        if stored is None:
+            continue
+        frame, items = await service.event_frame(stored, connections, viewer)
+        if frame is None:
+            continue
+        if items is not None:
+            # Only what changed for this viewer: several raw markers can render alike.
+            if items == last_items:
+                continue
+            last_items = items
+        await write(frame)
 
 
 # --- health -------------------------------------------------------------------------------------------------
