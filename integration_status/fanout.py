@@ -39,7 +39,8 @@ _EPSILON = 1e-9
 
 
 class StreamBeat:
-    """One stream's registration with the hub: whether a heartbeat is due and how to interrupt its wait."""
+    """One stream's registration with the hub: whether a heartbeat is due, and the cancel scope the hub uses
+    to interrupt the stream's wait for its next event (heartbeat) or to end it (shutdown)."""
 
     __slots__ = ("_hub", "_scope", "_waiting", "due", "open")
 
@@ -47,37 +48,53 @@ class StreamBeat:
         self.due = False
         self.open = True
         self._hub = hub
-        self._waiting: anyio.CancelScope | None = None
-        # Cancelled at shutdown: ends the stream's loop wherever it is, even inside a stuck write.
-        self._scope = anyio.CancelScope()
+        self._waiting = False
+        self._scope: anyio.CancelScope | None = None
 
-    @property
-    def scope(self) -> anyio.CancelScope:
-        return self._scope
+    async def pump(
+        self,
+        events: AsyncIterator[StoredEvent],
+        send: Callable[[StoredEvent], Awaitable[None]],
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Hand each event of ``events`` to ``send`` and write a heartbeat whenever one is due, until the
+        subscription ends or the hub shuts down.
 
-    @property
-    def closing(self) -> bool:
-        return self._hub.closed
-
-    async def next(self, events: AsyncIterator[StoredEvent]) -> StoredEvent | None:
-        """The next event of ``events``, or None when a heartbeat fell due meanwhile. Raises
-        ``StopAsyncIteration`` when the subscription ended.
-
-        The wait is interrupted by cancelling it, so ``events.__anext__`` must not lose an event when
-        cancelled while it waits (both built-in buses hand an event out only after their wait returns; an
-        async generator would be closed by the cancellation instead)."""
-        with anyio.CancelScope() as waiting:
-            self._waiting = waiting
-            try:
-                return await events.__anext__()
-            finally:
-                self._waiting = None
-        return None
+        One cancel scope lives from one heartbeat to the next (scopes are not free: thousands of streams
+        wait at once). The hub cancels it only while the stream waits for an event, so ``events.__anext__``
+        must not lose an event when cancelled while it waits: both built-in buses hand an event out only
+        after their wait has returned (an async generator would be closed by the cancellation instead). An
+        event that arrives together with the cancellation is sent in the next scope.
+        """
+        pending: StoredEvent | None = None
+        while not self._hub.closed:
+            self._scope = scope = anyio.CancelScope()
+            with scope:
+                if self.due:
+                    self.due = False
+                    await write(HEARTBEAT)
+                while not self.due:
+                    if pending is None:
+                        self._waiting = True
+                        try:
+                            pending = await events.__anext__()
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            self._waiting = False
+                        if scope.cancel_called:
+                            break
+                    event, pending = pending, None
+                    await send(event)
 
     def _wake(self) -> None:
         self.due = True
-        if self._waiting is not None:
-            self._waiting.cancel()
+        if self._waiting and self._scope is not None:
+            self._scope.cancel()
+
+    def _end(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
 
 
 class StreamHub:
@@ -107,7 +124,6 @@ class StreamHub:
         """Register a stream; its first heartbeat is due ``interval`` seconds from now."""
         beat = StreamBeat(self)
         if self.closed:
-            beat.scope.cancel()
             return beat
         if not self._ticking:
             self._spawn(self._tick)
@@ -131,7 +147,7 @@ class StreamHub:
         """End every open stream now, and any stream opened later at once."""
         self.closed = True
         for beat in self._streams:
-            beat.scope.cancel()
+            beat._end()
         self._streams.clear()
         self._due.clear()
 

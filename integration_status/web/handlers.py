@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 
 import attrs
@@ -14,8 +14,7 @@ import structlog
 
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
-from integration_status.fanout import HEARTBEAT, StreamBeat
-from integration_status.protocols import ProjectConnections, RequestInfo, StoredEvent, Viewer
+from integration_status.protocols import RequestInfo, StoredEvent
 from integration_status.service import StatusService
 
 _log = structlog.get_logger("integration_status.web")
@@ -23,6 +22,7 @@ _log = structlog.get_logger("integration_status.web")
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
 
+_SSE_HEADERS: Final = tuple(SSE_HEADERS.items())
 #: The first frame of every event stream.
 CONNECTED: Final = encode_comment("connected")
 
@@ -205,7 +205,7 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
     except RequestError as exc:
         return error_response(exc)
     last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
-    headers = tuple(SSE_HEADERS.items())
+    headers = _SSE_HEADERS
 
     if not service.sse_connections.acquire(viewer.user_id):
         _log.info("integration_status.sse.refused", reason="connection cap")
@@ -222,22 +222,34 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         service.metrics.sse_connections(1)
         try:
             async with service.subscribe(connections.project_id, last_event_id=last_event_id) as subscription:
+                await write(CONNECTED)
+                last_items: object = None
+                if last_event_id is None or subscription.gap:
+                    snapshot, last_items = await service.snapshot_frame(
+                        connections, viewer, event_id=subscription.resume_id
+                    )
+                    await write(snapshot)
+                    del snapshot  # not kept while the stream lives
+
+                async def send(stored: StoredEvent) -> None:
+                    nonlocal last_items
+                    frame, items = await service.event_frame(stored, connections, viewer)
+                    if frame is None:
+                        return
+                    if items is not None:
+                        # Only what changed for this viewer: several raw markers can render alike.
+                        if items == last_items:
+                            return
+                        last_items = items
+                    await write(frame)
+
                 beat = service.streams.open()
                 try:
-                    with beat.scope:
-                        await write(CONNECTED)
-                        last_items: object = None
-                        if last_event_id is None or subscription.gap:
-                            frame, last_items = await service.snapshot_frame(
-                                connections, viewer, event_id=subscription.resume_id
-                            )
-                            await write(frame)
-                        try:
-                            await _pump(service, beat, aiter(subscription), connections, viewer, write, last_items)
-                        except (SubscriberLagging, BackendUnavailable) as exc:
-                            # End the stream; the client reconnects and resumes with Last-Event-ID.
-                            _log.info("integration_status.sse.dropped", error=type(exc).__name__)
-                            dropped = True
+                    await beat.pump(aiter(subscription), send, write)
+                except (SubscriberLagging, BackendUnavailable) as exc:
+                    # End the stream; the client reconnects and resumes with Last-Event-ID.
+                    _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                    dropped = True
                 finally:
                     service.streams.close_stream(beat)
         except Exception as exc:
@@ -248,38 +260,6 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
             service.metrics.sse_connections(-1, dropped=dropped)
 
     return Response(status=200, headers=headers, writer=stream)
-
-
-async def _pump(
-    service: StatusService,
-    beat: StreamBeat,
-    subscription: AsyncIterator[StoredEvent],
-    connections: ProjectConnections,
-    viewer: Viewer,
-    write: Write,
-    last_items: object,
-) -> None:
-    """Send events and heartbeats until the subscription ends (or the hub cancels ``beat.scope``)."""
-    while True:
-        if beat.due:
-            beat.due = False
-            await write(HEARTBEAT)
-            continue
-        try:
-            stored = await beat.next(subscription)
-        except StopAsyncIteration:
-            return
-        if stored is None:
-            continue
-        frame, items = await service.event_frame(stored, connections, viewer)
-        if frame is None:
-            continue
-        if items is not None:
-            # Only what changed for this viewer: several raw markers can render alike.
-            if items == last_items:
-                continue
-            last_items = items
-        await write(frame)
 
 
 # --- health -------------------------------------------------------------------------------------------------
