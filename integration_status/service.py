@@ -28,6 +28,7 @@ from integration_status.core.etag import compute_etag, format_etag, if_none_matc
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, view_item
+from integration_status.fanout import FrameCache, StatusFrames, StreamHub
 from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
 from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
 from integration_status.observability import HealthRecorder, Metrics, combine
@@ -200,6 +201,10 @@ class StatusService:
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
         self._rendered: LRUCache[tuple[Any, ...], _Rendered] = LRUCache(maxsize=RENDER_CACHE_SIZE)
+        #: Heartbeats and shutdown of every event stream, and the frames they share (see ``fanout``).
+        self.streams = StreamHub(clock=clock, interval=self.settings.heartbeat, spawn=self._spawn)
+        self._status_frames = StatusFrames(clock=clock, bucket=RENDER_BUCKET)
+        self._event_frames = FrameCache()
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -218,6 +223,7 @@ class StatusService:
             raise
         self._exit_stack = stack
         self.closing = anyio.Event()
+        self.streams.reopen()
         self.cache.start(self._spawn)
         return self
 
@@ -229,6 +235,7 @@ class StatusService:
             return
         assert self._task_group is not None
         self.closing.set()  # event streams end cleanly before the background work is cancelled
+        self.streams.shutdown()
         self._task_group.cancel_scope.cancel()
         stack, self._exit_stack = self._exit_stack, None
         try:
@@ -418,6 +425,39 @@ class StatusService:
         visibility = self.policy.visibility(viewer, connections.project_id, provider)
         redacted = redact_event(stored.data, visibility)
         return None if redacted is None else dict(redacted)
+
+    async def snapshot_frame(
+        self, connections: ProjectConnections, viewer: Viewer, *, event_id: str | None, ts: object = None
+    ) -> tuple[bytes, tuple[IntegrationStatus, ...]]:
+        """:meth:`snapshot_event` encoded as an SSE frame with ``event_id``, and the items it carries. Viewers
+        with the same permissions share the rendering and the bytes."""
+        project_id = connections.project_id
+        views = tuple(await self.aggregator.collect(project_id, connections))
+        policy = self.policy
+        grants = tuple(
+            (
+                policy.allowed_actions(viewer, project_id, v.provider),
+                policy.visibility(viewer, project_id, v.provider),
+            )
+            for v in views
+        )
+        return self._status_frames.frame(
+            project_id, views, grants, event_id=event_id, ts=self.now_ms() if ts is None else ts
+        )
+
+    async def event_frame(
+        self, stored: StoredEvent, connections: ProjectConnections, viewer: Viewer
+    ) -> tuple[bytes | None, tuple[IntegrationStatus, ...] | None]:
+        """:meth:`event_for` encoded as an SSE frame (None: not sent to this viewer), with the items of a
+        ``status:update`` (else None). Redacted and encoded once per event and kind of viewer."""
+        kind = stored.data.get("type")
+        if kind == "status:update":
+            return await self.snapshot_frame(connections, viewer, event_id=stored.id, ts=stored.data.get("ts"))
+        provider = EVENT_PROVIDER.get(str(kind))
+        if provider is None:
+            return None, None
+        visibility = self.policy.visibility(viewer, connections.project_id, provider)
+        return self._event_frames.frame(connections.project_id, stored, visibility), None
 
     # --- webhooks -------------------------------------------------------------------------------------------
 

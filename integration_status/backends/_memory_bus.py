@@ -37,7 +37,6 @@ from typing import Any
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.events import format_event_id, next_event_id, parse_event_id
@@ -58,7 +57,15 @@ class _Project:
 
 
 class MemorySubscription:
-    """One subscriber's view: replayed events first, then live ones. See the module docstring."""
+    """One subscriber's view: replayed events first, then live ones. See the module docstring.
+
+    The live queue is a bounded list with one wake-up event, set only while the subscriber waits: no memory
+    object stream (its two halves and waiter tables cost more than the events it holds). A wait cancelled
+    before it resumes takes nothing from the queue, so a stream may interrupt it (heartbeat) without losing
+    an event.
+    """
+
+    __slots__ = ("_ended", "_last", "_queue", "_replay", "_size", "_wake", "dropped", "gap", "resume_id")
 
     def __init__(
         self, *, gap: bool, replay: list[StoredEvent], queue_size: int, resume_id: str | None = None
@@ -67,49 +74,62 @@ class MemorySubscription:
         #: The newest id before the events this subscription delivers (see the Subscription protocol).
         self.resume_id = replay[-1].id if replay else resume_id
         self.dropped = False
-        self._replay = deque(replay)
+        # Lists, not deques: an empty deque costs ~750 bytes, and thousands of subscriptions sit idle.
+        self._replay: list[StoredEvent] | None = replay[::-1] or None  # reversed: pop() takes the oldest
         self._last: tuple[int, int] | None = parse_event_id(replay[-1].id) if replay else None
-        send, receive = anyio.create_memory_object_stream[StoredEvent](max_buffer_size=queue_size)
-        self._send: MemoryObjectSendStream[StoredEvent] = send
-        self._receive: MemoryObjectReceiveStream[StoredEvent] = receive
+        self._queue: list[StoredEvent] = []  # usually 0-1 events: pop(0) is cheap
+        self._size = queue_size
+        self._ended = False
+        self._wake: anyio.Event | None = None
 
     def _offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` without waiting; False when the queue is full (the subscriber is then dropped)."""
-        try:
-            self._send.send_nowait(event)
-        except anyio.WouldBlock:
+        if self._ended:
+            return False
+        if len(self._queue) >= self._size:
             self.dropped = True
-            self._send.close()
+            self._end()
             return False
-        except anyio.ClosedResourceError:
-            return False
+        self._queue.append(event)
+        if self._wake is not None:
+            self._wake.set()
         return True
 
     def _end(self) -> None:
-        self._send.close()
+        self._ended = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _close(self) -> None:
-        self._send.close()
-        self._receive.close()
+        self._end()
+        self._queue.clear()
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
         return self
 
     async def __anext__(self) -> StoredEvent:
         if self._replay:
-            return self._replay.popleft()
-        while True:
-            try:
-                event = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                if self.dropped:
-                    raise SubscriberLagging("event subscriber fell behind and was dropped") from None
-                raise StopAsyncIteration from None
-            parts = parse_event_id(event.id)
-            # Only a replayed event can come again through the queue; skip it.
-            if self._last is not None and parts is not None and parts <= self._last:
-                continue
+            event = self._replay.pop()
+            if not self._replay:
+                self._replay = None
             return event
+        while True:
+            if self._queue:
+                event = self._queue.pop(0)
+                parts = parse_event_id(event.id)
+                # Only a replayed event can come again through the queue; skip it.
+                if self._last is not None and parts is not None and parts <= self._last:
+                    continue
+                return event
+            if self._ended:
+                if self.dropped:
+                    raise SubscriberLagging("event subscriber fell behind and was dropped")
+                raise StopAsyncIteration
+            self._wake = wake = anyio.Event()
+            try:
+                await wake.wait()
+            finally:
+                self._wake = None
 
     def __repr__(self) -> str:
         return f"MemorySubscription(gap={self.gap}, dropped={self.dropped})"

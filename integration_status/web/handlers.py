@@ -9,19 +9,22 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 
-import anyio
 import attrs
 import structlog
 
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
-from integration_status.protocols import RequestInfo
+from integration_status.protocols import RequestInfo, StoredEvent
 from integration_status.service import StatusService
 
 _log = structlog.get_logger("integration_status.web")
 
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
+
+_SSE_HEADERS: Final = tuple(SSE_HEADERS.items())
+#: The first frame of every event stream.
+CONNECTED: Final = encode_comment("connected")
 
 #: How a streaming handler sends one chunk; the mount implements it over its server.
 Write: TypeAlias = Callable[[bytes], Awaitable[None]]
@@ -202,7 +205,7 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
     except RequestError as exc:
         return error_response(exc)
     last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
-    headers = tuple(SSE_HEADERS.items())
+    headers = _SSE_HEADERS
 
     if not service.sse_connections.acquire(viewer.user_id):
         _log.info("integration_status.sse.refused", reason="connection cap")
@@ -213,51 +216,42 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         return Response(status=200, headers=headers, writer=refuse)
 
     async def stream(write: Write) -> None:
-        lock = anyio.Lock()
+        # One task per stream: heartbeats and shutdown come from the service's StreamHub, which interrupts
+        # the wait for the next event; frames are rendered and encoded once per kind of viewer.
         dropped = False  # ended by an error on our side (not the client going away, not shutdown)
         service.metrics.sse_connections(1)
-
-        async def send(frame: bytes) -> None:
-            async with lock:
-                await write(frame)
-
         try:
             async with service.subscribe(connections.project_id, last_event_id=last_event_id) as subscription:
-                await send(encode_comment("connected"))
+                await write(CONNECTED)
                 last_items: object = None
                 if last_event_id is None or subscription.gap:
-                    snapshot = await service.snapshot_event(connections, viewer)
-                    last_items = snapshot["items"]
-                    await send(encode_event(data=snapshot, event="status:update", id=subscription.resume_id))
-                async with anyio.create_task_group() as tg:
+                    snapshot, last_items = await service.snapshot_frame(
+                        connections, viewer, event_id=subscription.resume_id
+                    )
+                    await write(snapshot)
+                    del snapshot  # not kept while the stream lives
 
-                    async def heartbeat() -> None:
-                        while True:
-                            await service.clock.sleep(service.settings.heartbeat)
-                            await send(encode_comment())
+                async def send(stored: StoredEvent) -> None:
+                    nonlocal last_items
+                    frame, items = await service.event_frame(stored, connections, viewer)
+                    if frame is None:
+                        return
+                    if items is not None:
+                        # Only what changed for this viewer: several raw markers can render alike.
+                        if items == last_items:
+                            return
+                        last_items = items
+                    await write(frame)
 
-                    async def shutdown() -> None:
-                        await service.closing.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(heartbeat)
-                    tg.start_soon(shutdown)
-                    try:
-                        async for stored in subscription:
-                            event = await service.event_for(stored, connections, viewer)
-                            if event is None:
-                                continue
-                            if event["type"] == "status:update":
-                                # Only what changed for this viewer: several raw markers can render alike.
-                                if event["items"] == last_items:
-                                    continue
-                                last_items = event["items"]
-                            await send(encode_event(data=event, event=str(event["type"]), id=stored.id))
-                    except (SubscriberLagging, BackendUnavailable) as exc:
-                        # End the stream; the client reconnects and resumes with Last-Event-ID.
-                        _log.info("integration_status.sse.dropped", error=type(exc).__name__)
-                        dropped = True
-                    tg.cancel_scope.cancel()
+                beat = service.streams.open()
+                try:
+                    await beat.pump(aiter(subscription), send, write)
+                except (SubscriberLagging, BackendUnavailable) as exc:
+                    # End the stream; the client reconnects and resumes with Last-Event-ID.
+                    _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                    dropped = True
+                finally:
+                    service.streams.close_stream(beat)
         except Exception as exc:
             dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
             raise

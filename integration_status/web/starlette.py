@@ -12,8 +12,9 @@ Inside FastAPI (mounted apps do not get lifespan events, so hand the service's l
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 
@@ -28,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "integration_status.web.starlette needs Starlette: pip install 'integration-status[starlette]'"
     ) from exc
 
+from integration_status.exceptions import ConfigurationError
 from integration_status.service import StatusService
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
@@ -36,43 +38,93 @@ DEFAULT_PREFIX = "/api/integrations"
 MAX_WEBHOOK_BODY = 1_048_576
 
 
-class _WriterResponse(StarletteResponse):
-    """Streams what a handler's writer sends; the writer, a disconnect watch and the end of the body run in
-    one task group, so a client that goes away cancels the writer (which cleans up in ``finally``)."""
+Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
 
-    def __init__(self, writer: Callable[[Write], Awaitable[None]], status_code: int, headers: dict[str, str]) -> None:
-        # Not Response.__init__: with no ``body`` attribute, init_headers adds no Content-Length (a stream).
+#: Encoded header lists by header tuple: every event stream sends the same few headers.
+_RAW_HEADERS: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
+
+
+def _raw_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    raw = _RAW_HEADERS.get(headers)
+    if raw is None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        if len(_RAW_HEADERS) < 32:
+            _RAW_HEADERS[headers] = raw
+    return raw
+
+
+class _WriterResponse(StarletteResponse):
+    """Streams what a handler's writer sends while a second task watches for the client going away; a
+    disconnect cancels the writer (which cleans up in ``finally``).
+
+    The watch runs in the service's task group (``spawn``), so a stream costs the server's request task and
+    that one watch task, with no task group of its own; without ``spawn`` (or with the service stopped) the
+    writer and the watch share a task group of their own.
+    """
+
+    def __init__(
+        self,
+        writer: Callable[[Write], Awaitable[None]],
+        status_code: int,
+        headers: tuple[tuple[str, str], ...],
+        spawn: Spawn | None = None,
+    ) -> None:
+        # Not Response.__init__: no ``body`` and no Content-Length (a stream); the headers list is shared.
         self.status_code = status_code
         self.background = None
-        self.init_headers(headers)
+        self.raw_headers = _raw_headers(headers)
         self._writer = writer
+        self._spawn = spawn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         disconnected = False
-        async with anyio.create_task_group() as tg:
+        writing = anyio.CancelScope()
 
-            async def watch() -> None:
-                nonlocal disconnected
+        async def watch() -> None:
+            nonlocal disconnected
+            try:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                disconnected = True
+            except Exception:  # a broken receive channel means the client is gone too
+                pass
+            disconnected = True
+            writing.cancel()
+
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        if self._spawn_watch(watch):
+            disconnected = await self._write(write, writing)
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                disconnected = await self._write(write, writing)
                 tg.cancel_scope.cancel()
+        if not disconnected:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-            async def write(chunk: bytes) -> None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    def _spawn_watch(self, watch: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``watch`` in the service's task group; False when there is none (not running). The watch is
+        not stopped when the writer ends: once the response is complete, receive() answers http.disconnect
+        (ASGI), so it ends by itself."""
+        if self._spawn is None:
+            return False
+        try:
+            self._spawn(watch)
+        except ConfigurationError:
+            return False
+        return True
 
-            tg.start_soon(watch)
+    async def _write(self, write: Write, writing: anyio.CancelScope) -> bool:
+        """Run the writer; True when the client went away (the watch cancelled it, or a write broke)."""
+        with writing:
             try:
                 await self._writer(write)
             except OSError:  # the connection broke while writing
-                disconnected = True
-            tg.cancel_scope.cancel()
-        if not disconnected:
-            try:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                pass
+                return True
+        return writing.cancel_called
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -96,11 +148,10 @@ def _info(request: Request) -> Any:
     )
 
 
-def _to_starlette(response: Response) -> StarletteResponse:
-    headers = dict(response.headers)
+def _to_starlette(response: Response, spawn: Spawn | None = None) -> StarletteResponse:
     if response.writer is not None:
-        return _WriterResponse(response.writer, response.status, headers)
-    return StarletteResponse(content=response.body, status_code=response.status, headers=headers)
+        return _WriterResponse(response.writer, response.status, response.headers, spawn)
+    return StarletteResponse(content=response.body, status_code=response.status, headers=dict(response.headers))
 
 
 def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[BaseRoute]:
@@ -115,7 +166,7 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         return _to_starlette(await handlers.handle_action(service, _info(request), body))
 
     async def events(request: Request) -> StarletteResponse:
-        return _to_starlette(await handlers.handle_events(service, _info(request)))
+        return _to_starlette(await handlers.handle_events(service, _info(request)), service.spawn)
 
     async def webhooks(request: Request) -> StarletteResponse:
         body = await _read_body(request, MAX_WEBHOOK_BODY)
