@@ -178,12 +178,16 @@ def scope_info(scope: Scope, receive: Receive) -> RequestInfo:
 #: Encoded header lists by (status, body length, headers): a status answer repeats the same few.
 _RAW_HEADERS: dict[tuple[int, int, tuple[tuple[str, str], ...]], list[tuple[bytes, bytes]]] = {}
 _RAW_HEADERS_MAX: Final = 512
+_RAW_BY_RESPONSE: dict[int, tuple[Response, list[tuple[bytes, bytes]]]] = {}
 
 
 def raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
     """The ASGI header pairs a Starlette ``Response`` would send for ``response`` (names lower-cased, the last
     value of a repeated name, ``content-length`` added except on 1xx/204/304), from a small cache. A new
     list each time: middleware may append to the list it is sent."""
+    known = _RAW_BY_RESPONSE.get(id(response))
+    if known is not None and known[0] is response:  # status answers are reused objects
+        return list(known[1])
     key = (response.status, len(response.body), response.headers)
     pairs = _RAW_HEADERS.get(key)
     if pairs is None:
@@ -195,6 +199,9 @@ def raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
         if len(_RAW_HEADERS) >= _RAW_HEADERS_MAX:
             _RAW_HEADERS.clear()
         _RAW_HEADERS[key] = pairs
+    if len(_RAW_BY_RESPONSE) >= _RAW_HEADERS_MAX:
+        _RAW_BY_RESPONSE.clear()
+    _RAW_BY_RESPONSE[id(response)] = (response, pairs)  # the response kept: its id() stays unique
     return list(pairs)
 
 
