@@ -11,6 +11,7 @@ import re
 import shutil
 import statistics
 import subprocess
+from collections.abc import Callable
 
 from bench._common import Outcome, bench_server, fetch, python_load, report
 from bench._server import STATUS_PATH, server_options
@@ -42,15 +43,36 @@ def measure(port: int, path: str, headers: dict[str, str], seconds: float, tool:
     return rps
 
 
+def _measure_ours(
+    port: int, path: str, extra: dict[str, str], seconds: float, tool: str, current_etag: Callable[[], str]
+) -> float:
+    """Our endpoint; for the 304 case with the ETag of this moment. The demo world's relative times ("Last
+    push 2m ago") move the envelope, and with it the ETag, every minute or so: a tag taken at the start
+    would soon make every request a 200 with a body. A round during which the tag moved is measured again."""
+    if "If-None-Match" not in extra:
+        return measure(port, path, extra, seconds, tool)
+    for _ in range(3):
+        etag = current_etag()
+        rps = measure(port, path, {**extra, "If-None-Match": etag}, seconds, tool)
+        if current_etag() == etag:
+            return rps
+        print("[throughput] the ETag moved during the round: measuring it again")
+    return rps
+
+
 def run(smoke: bool = False) -> list[Outcome]:
     seconds, rounds = (1.0, 1) if smoke else (8.0, 3)
     tool = "wrk" if shutil.which("wrk") else "python"
     options = server_options()
     print(f"[throughput] one uvicorn worker, loop={options['loop']} http={options['http']}, load: {tool}")
     with bench_server("throughput") as (port, _pid):
-        status, headers, _ = asyncio.run(fetch(port, STATUS_PATH))
-        assert status == 200
-        etag = headers["etag"]
+
+        def current_etag() -> str:
+            status, headers, _ = asyncio.run(fetch(port, STATUS_PATH))
+            assert status == 200
+            return headers["etag"]
+
+        etag = current_etag()
         cases = {
             "200": (STATUS_PATH, "/bare", {}),
             "304": (STATUS_PATH, "/bare304", {"If-None-Match": etag}),
@@ -61,7 +83,7 @@ def run(smoke: bool = False) -> list[Outcome]:
             mine, theirs = [], []
             for _ in range(rounds):  # interleaved, so drift on the machine hits both alike
                 theirs.append(measure(port, bare, extra, seconds, tool))
-                mine.append(measure(port, ours, extra, seconds, tool))
+                mine.append(_measure_ours(port, ours, extra, seconds, tool, current_etag))
             a, b = statistics.median(mine), statistics.median(theirs)
             print(f"[throughput] {case}: status {a:,.0f} req/s, bare {b:,.0f} req/s")
             outcomes.append(report(f"throughput_{case}", a / b, f">= {BAR}", a / b >= BAR))

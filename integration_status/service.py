@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,7 +27,7 @@ from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import IdempotencyGuard
-from integration_status.core.policy import Policy, ProviderView, RolePolicy, view_item
+from integration_status.core.policy import Grants, Policy, ProviderView, RolePolicy, grants_for, view_item
 from integration_status.fanout import FrameCache, StatusFrames, StreamHub
 from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
 from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
@@ -104,6 +104,18 @@ class _Rendered:
     digest: str
     etag: str
     body: bytes
+    # The two answers for this envelope, built once (results are frozen, so requests may share them).
+    ok: StatusResult
+    not_modified: StatusResult
+
+
+def _same_views(a: Sequence[ProviderView], b: Sequence[ProviderView]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):  # noqa: SIM110 - faster than all() over a generator
+        if x is not y:
+            return False
+    return True
 
 
 def _envelope_body(envelope: StatusEnvelope) -> bytes:
@@ -205,6 +217,8 @@ class StatusService:
         self.streams = StreamHub(clock=clock, interval=self.settings.heartbeat, spawn=self._spawn)
         self._status_frames = StatusFrames(clock=clock, bucket=RENDER_BUCKET)
         self._event_frames = FrameCache()
+        # Per project: (views, grants, time bucket, envelope) of the last status answer, checked by identity.
+        self._last_rendered: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendered]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -295,19 +309,34 @@ class StatusService:
         self._require_running()
         connections = await self.project(project_id, viewer)
         project_id = connections.project_id
-        views = tuple(await self.aggregator.collect(project_id, connections))
-        policy = self.policy
-        grants = tuple(
-            (
-                policy.allowed_actions(viewer, project_id, v.provider),
-                policy.visibility(viewer, project_id, v.provider),
-            )
-            for v in views
-        )
+        views = await self.aggregator.collect(project_id, connections)
+        grants = grants_for(self.policy, viewer, project_id, tuple([v.provider for v in views]))
+        bucket = int(self.clock.time() // RENDER_BUCKET)
+        # The last envelope of this project, when this request has the very same views (the aggregator hands
+        # out the same objects while the entries stay fresh) and the same (memoised) grants.
+        last = self._last_rendered.get(project_id)
+        if last is not None and last[1] is grants and last[2] == bucket and _same_views(last[0], views):
+            rendered = last[3]
+        else:
+            rendered = self._render_envelope(project_id, views, grants, bucket)
+            last_rendered = self._last_rendered
+            if project_id not in last_rendered and len(last_rendered) >= RENDER_CACHE_SIZE:
+                del last_rendered[next(iter(last_rendered))]
+            last_rendered[project_id] = (tuple(views), grants, bucket, rendered)
+        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
+        if if_none_match is None:
+            return rendered.ok
+        if if_none_match == rendered.etag or if_none_match_matches(if_none_match, rendered.digest):
+            return rendered.not_modified
+        return rendered.ok
+
+    def _render_envelope(
+        self, project_id: str, views: Sequence[ProviderView], grants: Grants, bucket: int
+    ) -> _Rendered:
         key = (
             project_id,
             grants,
-            int(self.clock.time() // RENDER_BUCKET),
+            bucket,
             tuple((id(v.snapshot), v.changed_at, v.stale, v.problem) for v in views),
         )
         rendered = self._rendered.get(key)
@@ -320,19 +349,19 @@ class StatusService:
             body = StatusEnvelope(project_id=project_id, items=items)
             digest = compute_etag(body.to_json(with_hash=False))
             envelope = attrs.evolve(body, hash=digest)
+            etag = format_etag(digest)
+            encoded = _envelope_body(envelope)
             rendered = _Rendered(
-                views=views,
+                views=tuple(views),
                 envelope=envelope,
                 digest=digest,
-                etag=format_etag(digest),
-                body=_envelope_body(envelope),
+                etag=etag,
+                body=encoded,
+                ok=StatusResult(envelope=envelope, etag=etag, not_modified=False, body=encoded),
+                not_modified=StatusResult(envelope=envelope, etag=etag, not_modified=True, body=encoded),
             )
             self._rendered[key] = rendered
-        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
-        matched = if_none_match == rendered.etag or if_none_match_matches(if_none_match, rendered.digest)
-        return StatusResult(
-            envelope=rendered.envelope, etag=rendered.etag, not_modified=matched, body=rendered.body
-        )
+        return rendered
 
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:
         """The four items of a project, as ``viewer`` sees them now."""

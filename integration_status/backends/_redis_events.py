@@ -27,7 +27,6 @@ from integration_status.backends._redis_base import Shared, dumps, to_ms
 from integration_status.exceptions import (
     BackendUnavailable,
     ConfigurationError,
-    IntegrationStatusError,
     SubscriberLagging,
 )
 from integration_status.protocols import StoredEvent

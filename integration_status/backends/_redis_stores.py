@@ -64,7 +64,13 @@ class RedisCacheStore:
     """Raw provider snapshots shared by all workers: ``{prefix}:cache:{key}``, expiring after ``keep_for``.
 
     ``try_lock``/``unlock`` give the core's cache its cross-worker single-flight: ``{prefix}:lock:{key}``.
+
+    ``shared`` is True: other workers change entries at any time, so ``SnapshotCache`` reads every entry from
+    Redis on every status request (it never reuses views across requests for a shared store).
     """
+
+    #: Other processes write these entries too.
+    shared = True
 
     def __init__(self, shared: Shared) -> None:
         self._s = shared

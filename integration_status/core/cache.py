@@ -129,6 +129,11 @@ class SnapshotCache:
         self._spawn: Spawn | None = None
         self._flights: dict[str, _Flight] = {}
         self._last_seen: LRUCache[str, CacheEntry] = LRUCache(maxsize=max(1, local_size))
+        # A store that declares ``shared = False`` and counts its writes in ``generation`` lets readers reuse
+        # what they read until the count moves (nothing outside this process writes to it).
+        generation = getattr(store, "generation", None)
+        self._local = getattr(store, "shared", True) is False and isinstance(generation, int)
+        self._generation = 0  # bumped when peek answers from the local copy (the store failed)
 
     def start(self, spawn: Spawn) -> None:
         """Say how background refreshes run, e.g. a long-lived task group's ``start_soon``."""
@@ -137,6 +142,21 @@ class SnapshotCache:
     def ttl_draw(self) -> float:
         """One freshness period, uniform in ``[ttl * (1 - jitter), ttl * (1 + jitter)]``."""
         return self._rng.uniform(self.ttl * (1 - self.jitter), self.ttl * (1 + self.jitter))
+
+    @property
+    def local(self) -> bool:
+        """Whether the store lives in this process only (it declares ``shared = False`` and keeps a
+        ``generation`` write counter, like ``MemoryCacheStore``). A store without the attribute, or
+        ``shared = True`` (Redis, written by other workers), is read on every request."""
+        return self._local
+
+    @property
+    def generation(self) -> int:
+        """A number that grows whenever what :meth:`peek` answers for any key may have changed: every save or
+        delete in a local store, and every read that fell back to the local copy. For a shared store it moves
+        only with the latter, so it says nothing about the store: check :attr:`local` first."""
+        store_generation: int = self._store.generation if self._local else 0  # type: ignore[attr-defined]
+        return self._generation + store_generation
 
     def is_fresh(self, entry: CacheEntry) -> bool:
         """Whether an entry may be served without a refresh."""
@@ -149,6 +169,7 @@ class SnapshotCache:
             entry = await self._store.load(key)
         except BackendUnavailable as exc:
             structlog.get_logger().info("integration_status.cache.store_unavailable", key=key, error=str(exc))
+            self._generation += 1
             return self._last_seen.get(key)
         self._remember(key, entry)
         return entry

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Final, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -58,12 +59,63 @@ DEFAULT_RULES: Final[Mapping[str, RoleRule]] = {
 }
 
 
+#: What a viewer may do and see, per provider: ``(allowed action ids, visibility)``.
+Grants: TypeAlias = tuple[tuple[frozenset[str], Visibility], ...]
+
+GRANTS_MEMO_SIZE: Final = 1024
+
+
+def _read_only(rules: Mapping[str, RoleRule]) -> Mapping[str, RoleRule]:
+    # A copy nobody can change: RolePolicy memoises its answers.
+    return MappingProxyType(dict(rules))
+
+
+def grants_for(
+    policy: Policy, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]
+) -> Grants:
+    """``(policy.allowed_actions(...), policy.visibility(...))`` for each of ``providers``; memoised for the
+    shipped :class:`RolePolicy` (a subclass or another policy is asked every time)."""
+    if type(policy) is RolePolicy:
+        return policy.grants_for(viewer, project_id, providers)
+    return _ask(policy, viewer, project_id, providers)
+
+
+def _ask(policy: Policy, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]) -> Grants:
+    return tuple(
+        (policy.allowed_actions(viewer, project_id, p), policy.visibility(viewer, project_id, p))
+        for p in providers
+    )
+
+
 @attrs.frozen(kw_only=True)
 class RolePolicy:
     """The shipped policy (SPEC.md "Default policy"): a role table; several roles add up; unknown roles grant
-    nothing. ``Viewer.grants`` ("repo", "org", "urls") widen visibility beyond the role."""
+    nothing. ``Viewer.grants`` ("repo", "org", "urls") widen visibility beyond the role. ``rules`` is copied
+    into a read-only mapping: the answers are memoised."""
 
-    rules: Mapping[str, RoleRule] = attrs.field(factory=lambda: dict(DEFAULT_RULES))
+    rules: Mapping[str, RoleRule] = attrs.field(factory=lambda: dict(DEFAULT_RULES), converter=_read_only)
+    # (roles, grants, providers) -> the answers of grants_for: they depend on nothing else, and a status
+    # request would otherwise ask eight questions. Bounded; cleared when full.
+    _memo: dict[tuple[frozenset[str], frozenset[str], tuple[ProviderKey, ...]], Grants] = attrs.field(
+        init=False, factory=dict, eq=False, repr=False, hash=False
+    )
+
+    def grants_for(
+        self, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]
+    ) -> Grants:
+        """``(allowed_actions, visibility)`` per provider. The answers of this class depend only on the
+        viewer's roles for the project and its grants, so they are memoised on those (a subclass is asked
+        every time): the same object for the same question, so callers may compare answers by identity."""
+        if type(self) is not RolePolicy:
+            return _ask(self, viewer, project_id, providers)
+        key = (viewer.roles_for(project_id), viewer.grants, providers)
+        answer = self._memo.get(key)
+        if answer is None:
+            answer = _ask(self, viewer, project_id, providers)
+            if len(self._memo) >= GRANTS_MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = answer
+        return answer
 
     def allowed_actions(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> frozenset[str]:
         allowed: frozenset[str] = frozenset()

@@ -34,20 +34,22 @@ STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 class DemoConnections:
     """Two projects: ``demo`` (all four linked) and ``empty`` (none). Any other id does not exist."""
 
+    # The demo's links never change: built once (the status endpoint asks for them on every request).
+    _PROJECTS: Mapping[str, ProjectConnections] = {
+        "demo": ProjectConnections(
+            project_id="demo",
+            providers={
+                "github": ProviderConnection(provider="github", settings={"repository": "acme/storefront"}),
+                "vercel": ProviderConnection(provider="vercel", settings={"project": "storefront"}),
+                "sanity": ProviderConnection(provider="sanity", settings={"project_id": "demo1234"}),
+                "supabase": ProviderConnection(provider="supabase", settings={"project_ref": "demoref"}),
+            },
+        ),
+        "empty": ProjectConnections(project_id="empty"),
+    }
+
     async def __call__(self, project_id: str) -> ProjectConnections | None:
-        if project_id == "demo":
-            return ProjectConnections(
-                project_id="demo",
-                providers={
-                    "github": ProviderConnection(provider="github", settings={"repository": "acme/storefront"}),
-                    "vercel": ProviderConnection(provider="vercel", settings={"project": "storefront"}),
-                    "sanity": ProviderConnection(provider="sanity", settings={"project_id": "demo1234"}),
-                    "supabase": ProviderConnection(provider="supabase", settings={"project_ref": "demoref"}),
-                },
-            )
-        if project_id == "empty":
-            return ProjectConnections(project_id="empty")
-        return None
+        return self._PROJECTS.get(project_id)
 
 
 async def demo_authenticator(request: RequestInfo) -> Viewer | None:

@@ -15,7 +15,7 @@ import structlog
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
 from integration_status.protocols import RequestInfo, StoredEvent
-from integration_status.service import StatusService
+from integration_status.service import StatusResult, StatusService
 
 _log = structlog.get_logger("integration_status.web")
 
@@ -135,11 +135,25 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
         )
     except RequestError as exc:
         return error_response(exc)
+    # The service hands out one result object per rendered envelope and answer: so is the response.
+    known = _STATUS_RESPONSES.get(id(result))
+    if known is not None and known[0] is result:
+        return known[1]
     headers = (("ETag", result.etag), NO_STORE)
     if result.not_modified:
-        return Response(status=304, headers=headers)
-    body = result.body or dumps(result.envelope.to_json())
-    return Response(status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=body)
+        response = Response(status=304, headers=headers)
+    else:
+        body = result.body or dumps(result.envelope.to_json())
+        response = Response(status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=body)
+    if len(_STATUS_RESPONSES) >= STATUS_RESPONSES_SIZE:
+        _STATUS_RESPONSES.clear()
+    # Keeping the result keeps its id() from being reused while the entry lives.
+    _STATUS_RESPONSES[id(result)] = (result, response)
+    return response
+
+
+STATUS_RESPONSES_SIZE: Final = 1024
+_STATUS_RESPONSES: dict[int, tuple[StatusResult, Response]] = {}
 
 
 # --- actions ------------------------------------------------------------------------------------------------

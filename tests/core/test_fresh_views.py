@@ -1,0 +1,203 @@
+"""The per-process fast path of status: fresh views reused without store reads (process-local stores only),
+and everything that must end the reuse: writes, invalidation, expiry, store failures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from integration_status.backends.memory import MemoryCacheStore, MemoryEngine
+from integration_status.core.cache import SnapshotCache
+from integration_status.exceptions import BackendUnavailable
+from integration_status.protocols import CacheEntry, Secret, Viewer
+from integration_status.service import Settings, StatusService
+from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
+from integration_status.web.webhooks import WebhookTarget, sign_github
+
+pytestmark = pytest.mark.anyio
+OWNER = Viewer(user_id="u", roles={"owner"})
+LINKED = ("github", "vercel", "sanity", "supabase")
+
+
+class CountingStore(MemoryCacheStore):
+    """The memory store, counting loads; ``shared`` may be overridden to stand for a store other workers
+    write (Redis); ``down`` makes every load fail like an unreachable store."""
+
+    def __init__(self, *, clock: FakeClock, shared: bool = False) -> None:
+        super().__init__(clock=clock)
+        self.shared = shared  # type: ignore[misc]
+        self.loads = 0
+        self.down = False
+
+    async def load(self, key: str) -> CacheEntry | None:
+        self.loads += 1
+        if self.down:
+            raise BackendUnavailable("cache store down")
+        return await super().load(key)
+
+
+def make_service(clock: FakeClock, store: MemoryCacheStore, **adapters: Any) -> StatusService:
+    engine = MemoryEngine(clock=clock)
+    engine.cache_store = store
+    scripted = [adapters.get(p) or ScriptedAdapter(p, snapshot(p)) for p in LINKED]
+    return StatusService(
+        connections=StaticConnections.linked("p", *LINKED),
+        adapters=scripted,
+        engine=engine,
+        clock=clock,
+        settings=Settings(cache_ttl=15.0, cache_jitter=0.0),
+        webhooks=_resolve,
+    )
+
+
+async def _resolve(provider: str, headers: Any, body: Any) -> WebhookTarget | None:
+    return WebhookTarget(project_id="p", secret=Secret("whsec-test"))
+
+
+async def github_text(service: StatusService) -> str:
+    result = await service.status("p", OWNER)
+    return next(str(i.summary) for i in result.envelope.items if i.key == "github")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_memory_store_is_local_and_redis_store_is_shared() -> None:
+    """The memory store declares itself process-local, the Redis store shared; others count as shared."""
+    from integration_status.backends._redis_stores import RedisCacheStore
+
+    clock = FakeClock()
+    assert MemoryCacheStore.shared is False
+    assert RedisCacheStore.shared is True
+    assert SnapshotCache(MemoryCacheStore(clock=clock), clock=clock).local is True
+
+    class Unknown(MemoryCacheStore):
+        shared = True  # type: ignore[misc]
+
+    assert SnapshotCache(Unknown(clock=clock), clock=clock).local is False
+
+
+async def test_fresh_views_are_reused_without_store_reads(clock: FakeClock) -> None:
+    """While every entry is fresh, status neither reads the local store nor calls a provider."""
+    store = CountingStore(clock=clock)
+    github = ScriptedAdapter("github", snapshot("github", text="one"))
+    async with make_service(clock, store, github=github) as service:
+        first = await service.status("p", OWNER)
+        await service.status("p", OWNER)  # fills the reuse from four fresh reads
+        loads = store.loads
+        clock.advance(10)
+        again = await service.status("p", OWNER)
+    assert store.loads == loads
+    assert github.calls == 1
+    assert again.envelope.items == first.envelope.items
+
+
+async def test_shared_store_is_read_on_every_request(clock: FakeClock) -> None:
+    """A shared store (other workers write it) is read for all four providers on every status request, and
+    an entry another worker wrote is served at once."""
+    store = CountingStore(clock=clock, shared=True)
+    async with make_service(clock, store) as service:
+        await service.status("p", OWNER)
+        loads = store.loads
+        await service.status("p", OWNER)
+        await service.status("p", OWNER)
+        assert store.loads == loads + 8
+        entry = await store.load("p:github")
+        assert entry is not None
+        other = snapshot("github", text="from another worker")
+        await super(CountingStore, store).save("p:github", _with(entry, other), keep_for=60)
+        assert await github_text(service) == "from another worker"
+
+
+def _with(entry: CacheEntry, snap: Any) -> CacheEntry:
+    import attrs
+
+    return attrs.evolve(entry, snapshot=snap)
+
+
+async def test_write_to_the_local_store_ends_reuse(clock: FakeClock) -> None:
+    """A save straight into the local store (not through the cache) is visible on the next status."""
+    store = CountingStore(clock=clock)
+    async with make_service(clock, store) as service:
+        await service.status("p", OWNER)
+        await service.status("p", OWNER)
+        entry = await store.load("p:github")
+        assert entry is not None
+        await store.save("p:github", _with(entry, snapshot("github", text="written")), keep_for=60)
+        assert await github_text(service) == "written"
+
+
+async def test_invalidation_is_visible_on_the_next_status(clock: FakeClock) -> None:
+    """refresh_provider (what actions and webhooks call) invalidates a fresh entry: the next status shows the
+    new provider state, well before the TTL."""
+    store = CountingStore(clock=clock)
+    github = ScriptedAdapter("github", snapshot("github", text="before"), snapshot("github", text="after"))
+    async with make_service(clock, store, github=github) as service:
+        assert await github_text(service) == "before"
+        assert await github_text(service) == "before"
+        await service.refresh_provider("p", "github")
+        assert await github_text(service) == "after"
+    assert github.calls == 2
+
+
+async def test_webhook_invalidation_is_visible_on_the_next_status(clock: FakeClock) -> None:
+    """A signed push webhook refreshes github in the background; the next status has the new state."""
+    store = CountingStore(clock=clock)
+    github = ScriptedAdapter("github", snapshot("github", text="before"), snapshot("github", text="pushed"))
+    payload = {"ref": "refs/heads/main", "after": "0" * 40, "repository": {"full_name": "o/r"}}
+    body = json.dumps(payload).encode()
+    headers = {"x-github-event": "push", "x-github-delivery": "d-1", **sign_github("whsec-test", body)}
+    async with make_service(clock, store, github=github) as service:
+        await github_text(service)
+        assert await github_text(service) == "before"
+        result = await service.ingest_webhook("github", headers, body)
+        assert result.status == 200
+        await anyio.wait_all_tasks_blocked()
+        assert await github_text(service) == "pushed"
+
+
+async def test_expiry_of_one_entry_triggers_its_refresh(clock: FakeClock) -> None:
+    """Reuse ends when the first entry stops being fresh: the next status refreshes that provider."""
+    store = CountingStore(clock=clock)
+    github = ScriptedAdapter("github", snapshot("github", text="one"), snapshot("github", text="two"))
+    async with make_service(clock, store, github=github) as service:
+        assert await github_text(service) == "one"
+        assert await github_text(service) == "one"
+        clock.advance(14.9)
+        assert await github_text(service) == "one"
+        clock.advance(0.2)
+        got = await service.status("p", OWNER)
+    item = next(i for i in got.envelope.items if i.key == "github")
+    assert (str(item.summary), item.stale) == ("two", False)
+    assert github.calls == 2
+
+
+async def test_unreachable_store_ends_reuse_and_serves_the_local_copy(clock: FakeClock) -> None:
+    """A read that falls back to the local copy moves the generation; status still answers from the copy."""
+    store = CountingStore(clock=clock)
+    async with make_service(clock, store) as service:
+        await service.status("p", OWNER)
+        before = service.cache.generation
+        store.down = True
+        assert await service.cache.peek("p:github") is not None
+        assert service.cache.generation > before
+        result = await service.status("p", OWNER)
+    assert [i.status for i in result.envelope.items] == ["connected"] * 4
+
+
+async def test_viewers_with_other_roles_get_their_own_envelopes(clock: FakeClock) -> None:
+    """Alternating viewers of one project each get their own redaction and ETag from the reused views."""
+    store = CountingStore(clock=clock)
+    member = Viewer(user_id="m", roles={"member"})
+    async with make_service(clock, store) as service:
+        answers = [await service.status("p", v) for v in (OWNER, member, OWNER, member)]
+    assert answers[0].etag == answers[2].etag != answers[1].etag == answers[3].etag
+    assert answers[0].envelope != answers[1].envelope
+    owner_actions = {a.id for i in answers[0].envelope.items for a in i.actions}
+    member_actions = {a.id for i in answers[1].envelope.items for a in i.actions}
+    assert member_actions < owner_actions
