@@ -276,7 +276,10 @@ class StatusService:
         return self._task_group
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
-        self._require_running().start_soon(fn)
+        async def run() -> None:
+            await fn()
+
+        self._require_running().start_soon(run)
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` in the service's background task group (it ends with the service)."""
@@ -431,7 +434,7 @@ class StatusService:
         self, project_id: str, *, last_event_id: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[Subscription]:
         """Raw events of one project, resuming after ``last_event_id`` (see the EventBus protocol)."""
-        return self.engine.events.subscribe(project_id, last_event_id=last_event_id)  # type: ignore[no-any-return]
+        return self.engine.events.subscribe(project_id, last_event_id=last_event_id)
 
     async def snapshot_event(self, connections: ProjectConnections, viewer: Viewer) -> dict[str, Any]:
         """A ``status:update`` carrying the viewer's current items."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, cast
 
 import anyio
 import attrs
@@ -53,7 +53,7 @@ def split_cache_key(key: str) -> tuple[str, ProviderKey]:
     project_id, _, provider = key.rpartition(":")
     if provider not in PROVIDERS:
         raise ValueError(f"not a cache key: {key!r}")
-    return project_id, provider  # type: ignore[return-value]
+    return project_id, cast(ProviderKey, provider)
 
 
 def disconnected_snapshot(provider: ProviderKey) -> ProviderSnapshot:
@@ -233,6 +233,7 @@ class Aggregator:
             if isinstance(result, CacheEntry):
                 views[provider] = ProviderView(provider=provider, snapshot=result.snapshot, changed_at=result.changed_at)
                 continue
+            problem: Problem | None
             if isinstance(result, ProviderError):
                 problem = problem_of(result)
                 entry = await self._cache.peek(key) or entry

@@ -43,15 +43,15 @@ MAX_WEBHOOK_BODY = 1_048_576
 Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: Encoded header lists by header tuple: every event stream sends the same few headers.
-_RAW_HEADERS: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
+_STREAM_HEADERS: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
 
 
 def _raw_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
-    raw = _RAW_HEADERS.get(headers)
+    raw = _STREAM_HEADERS.get(headers)
     if raw is None:
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        if len(_RAW_HEADERS) < 32:
-            _RAW_HEADERS[headers] = raw
+        if len(_STREAM_HEADERS) < 32:
+            _STREAM_HEADERS[headers] = raw
     return raw
 
 
