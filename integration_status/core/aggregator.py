@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final, cast
+from typing import Final
 
 import anyio
 import attrs
@@ -53,7 +53,7 @@ def split_cache_key(key: str) -> tuple[str, ProviderKey]:
     project_id, _, provider = key.rpartition(":")
     if provider not in PROVIDERS:
         raise ValueError(f"not a cache key: {key!r}")
-    return project_id, cast(ProviderKey, provider)
+    return project_id, provider
 
 
 def disconnected_snapshot(provider: ProviderKey) -> ProviderSnapshot:
