@@ -76,7 +76,12 @@ def parse_action_body(body: object) -> ActionCall:
     if unknown:
         raise InvalidRequest(f"unknown field: {sorted(unknown)[0]}")
     project_id = body.get("projectId")
-    if not isinstance(project_id, str) or not project_id or len(project_id) > 200 or not project_id.isprintable():
+    if (
+        not isinstance(project_id, str)
+        or not project_id
+        or len(project_id) > 200
+        or not project_id.isprintable()
+    ):
         raise InvalidRequest("projectId must be a non-empty string of at most 200 printable characters")
     provider = body.get("provider")
     if provider not in PROVIDERS:
@@ -137,7 +142,13 @@ class ActionRunner:
         return None if adapter is None else adapter.action_handlers().get(action)
 
     async def act(
-        self, *, viewer: Viewer, body: object, idempotency_key: str | None, method: str = "POST", path: str = ""
+        self,
+        *,
+        viewer: Viewer,
+        body: object,
+        idempotency_key: str | None,
+        method: str = "POST",
+        path: str = "",
     ) -> ActionResult:
         service = self._service
         call = parse_action_body(body)
@@ -147,7 +158,9 @@ class ActionRunner:
             raise Forbidden(f"your role may not run {call.action} on {call.provider}")
         connection = connections.get(call.provider)
         if connection is None and call.action != "connect":
-            raise InvalidRequest(f"{call.provider} is not connected for this project", hint="Connect it first")
+            raise InvalidRequest(
+                f"{call.provider} is not connected for this project", hint="Connect it first"
+            )
         handler = self.handler(call.provider, call.action)
         if handler is None:
             raise InvalidRequest(f"{call.action} is not available on this server for {call.provider}")
@@ -166,7 +179,9 @@ class ActionRunner:
                     hint="Wait before trying again",
                     retry_after=retry_after_seconds(decision),
                 )
-            return await self._dispatch(call, viewer, connection or ProviderConnection(provider=call.provider), handler)
+            return await self._dispatch(
+                call, viewer, connection or ProviderConnection(provider=call.provider), handler
+            )
 
         try:
             stored, replayed = await service.idempotency.run(
@@ -219,7 +234,10 @@ class ActionRunner:
         except ProviderError as exc:
             return self._failed(call, exc)
         _log.info(
-            "integration_status.action.succeeded", provider=call.provider, action=call.action, done=outcome.done
+            "integration_status.action.succeeded",
+            provider=call.provider,
+            action=call.action,
+            done=outcome.done,
         )
         service.metrics.action(call.provider, call.action, "ok")
         if outcome.changes_state:
@@ -230,7 +248,10 @@ class ActionRunner:
 
     def _failed(self, call: ActionCall, exc: ProviderError) -> StoredResponse:
         _log.info(
-            "integration_status.action.failed", provider=call.provider, action=call.action, code=exc.problem_code
+            "integration_status.action.failed",
+            provider=call.provider,
+            action=call.action,
+            code=exc.problem_code,
         )
         outcome = "timeout" if exc.problem_code == "timeout" else "error"
         self._service.metrics.action(call.provider, call.action, outcome)

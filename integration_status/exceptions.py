@@ -127,7 +127,9 @@ class ProviderRateLimited(ProviderError):
     ) -> None:
         if hint is None:
             hint = f"Retry in {max(1, round(retry_after))}s" if retry_after is not None else "Retry later"
-        super().__init__(message, provider=provider, status_code=status_code, retry_after=retry_after, hint=hint)
+        super().__init__(
+            message, provider=provider, status_code=status_code, retry_after=retry_after, hint=hint
+        )
 
 
 class ProviderTimeout(ProviderError):

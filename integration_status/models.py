@@ -287,7 +287,13 @@ class GithubPush:
     type: Literal["github:push"] = "github:push"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "projectId": self.project_id, "branch": self.branch, "sha": self.sha, "ts": self.ts}
+        return {
+            "type": self.type,
+            "projectId": self.project_id,
+            "branch": self.branch,
+            "sha": self.sha,
+            "ts": self.ts,
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -338,7 +344,9 @@ def event_from_json(data: object) -> IntegrationEvent:
     if kind == "deploy:started":
         if _get(d, "provider", "vercel") != "vercel":
             raise InvalidModel("deploy events come from vercel", field="provider")
-        return DeployStarted(project_id=_get(d, "projectId"), operation_id=_get(d, "operationId"), ts=_get(d, "ts"))
+        return DeployStarted(
+            project_id=_get(d, "projectId"), operation_id=_get(d, "operationId"), ts=_get(d, "ts")
+        )
     if kind == "deploy:finished":
         return DeployFinished(
             project_id=_get(d, "projectId"),
@@ -348,7 +356,9 @@ def event_from_json(data: object) -> IntegrationEvent:
             ts=_get(d, "ts"),
         )
     if kind == "github:push":
-        return GithubPush(project_id=_get(d, "projectId"), branch=_get(d, "branch"), sha=_get(d, "sha"), ts=_get(d, "ts"))
+        return GithubPush(
+            project_id=_get(d, "projectId"), branch=_get(d, "branch"), sha=_get(d, "sha"), ts=_get(d, "ts")
+        )
     if kind == "sanity:webhook":
         return SanityWebhook(project_id=_get(d, "projectId"), count=_get(d, "count"), ts=_get(d, "ts"))
     if kind == "status:update":
@@ -356,6 +366,8 @@ def event_from_json(data: object) -> IntegrationEvent:
         if not isinstance(items, list):
             raise InvalidModel("items must be a list", field="items")
         return StatusUpdate(
-            project_id=_get(d, "projectId"), items=tuple(IntegrationStatus.from_json(i) for i in items), ts=_get(d, "ts")
+            project_id=_get(d, "projectId"),
+            items=tuple(IntegrationStatus.from_json(i) for i in items),
+            ts=_get(d, "ts"),
         )
     raise InvalidModel(f"unknown event type {kind!r}", field="type")

@@ -189,7 +189,9 @@ class ActionContext:
     snapshot: ProviderSnapshot | None = None
 
 
-ActionHandler: TypeAlias = Callable[[ActionRequest, ProviderConnection, ActionContext], Awaitable[ActionOutcome]]
+ActionHandler: TypeAlias = Callable[
+    [ActionRequest, ProviderConnection, ActionContext], Awaitable[ActionOutcome]
+]
 
 
 @runtime_checkable

@@ -28,16 +28,16 @@ from integration_status.core.etag import compute_etag, format_etag, if_none_matc
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import IdempotencyGuard
 from integration_status.core.policy import Grants, Policy, ProviderView, RolePolicy, grants_for, view_item
-from integration_status.fanout import FrameCache, StatusFrames, StreamHub
 from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
+from integration_status.fanout import FrameCache, StatusFrames, StreamHub
 from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
 from integration_status.observability import HealthRecorder, Metrics, combine
 from integration_status.protocols import (
+    ActionHandler,
     Adapter,
     Authenticator,
     Authorizer,
     CacheEntry,
-    ActionHandler,
     ConnectionResolver,
     ProjectConnections,
     RequestInfo,
@@ -72,7 +72,9 @@ class Settings:
 
     cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    adapter_timeout: float = attrs.field(default=2.5, validator=[attrs.validators.gt(0), attrs.validators.le(30)])
+    adapter_timeout: float = attrs.field(
+        default=2.5, validator=[attrs.validators.gt(0), attrs.validators.le(30)]
+    )
     deadline: float = attrs.field(default=0.45, validator=attrs.validators.gt(0))
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     action_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
@@ -371,7 +373,9 @@ class StatusService:
         views = await self.aggregator.collect(connections.project_id, connections)
         return self.render(connections.project_id, views, viewer)
 
-    def render(self, project_id: str, views: Iterable[ProviderView], viewer: Viewer) -> tuple[IntegrationStatus, ...]:
+    def render(
+        self, project_id: str, views: Iterable[ProviderView], viewer: Viewer
+    ) -> tuple[IntegrationStatus, ...]:
         """Raw views -> the viewer's redacted items (pure apart from reading the clock)."""
         now = utcnow(self.clock)
         return tuple(
@@ -399,7 +403,9 @@ class StatusService:
                 _log.exception("integration_status.service.listener_failed", provider=provider)
 
     async def _announce(self, project_id: str, provider: ProviderKey) -> None:
-        await self.publish(project_id, {"type": "status:update", "projectId": project_id, "ts": self.now_ms()})
+        await self.publish(
+            project_id, {"type": "status:update", "projectId": project_id, "ts": self.now_ms()}
+        )
 
     async def refresh_provider(self, project_id: str, provider: ProviderKey) -> None:
         """Drop a provider's cached freshness, fetch it again, and announce the result with a status:update
@@ -416,7 +422,13 @@ class StatusService:
     # --- actions --------------------------------------------------------------------------------------------
 
     async def act(
-        self, viewer: Viewer, body: object, *, idempotency_key: str | None, method: str = "POST", path: str = ""
+        self,
+        viewer: Viewer,
+        body: object,
+        *,
+        idempotency_key: str | None,
+        method: str = "POST",
+        path: str = "",
     ) -> Any:
         """Run a quick action (see :mod:`integration_status.actions`); returns an ``ActionResult``."""
         self._require_running()
@@ -484,7 +496,9 @@ class StatusService:
         ``status:update`` (else None). Redacted and encoded once per event and kind of viewer."""
         kind = stored.data.get("type")
         if kind == "status:update":
-            return await self.snapshot_frame(connections, viewer, event_id=stored.id, ts=stored.data.get("ts"))
+            return await self.snapshot_frame(
+                connections, viewer, event_id=stored.id, ts=stored.data.get("ts")
+            )
         provider = EVENT_PROVIDER.get(str(kind))
         if provider is None:
             return None, None

@@ -191,11 +191,14 @@ class ProviderSnapshot:
             "provider": self.provider,
             "status": self.status,
             "summary": [
-                {"pieces": [_piece_to_json(p) for p in seg.pieces], "redacted": seg.redacted} for seg in self.summary
+                {"pieces": [_piece_to_json(p) for p in seg.pieces], "redacted": seg.redacted}
+                for seg in self.summary
             ],
             "problem": None if self.problem is None else self.problem.to_json(),
             "actions": [[a.id, a.label, a.available, a.reason] for a in self.actions],
-            "details": [[k, _piece_to_json(v) if isinstance(v, Sensitive | Ago) else v] for k, v in self.details],
+            "details": [
+                [k, _piece_to_json(v) if isinstance(v, Sensitive | Ago) else v] for k, v in self.details
+            ],
         }
 
     @classmethod
@@ -205,12 +208,18 @@ class ProviderSnapshot:
                 provider=data["provider"],
                 status=data["status"],
                 summary=tuple(
-                    Segment(pieces=tuple(_piece_from_json(p) for p in seg["pieces"]), redacted=seg["redacted"])
+                    Segment(
+                        pieces=tuple(_piece_from_json(p) for p in seg["pieces"]), redacted=seg["redacted"]
+                    )
                     for seg in data["summary"]
                 ),
                 problem=None if data["problem"] is None else Problem.from_json(data["problem"]),
-                actions=tuple(ActionState(id=a[0], label=a[1], available=a[2], reason=a[3]) for a in data["actions"]),
-                details=tuple((k, _piece_from_json(v) if isinstance(v, dict) else v) for k, v in data["details"]),
+                actions=tuple(
+                    ActionState(id=a[0], label=a[1], available=a[2], reason=a[3]) for a in data["actions"]
+                ),
+                details=tuple(
+                    (k, _piece_from_json(v) if isinstance(v, dict) else v) for k, v in data["details"]
+                ),
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise InvalidModel(f"not a provider snapshot: {type(exc).__name__}") from None

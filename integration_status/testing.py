@@ -72,7 +72,9 @@ class FakeClock:
         return f"FakeClock(time={self._wall!r}, monotonic={self._mono!r})"
 
 
-def snapshot(provider: ProviderKey, status: str = "connected", text: str = "OK", **kwargs: Any) -> ProviderSnapshot:
+def snapshot(
+    provider: ProviderKey, status: str = "connected", text: str = "OK", **kwargs: Any
+) -> ProviderSnapshot:
     """A small raw snapshot for tests: ``snapshot("github", "warning", "No recent activity")``."""
     return ProviderSnapshot(provider=provider, status=status, summary=(Segment(pieces=(text,)),), **kwargs)  # type: ignore[arg-type]
 
@@ -128,7 +130,9 @@ class ScriptedAdapter:
         return self._handlers
 
 
-def hang_on(clock: FakeClock | None = None, seconds: float | None = None) -> Callable[[], Awaitable[ProviderSnapshot]]:
+def hang_on(
+    clock: FakeClock | None = None, seconds: float | None = None
+) -> Callable[[], Awaitable[ProviderSnapshot]]:
     """A script step that never answers (or answers nothing before ``seconds`` on ``clock``)."""
 
     async def step() -> ProviderSnapshot:

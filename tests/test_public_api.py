@@ -12,6 +12,7 @@ import integration_status
 def test_all_is_sorted_and_complete() -> None:
     """__all__ is sorted and every name in it exists on the package."""
     names = integration_status.__all__
+
     def isort_style(name: str) -> tuple[int, str]:  # constants, then classes, then functions (ruff RUF022)
         return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
@@ -43,7 +44,8 @@ def test_import_pulls_in_no_framework_or_engine() -> None:
 def test_core_imports_no_transport() -> None:
     """The core layer imports no httpx (adapters are the only HTTP users)."""
     code = (
-        "import sys, integration_status.core.aggregator, integration_status.core.cache, integration_status.core.policy; "
+        "import sys, integration_status.core.aggregator, integration_status.core.cache, "
+        "integration_status.core.policy; "
         "print('httpx' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

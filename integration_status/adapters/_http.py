@@ -401,7 +401,9 @@ class HttpClient:
                     size = 0
                     # aclosing: leaving the loop early must close the stream's generator here, not in a
                     # finalizer task the event loop runs later.
-                    async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as body:
+                    async with contextlib.aclosing(
+                        cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                    ) as body:
                         async for chunk in body:
                             size += len(chunk)
                             if size > self.max_body:

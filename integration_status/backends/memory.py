@@ -29,7 +29,9 @@ __all__ = [
 class MemoryEngine:
     """Cache store, idempotency store, rate limiter, event bus and webhook delivery log, in process memory."""
 
-    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, max_entries: int = 10_000, event_buffer: int = 1000) -> None:
+    def __init__(
+        self, *, clock: Clock = SYSTEM_CLOCK, max_entries: int = 10_000, event_buffer: int = 1000
+    ) -> None:
         self.cache_store = MemoryCacheStore(clock=clock, maxsize=max_entries)
         self.idempotency = MemoryIdempotencyStore(clock=clock)
         self.rate_limiter = MemoryRateLimiter(clock=clock)

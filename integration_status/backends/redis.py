@@ -29,7 +29,6 @@ import structlog
 
 from integration_status.backends._redis_base import Shared, describe_endpoint
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
-from integration_status.exceptions import SubscriberLagging
 from integration_status.backends._redis_stores import (
     RedisCacheStore,
     RedisDeliveryLog,
@@ -37,7 +36,7 @@ from integration_status.backends._redis_stores import (
     RedisRateLimiter,
 )
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
-from integration_status.exceptions import BackendUnavailable, ConfigurationError
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 
 __all__ = [
     "RedisCacheStore",

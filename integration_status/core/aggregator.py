@@ -35,7 +35,13 @@ from integration_status.exceptions import (
 )
 from integration_status.models import PROVIDERS, Problem, ProviderKey
 from integration_status.observability import NO_METRICS, FetchOutcome, Metrics
-from integration_status.protocols import Adapter, CacheEntry, FetchContext, ProjectConnections, ProviderConnection
+from integration_status.protocols import (
+    Adapter,
+    CacheEntry,
+    FetchContext,
+    ProjectConnections,
+    ProviderConnection,
+)
 from integration_status.snapshot import ProviderSnapshot, Segment
 
 _log = structlog.get_logger("integration_status.aggregator")
@@ -57,7 +63,9 @@ def split_cache_key(key: str) -> tuple[str, ProviderKey]:
 
 
 def disconnected_snapshot(provider: ProviderKey) -> ProviderSnapshot:
-    return ProviderSnapshot(provider=provider, status="disconnected", summary=(Segment(pieces=("Not connected",)),))
+    return ProviderSnapshot(
+        provider=provider, status="disconnected", summary=(Segment(pieces=("Not connected",)),)
+    )
 
 
 # Cached: the same object for the same failure lets the service reuse the envelope it rendered for it.
@@ -70,7 +78,9 @@ def error_snapshot(provider: ProviderKey, problem: Problem) -> ProviderSnapshot:
         "timeout": "Not responding",
         "unknown": "Provider error",
     }[problem.code]
-    return ProviderSnapshot(provider=provider, status="error", summary=(Segment(pieces=(text,)),), problem=problem)
+    return ProviderSnapshot(
+        provider=provider, status="error", summary=(Segment(pieces=(text,)),), problem=problem
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,7 +96,9 @@ def problem_of(exc: ProviderError) -> Problem:
     return Problem(code=exc.problem_code, hint=exc.hint)  # type: ignore[arg-type]
 
 
-def fallback_view(provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, now: datetime) -> ProviderView:
+def fallback_view(
+    provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, now: datetime
+) -> ProviderView:
     """The pure fallback rule of SPEC.md "Provider status rules" for a provider whose refresh did not succeed.
 
     - access lost (``oauth_revoked``): ``status: error`` whatever was cached
@@ -100,12 +112,18 @@ def fallback_view(provider: ProviderKey, entry: CacheEntry | None, problem: Prob
         return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=changed)
     if entry is not None:
         return ProviderView(
-            provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at, stale=True, problem=problem
+            provider=provider,
+            snapshot=entry.snapshot,
+            changed_at=entry.changed_at,
+            stale=True,
+            problem=problem,
         )
     if problem is not None:
         return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=now)
     snapshot = placeholder_snapshot(provider)
-    return ProviderView(provider=provider, snapshot=snapshot, changed_at=NEVER, stale=True, problem=snapshot.problem)
+    return ProviderView(
+        provider=provider, snapshot=snapshot, changed_at=NEVER, stale=True, problem=snapshot.problem
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -179,7 +197,9 @@ class Aggregator:
             entry = await cache.peek(key)
             if entry is not None and cache.is_fresh(entry):
                 self._metrics.cache("hit")
-                views[provider] = ProviderView(provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at)
+                views[provider] = ProviderView(
+                    provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at
+                )
                 if local:
                     # Fresh until fresh_until; kept by the store at least keep_for after it was checked.
                     valid_until = min(valid_until, entry.fresh_until, entry.checked_at + cache.keep_for)
@@ -203,7 +223,10 @@ class Aggregator:
         async with anyio.create_task_group() as tg:
 
             async def one(
-                provider: ProviderKey, key: str, connection: ProviderConnection | None, entry: CacheEntry | None
+                provider: ProviderKey,
+                key: str,
+                connection: ProviderConnection | None,
+                entry: CacheEntry | None,
             ) -> None:
                 nonlocal remaining
                 try:
@@ -231,7 +254,9 @@ class Aggregator:
         for provider, key, _, entry in pending:
             result = results.get(provider)
             if isinstance(result, CacheEntry):
-                views[provider] = ProviderView(provider=provider, snapshot=result.snapshot, changed_at=result.changed_at)
+                views[provider] = ProviderView(
+                    provider=provider, snapshot=result.snapshot, changed_at=result.changed_at
+                )
                 continue
             problem: Problem | None
             if isinstance(result, ProviderError):
@@ -294,7 +319,11 @@ class Aggregator:
                 self._failed(key, breaker, exc, started)
                 raise
             except Exception as exc:  # an adapter bug must not take the status endpoint down
-                _log.warning("integration_status.aggregator.adapter_crashed", provider=provider, error=type(exc).__name__)
+                _log.warning(
+                    "integration_status.aggregator.adapter_crashed",
+                    provider=provider,
+                    error=type(exc).__name__,
+                )
                 wrapped = ProviderUnavailable(f"{provider} adapter failed", provider=provider)
                 self._failed(key, breaker, wrapped, started)
                 raise wrapped from None

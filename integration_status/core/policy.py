@@ -23,7 +23,13 @@ import attrs
 
 from integration_status.models import Action, IntegrationStatus, Problem, ProviderKey
 from integration_status.protocols import Viewer
-from integration_status.snapshot import CONNECT_ACTIONS, PROVIDER_ACTIONS, ProviderSnapshot, Visibility, render_summary
+from integration_status.snapshot import (
+    CONNECT_ACTIONS,
+    PROVIDER_ACTIONS,
+    ProviderSnapshot,
+    Visibility,
+    render_summary,
+)
 
 ALL_ACTIONS: Final = frozenset(a for actions in PROVIDER_ACTIONS.values() for a, _ in actions)
 
@@ -53,7 +59,8 @@ DEFAULT_RULES: Final[Mapping[str, RoleRule]] = {
     "owner": RoleRule(actions=ALL_ACTIONS, visibility=Visibility.full()),
     "admin": RoleRule(actions=ALL_ACTIONS, visibility=Visibility.full()),
     "member": RoleRule(
-        actions=frozenset({"deploy", "sync", "test-connection", "open-studio"}), visibility=Visibility(urls=True)
+        actions=frozenset({"deploy", "sync", "test-connection", "open-studio"}),
+        visibility=Visibility(urls=True),
     ),
     "viewer": RoleRule(actions=frozenset(), visibility=Visibility.none()),
 }
@@ -70,9 +77,7 @@ def _read_only(rules: Mapping[str, RoleRule]) -> Mapping[str, RoleRule]:
     return MappingProxyType(dict(rules))
 
 
-def grants_for(
-    policy: Policy, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]
-) -> Grants:
+def grants_for(policy: Policy, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]) -> Grants:
     """``(policy.allowed_actions(...), policy.visibility(...))`` for each of ``providers``; memoised for the
     shipped :class:`RolePolicy` (a subclass or another policy is asked every time)."""
     if type(policy) is RolePolicy:
@@ -100,9 +105,7 @@ class RolePolicy:
         init=False, factory=dict, eq=False, repr=False, hash=False
     )
 
-    def grants_for(
-        self, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]
-    ) -> Grants:
+    def grants_for(self, viewer: Viewer, project_id: str, providers: tuple[ProviderKey, ...]) -> Grants:
         """``(allowed_actions, visibility)`` per provider. The answers of this class depend only on the
         viewer's roles for the project and its grants, so they are memoised on those (a subclass is asked
         every time): the same object for the same question, so callers may compare answers by identity."""
@@ -148,7 +151,9 @@ class ProviderView:
     snapshot: ProviderSnapshot
     changed_at: datetime
     stale: bool = False
-    problem: Problem | None = None  # overrides the snapshot's own problem (e.g. the failure behind a stale serve)
+    problem: Problem | None = (
+        None  # overrides the snapshot's own problem (e.g. the failure behind a stale serve)
+    )
 
 
 def view_item(

@@ -192,6 +192,8 @@ def run(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
-    print(f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)")
+    print(
+        f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"
+    )
     # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

@@ -100,7 +100,7 @@ class World:
         self.deployments = [(now - h * 3600 * 7, self._url()) for h in (30, 9, 2)]
 
     def _sha(self) -> str:
-        return "%040x" % self._rng.getrandbits(160)
+        return f"{self._rng.getrandbits(160):040x}"
 
     def _url(self) -> str:
         return f"https://storefront-{self._rng.getrandbits(32):08x}.vercel.app"
@@ -119,7 +119,13 @@ class World:
         if rng.random() < TICK / act.push_every:
             self.last_push, self.last_sha = t, self._sha()
             self.pending_events.append(
-                {"type": "github:push", "projectId": "demo", "branch": self.branch, "sha": self.last_sha, "ts": ts}
+                {
+                    "type": "github:push",
+                    "projectId": "demo",
+                    "branch": self.branch,
+                    "sha": self.last_sha,
+                    "ts": ts,
+                }
             )
             if rng.random() < act.deploy_share:
                 self.deployments.append((t, self._url()))
@@ -129,7 +135,9 @@ class World:
         if rng.random() < TICK / act.edit_every:  # an editor saves a few documents
             count = rng.randint(1, 3)
             self.docs_today += count
-            self.pending_events.append({"type": "sanity:webhook", "projectId": "demo", "count": count, "ts": ts})
+            self.pending_events.append(
+                {"type": "sanity:webhook", "projectId": "demo", "count": count, "ts": ts}
+            )
         # Latency jitters around its baseline (and returns to it after a spike); it does not wander off.
         baseline = 12.0
         if self.db_latency_ms <= 250:
@@ -171,7 +179,9 @@ class SimulatedAdapter:
             await ctx.clock.sleep(3600)  # hangs: the aggregator's timeout and breaker deal with it
         if incident is not None and incident.kind == "rate_limit":
             retry = max(1.0, incident.until - ctx.clock.time())
-            raise ProviderRateLimited("simulated rate limit", provider=self.provider, status_code=429, retry_after=retry)
+            raise ProviderRateLimited(
+                "simulated rate limit", provider=self.provider, status_code=429, retry_after=retry
+            )
         if self.provider == "supabase":
             return self._supabase(ctx.clock, ctx.previous)
         return getattr(self, f"_{self.provider}")(ctx.clock)  # type: ignore[no-any-return]
@@ -182,14 +192,22 @@ class SimulatedAdapter:
     def _github(self, clock: Clock) -> ProviderSnapshot:
         w = self.world
         recent = clock.time() - w.last_push <= timedelta(days=7).total_seconds()
-        activity = Segment(pieces=("Last push ", Ago(at=self._at(w.last_push)))) if recent else Segment(
-            pieces=("No recent activity",)
+        activity = (
+            Segment(pieces=("Last push ", Ago(at=self._at(w.last_push))))
+            if recent
+            else Segment(pieces=("No recent activity",))
         )
         return ProviderSnapshot(
             provider="github",
             status="connected" if recent else "warning",
-            summary=(Segment(pieces=("Linked to ", Sensitive(kind="branch", value=w.branch)), redacted="Linked"), activity),
-            details={"repository": Sensitive(kind="repo", value=w.repository), "org": Sensitive(kind="org", value=w.org)},
+            summary=(
+                Segment(pieces=("Linked to ", Sensitive(kind="branch", value=w.branch)), redacted="Linked"),
+                activity,
+            ),
+            details={
+                "repository": Sensitive(kind="repo", value=w.repository),
+                "org": Sensitive(kind="org", value=w.org),
+            },
         )
 
     def _vercel(self, clock: Clock) -> ProviderSnapshot:
@@ -197,7 +215,10 @@ class SimulatedAdapter:
         week = [d for d in w.deployments if clock.time() - d[0] <= 7 * 86400]
         building = w.deploying_until is not None and clock.time() < w.deploying_until
         state = "Building" if building else "Live"
-        summary = (Segment(pieces=(f"{len(week)} deployment{'s' if len(week) != 1 else ''} this week",)), Segment(pieces=(state,)))
+        summary = (
+            Segment(pieces=(f"{len(week)} deployment{'s' if len(week) != 1 else ''} this week",)),
+            Segment(pieces=(state,)),
+        )
         url = w.deployments[-1][1] if w.deployments else None
         return ProviderSnapshot(
             provider="vercel",
@@ -212,7 +233,10 @@ class SimulatedAdapter:
         return ProviderSnapshot(
             provider="sanity",
             status="connected",
-            summary=(Segment(pieces=(f"{n} doc{'s' if n != 1 else ''} updated today",)), Segment(pieces=("Live sync",))),
+            summary=(
+                Segment(pieces=(f"{n} doc{'s' if n != 1 else ''} updated today",)),
+                Segment(pieces=("Live sync",)),
+            ),
         )
 
     def _supabase(self, clock: Clock, previous: ProviderSnapshot | None) -> ProviderSnapshot:
@@ -236,7 +260,9 @@ class SimulatedAdapter:
     # --- actions --------------------------------------------------------------------------------------------
 
     def action_handlers(self) -> Mapping[str, ActionHandler]:
-        handlers: dict[str, ActionHandler] = {a.id: self._simple for a in default_actions(self.provider, "connected")}
+        handlers: dict[str, ActionHandler] = {
+            a.id: self._simple for a in default_actions(self.provider, "connected")
+        }
         if self.provider == "vercel":
             handlers["deploy"] = self._deploy
         if self.provider == "sanity":
@@ -246,17 +272,23 @@ class SimulatedAdapter:
                 handlers[connect] = self._connect
         return handlers
 
-    async def _simple(self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext) -> ActionOutcome:
+    async def _simple(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
         return ActionOutcome(operation_id=ctx.operation_id, done=True)
 
     async def _open_studio(
         self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
     ) -> ActionOutcome:
         return ActionOutcome(
-            operation_id=ctx.operation_id, data={"url": "https://storefront.sanity.studio"}, changes_state=False
+            operation_id=ctx.operation_id,
+            data={"url": "https://storefront.sanity.studio"},
+            changes_state=False,
         )
 
-    async def _connect(self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext) -> ActionOutcome:
+    async def _connect(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
         state = secrets.token_urlsafe(8)
         return ActionOutcome(
             operation_id=ctx.operation_id,
@@ -264,7 +296,9 @@ class SimulatedAdapter:
             changes_state=False,
         )
 
-    async def _deploy(self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext) -> ActionOutcome:
+    async def _deploy(
+        self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
+    ) -> ActionOutcome:
         w = self.world
         w.deploying_until = ctx.clock.time() + self.deploy_seconds
         await ctx.publish(

@@ -54,10 +54,14 @@ def dumps(data: Any) -> bytes:
 
 
 def json_response(status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status=status, headers=(("Content-Type", JSON_TYPE), NO_STORE, *headers), body=dumps(data))
+    return Response(
+        status=status, headers=(("Content-Type", JSON_TYPE), NO_STORE, *headers), body=dumps(data)
+    )
 
 
-def error_response(exc: RequestError, headers: tuple[tuple[str, str], ...] = (), *, envelope: bool = False) -> Response:
+def error_response(
+    exc: RequestError, headers: tuple[tuple[str, str], ...] = (), *, envelope: bool = False
+) -> Response:
     """The SPEC.md error object; ``envelope=True`` wraps it as the actions endpoint does
     (``{"success": false, "error": {...}}``)."""
     body: dict[str, Any] = {"error": exc.to_json()}
@@ -193,7 +197,9 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
 # --- webhooks -----------------------------------------------------------------------------------------------
 
 
-async def handle_webhook(service: StatusService, provider: str, request: RequestInfo, body: bytes) -> Response:
+async def handle_webhook(
+    service: StatusService, provider: str, request: RequestInfo, body: bytes
+) -> Response:
     """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``web.webhooks``)."""
     try:
         result = await service.ingest_webhook(provider, request.headers, body)

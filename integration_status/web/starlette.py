@@ -274,7 +274,9 @@ class _StatusEndpoint:
 def _to_starlette(response: Response, spawn: Spawn | None = None) -> StarletteResponse:
     if response.writer is not None:
         return _WriterResponse(response.writer, response.status, response.headers, spawn)
-    return StarletteResponse(content=response.body, status_code=response.status, headers=dict(response.headers))
+    return StarletteResponse(
+        content=response.body, status_code=response.status, headers=dict(response.headers)
+    )
 
 
 def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[BaseRoute]:
@@ -306,7 +308,9 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         ),
         Route(f"{prefix}/actions", actions, methods=["POST"], name="integration_status:actions"),
         Route(f"{prefix}/events", events, methods=["GET"], name="integration_status:events"),
-        Route(f"{prefix}/webhooks/{{provider}}", webhooks, methods=["POST"], name="integration_status:webhooks"),
+        Route(
+            f"{prefix}/webhooks/{{provider}}", webhooks, methods=["POST"], name="integration_status:webhooks"
+        ),
         Route(f"{prefix}/health", health, methods=["GET"], name="integration_status:health"),
         Route(f"{prefix}/openapi.json", openapi, methods=["GET"], name="integration_status:openapi"),
     ]

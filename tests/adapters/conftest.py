@@ -26,6 +26,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def payload() -> Callable[[str], dict[str, Any]]:
     """Load ``provider/name`` (without .json) from the shared payload directory."""
+
     def load(name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((PAYLOADS / f"{name}.json").read_text())
         return data

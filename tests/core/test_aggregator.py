@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
@@ -109,8 +107,7 @@ async def test_hanging_provider_is_a_placeholder_within_the_deadline(clock: Fake
         assert got["github"]["status"] == "warning"
         assert got["github"]["stale"] is True
         assert got["github"]["problem"] == {"code": "timeout", "hint": "Try again"}
-        service.aggregator  # the refresh goes on in the background until the adapter timeout
-        assert github.in_flight == 1
+        assert github.in_flight == 1  # the refresh goes on in the background until the adapter timeout
         clock.advance(2.5)
         await settle()
         assert github.in_flight == 0
@@ -145,7 +142,9 @@ async def test_failure_without_value_is_error(clock: FakeClock) -> None:
 
 async def test_revoked_token_is_error_even_with_a_cached_value(clock: FakeClock) -> None:
     """Losing access shows `error` + oauth_revoked + "Click to reconnect", not a stale good value."""
-    github = ScriptedAdapter("github", snapshot("github"), ProviderAuthError("401", provider="github", status_code=401))
+    github = ScriptedAdapter(
+        "github", snapshot("github"), ProviderAuthError("401", provider="github", status_code=401)
+    )
     async with make_service(clock, github) as service:
         await items(service)
         clock.advance(20)
@@ -156,7 +155,9 @@ async def test_revoked_token_is_error_even_with_a_cached_value(clock: FakeClock)
 
 async def test_breaker_opens_and_stops_calls(clock: FakeClock) -> None:
     """After consecutive failures the breaker opens: no call reaches the provider; stale value served."""
-    github = ScriptedAdapter("github", snapshot("github", text="good"), ProviderUnavailable("boom", provider="github"))
+    github = ScriptedAdapter(
+        "github", snapshot("github", text="good"), ProviderUnavailable("boom", provider="github")
+    )
     async with make_service(clock, github) as service:
         await items(service)
         for _ in range(6):
@@ -193,6 +194,7 @@ async def test_background_result_is_announced(clock: FakeClock) -> None:
 
     github = ScriptedAdapter("github", slow)  # type: ignore[arg-type]
     async with make_service(clock, github) as service:
+
         async def listen(project_id: str, provider: str) -> None:
             changes.append((project_id, provider))
 
@@ -217,5 +219,3 @@ async def test_service_must_be_started(clock: FakeClock) -> None:
     service = make_service(clock, ScriptedAdapter("github"))
     with pytest.raises(ConfigurationError, match="async with service"):
         await service.status("p", OWNER)
-
-

@@ -62,7 +62,9 @@ def test_viewer_role_gets_no_actions_key() -> None:
 
 def test_grant_widens_visibility() -> None:
     """A `repo` grant lets a member see repository details."""
-    assert render(github_view(), "member", frozenset({"repo"}))["summary"] == "Linked to main · Last push 2m ago"
+    assert (
+        render(github_view(), "member", frozenset({"repo"}))["summary"] == "Linked to main · Last push 2m ago"
+    )
 
 
 def test_unknown_role_grants_nothing() -> None:
@@ -91,7 +93,9 @@ def test_rate_limited_stale_view_disables_provider_calls_but_not_connect() -> No
 
 def test_oauth_revoked_keeps_connect_available() -> None:
     """With the token revoked, connect is the one thing the user can do."""
-    snap = ProviderSnapshot(provider="vercel", status="error", problem=Problem(code="oauth_revoked", hint="Click to reconnect"))
+    snap = ProviderSnapshot(
+        provider="vercel", status="error", problem=Problem(code="oauth_revoked", hint="Click to reconnect")
+    )
     item = render(ProviderView(provider="vercel", snapshot=snap, changed_at=NOW), "owner")
     actions = {a["id"]: a["can"] for a in item["actions"]}  # type: ignore[union-attr]
     assert actions == {"deploy": False, "link": True, "connect": True}

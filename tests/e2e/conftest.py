@@ -23,7 +23,7 @@ async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
         with anyio.fail_after(10):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
                 await anyio.sleep(0.01)
         try:
             yield f"http://127.0.0.1:{port}"

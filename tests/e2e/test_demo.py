@@ -30,7 +30,9 @@ async def test_demo_status_etag_and_304() -> None:
         assert [i["key"] for i in body["items"]] == ["sanity", "github", "vercel", "supabase"]
         assert first.headers["etag"] == f'"{body["hash"]}"'
         again = await client.get(
-            "/api/integrations/status", params={"projectId": "demo"}, headers={"If-None-Match": first.headers["etag"]}
+            "/api/integrations/status",
+            params={"projectId": "demo"},
+            headers={"If-None-Match": first.headers["etag"]},
         )
         assert again.status_code == 304
         page = await client.get("/", follow_redirects=True)
@@ -68,14 +70,21 @@ async def test_demo_switches_to_real_providers_by_configuration() -> None:
         seen.append(request.headers.get("authorization", ""))
         return JSONResponse(activity if request.url.path.endswith("/activity") else repo)
 
-    fake = Starlette(routes=[Route("/repos/{owner}/{name}", github), Route("/repos/{owner}/{name}/activity", github)])
+    fake = Starlette(
+        routes=[Route("/repos/{owner}/{name}", github), Route("/repos/{owner}/{name}/activity", github)]
+    )
     async with serve(fake) as github_url:
-        env = {"GITHUB_TOKEN": "ghp_demo", "GITHUB_REPOSITORY": "octocat/Hello-World", "GITHUB_API_URL": github_url}
+        env = {
+            "GITHUB_TOKEN": "ghp_demo",
+            "GITHUB_REPOSITORY": "octocat/Hello-World",
+            "GITHUB_API_URL": github_url,
+        }
         app = build_app(providers="real", env=env)
         async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
             r = await client.get("/api/integrations/status", params={"projectId": "demo"})
     items = {i["key"]: i for i in r.json()["items"]}
-    assert seen and all(h == "Bearer ghp_demo" for h in seen)
+    assert seen
+    assert all(h == "Bearer ghp_demo" for h in seen)
     assert items["github"]["status"] in {"connected", "warning"}
     assert items["github"]["summary"].startswith("Linked to ")
     assert items["vercel"]["status"] == "disconnected"

@@ -211,6 +211,7 @@ async def serve_flask(service: StatusService) -> AsyncIterator[Served]:
     own portal thread, so the test never enters ``async with service``."""
     try:
         from flask import Flask
+
         from integration_status.web.flask import IntegrationStatus  # type: ignore[import-not-found]
     except ImportError:
         reason = "integration_status.web.flask is not available"

@@ -54,8 +54,10 @@ def test_scope_info_path_and_method_match_starlette(path: str) -> None:
 @given(
     status=st.sampled_from([200, 304, 204, 401, 503]),
     headers=st.lists(
-        st.tuples(st.sampled_from(["ETag", "Cache-Control", "content-type", "Retry-After", "Content-Length"]),
-                  st.text(alphabet="abc\"1", max_size=5)),
+        st.tuples(
+            st.sampled_from(["ETag", "Cache-Control", "content-type", "Retry-After", "Content-Length"]),
+            st.text(alphabet='abc"1', max_size=5),
+        ),
         max_size=4,
     ),
     body=st.binary(max_size=20),

@@ -62,7 +62,9 @@ async def test_304_when_if_none_match_matches(client: httpx.AsyncClient, tag: st
     first = await client.get("/api/integrations/status", params={"projectId": "p"})
     etag = first.headers["etag"]
     r = await client.get(
-        "/api/integrations/status", params={"projectId": "p"}, headers={"If-None-Match": tag.format(etag=etag)}
+        "/api/integrations/status",
+        params={"projectId": "p"},
+        headers={"If-None-Match": tag.format(etag=etag)},
     )
     assert r.status_code == 304
     assert r.content == b""
@@ -74,7 +76,9 @@ async def test_304_when_if_none_match_matches(client: httpx.AsyncClient, tag: st
 @pytest.mark.parametrize("tag", ['"nope"', "garbage", 'W/"', ""])
 async def test_non_matching_or_malformed_if_none_match_is_200(client: httpx.AsyncClient, tag: str) -> None:
     """A tag that does not match, or a malformed header, gets the normal 200."""
-    r = await client.get("/api/integrations/status", params={"projectId": "p"}, headers={"If-None-Match": tag})
+    r = await client.get(
+        "/api/integrations/status", params={"projectId": "p"}, headers={"If-None-Match": tag}
+    )
     assert r.status_code == 200
 
 
@@ -106,7 +110,9 @@ async def test_no_access_is_404_like_unknown(client: httpx.AsyncClient, role: st
 async def test_viewers_who_see_different_data_never_share_a_hash(client: httpx.AsyncClient) -> None:
     """The owner sees the branch, the member does not; their hashes differ and neither leaks into the other."""
     owner = await client.get("/api/integrations/status", params={"projectId": "p"})
-    member = await client.get("/api/integrations/status", params={"projectId": "p"}, headers={"X-Role": "member"})
+    member = await client.get(
+        "/api/integrations/status", params={"projectId": "p"}, headers={"X-Role": "member"}
+    )
     assert owner.json()["hash"] != member.json()["hash"]
     assert "release-x" in owner.text
     assert "release-x" not in member.text
