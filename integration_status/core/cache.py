@@ -69,6 +69,8 @@ class _Flight:
         self.done = anyio.Event()
         self.entry: CacheEntry | None = None
         self.error: BaseException | None = None
+        #: Invalidated while running: what it fetched may predate the change, so it is stored but not fresh.
+        self.invalidated = False
 
 
 def _newer(entry: CacheEntry | None, than: CacheEntry | None) -> bool:
@@ -181,7 +183,12 @@ class SnapshotCache:
             self._last_seen[key] = entry
 
     async def invalidate(self, key: str) -> None:
-        """Make the entry not fresh (the next read refreshes), keeping it as the last good value."""
+        """Make the entry not fresh (the next read refreshes), keeping it as the last good value. A refresh of
+        ``key`` already running here may have fetched before the change: its result is kept as the last good
+        value but not as fresh, and the next refresh starts a new fetch instead of joining it."""
+        flight = self._flights.pop(key, None)
+        if flight is not None:
+            flight.invalidated = True
         entry = await self._store.load(key)
         if entry is not None:
             now = self._clock.time()
@@ -222,6 +229,8 @@ class SnapshotCache:
         # Errors go to the waiters, never to the task group: one failing provider must not stop the service.
         try:
             flight.entry = await self._refresh_once(key, fetch)
+            if flight.invalidated:
+                flight.entry = await self._expire(key, flight.entry)
             self._remember(key, flight.entry)
         except Exception as exc:
             flight.error = exc
@@ -231,6 +240,14 @@ class SnapshotCache:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.done.set()
+
+    async def _expire(self, key: str, entry: CacheEntry) -> CacheEntry:
+        """``entry`` no longer fresh, in the store too unless a newer result replaced it there."""
+        stale = attrs.evolve(entry, fresh_until=min(entry.fresh_until, self._clock.time()))
+        current = await self._store.load(key)
+        if current is not None and current.checked_at == entry.checked_at:
+            await self._store.save(key, stale, keep_for=self.keep_for)
+        return stale
 
     async def _refresh_once(self, key: str, fetch: Fetch) -> CacheEntry:
         before = await self._store.load(key)

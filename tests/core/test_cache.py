@@ -451,6 +451,36 @@ async def test_invalidate_expires_but_keeps_the_entry(
     assert await cache.peek("other:github") is None
 
 
+@pytest.mark.anyio
+async def test_invalidate_during_a_refresh_does_not_let_it_count_as_fresh(
+    store: MemoryCacheStore, clock: FakeClock, tg: Any
+) -> None:
+    """A refresh that was running when the key was invalidated (it may have read the provider before the
+    change) is kept as the last good value but not as fresh, and the next refresh fetches anew."""
+    cache = make(store, clock, tg)
+    old = Fetch(snap("before"))
+    old.gate = anyio.Event()
+    results: list[CacheEntry] = []
+
+    async def first() -> None:
+        results.append(await cache.refresh(KEY, old))
+
+    tg.start_soon(first)
+    await anyio.wait_all_tasks_blocked()
+    assert old.calls == 1
+    await cache.invalidate(KEY)
+    old.gate.set()
+    await anyio.wait_all_tasks_blocked()
+    stored = await cache.peek(KEY)
+    assert stored is not None
+    assert not cache.is_fresh(stored)
+    assert not cache.is_fresh(results[0])
+    new = Fetch(snap("after"))
+    entry = await cache.refresh(KEY, new)
+    assert new.calls == 1
+    assert cache.is_fresh(entry)
+
+
 # --- across workers -----------------------------------------------------------------------------------------
 
 
