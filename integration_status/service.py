@@ -8,29 +8,25 @@
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.abc
-import attrs
 import structlog
-from cachetools import LRUCache
 
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
-from integration_status.core.breaker import BreakerConfig
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
 from integration_status.core.connections import ConnectionLimiter
-from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import IdempotencyGuard
-from integration_status.core.policy import Grants, Policy, ProviderView, RolePolicy, grants_for, view_item
-from integration_status.exceptions import ConfigurationError, InvalidRequest, NotFound, Unauthorized
+from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
+from integration_status.envelopes import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
+from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
 from integration_status.fanout import FrameCache, StatusFrames, StreamHub
-from integration_status.models import IntegrationStatus, ProviderKey, StatusEnvelope, StatusUpdate
+from integration_status.models import IntegrationStatus, ProviderKey, StatusUpdate
 from integration_status.observability import HealthRecorder, Metrics, combine
 from integration_status.protocols import (
     ActionHandler,
@@ -45,7 +41,10 @@ from integration_status.protocols import (
     Subscription,
     Viewer,
 )
+from integration_status.settings import Settings
 from integration_status.web.webhooks import WebhookResolver, WebhookResult, handle_webhook
+
+__all__ = ["EVENT_PROVIDER", "Settings", "StatusResult", "StatusService", "validate_project_id"]
 
 #: Which provider's visibility applies to an event type.
 EVENT_PROVIDER: dict[str, ProviderKey] = {
@@ -57,84 +56,9 @@ EVENT_PROVIDER: dict[str, ProviderKey] = {
 
 _log = structlog.get_logger("integration_status.service")
 
-MAX_PROJECT_ID = 200
-
-#: A rendered envelope is reused for this long (seconds) by requests that see the same provider views with the
-#: same permissions. Relative times ("5 minutes ago") move in minutes, so this delays nothing a viewer can see
-#: by more than a second, and it spares hashing and JSON encoding on every poll.
-RENDER_BUCKET = 1.0
-RENDER_CACHE_SIZE = 1024
-
-
-@attrs.frozen(kw_only=True)
-class Settings:
-    """Tunables, with the defaults of SPEC.md. Times in seconds."""
-
-    cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
-    cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    adapter_timeout: float = attrs.field(
-        default=2.5, validator=[attrs.validators.gt(0), attrs.validators.le(30)]
-    )
-    deadline: float = attrs.field(default=0.45, validator=attrs.validators.gt(0))
-    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
-    action_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
-    rate_limit: int = attrs.field(default=5, validator=attrs.validators.ge(1))
-    rate_window: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    idempotency_ttl: float = attrs.field(default=86_400.0, validator=attrs.validators.gt(0))
-    heartbeat: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
-    sse_per_viewer: int = attrs.field(default=5, validator=attrs.validators.ge(1))
-    sse_per_process: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
-
-
-@attrs.frozen(kw_only=True)
-class StatusResult:
-    """The answer of :meth:`StatusService.status`: the viewer's envelope, its ETag header value, and whether the
-    client's ``If-None-Match`` matched (answer 304)."""
-
-    envelope: StatusEnvelope
-    etag: str
-    not_modified: bool
-    #: The envelope as compact UTF-8 JSON, encoded once (what the status endpoint sends).
-    body: bytes = b""
-
-
-@attrs.frozen(kw_only=True)
-class _Rendered:
-    # ``views`` keeps the snapshots alive, so the ``id()``s in this entry's key cannot be reused meanwhile.
-    views: tuple[ProviderView, ...]
-    envelope: StatusEnvelope
-    digest: str
-    etag: str
-    body: bytes
-    # The two answers for this envelope, built once (results are frozen, so requests may share them).
-    ok: StatusResult
-    not_modified: StatusResult
-
-
-def _same_views(a: Sequence[ProviderView], b: Sequence[ProviderView]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):  # noqa: SIM110 - faster than all() over a generator
-        if x is not y:
-            return False
-    return True
-
-
-def _envelope_body(envelope: StatusEnvelope) -> bytes:
-    return json.dumps(envelope.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
-
 
 async def _allow_members(viewer: Viewer, project_id: str) -> bool:
     return bool(viewer.roles_for(project_id))
-
-
-def validate_project_id(project_id: object) -> str:
-    """A project id is 1-200 printable characters; anything else is a 400 ``invalid_request``."""
-    if not isinstance(project_id, str) or not project_id:
-        raise InvalidRequest("projectId is required")
-    if len(project_id) > MAX_PROJECT_ID or not project_id.isprintable():
-        raise InvalidRequest(f"projectId must be 1-{MAX_PROJECT_ID} printable characters")
-    return project_id
 
 
 class StatusService:
@@ -214,13 +138,11 @@ class StatusService:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
-        self._rendered: LRUCache[tuple[Any, ...], _Rendered] = LRUCache(maxsize=RENDER_CACHE_SIZE)
+        self._envelopes = EnvelopeCache(clock=clock)
         #: Heartbeats and shutdown of every event stream, and the frames they share (see ``fanout``).
         self.streams = StreamHub(clock=clock, interval=self.settings.heartbeat, spawn=self._spawn)
         self._status_frames = StatusFrames(clock=clock, bucket=RENDER_BUCKET)
         self._event_frames = FrameCache()
-        # Per project: (views, grants, time bucket, envelope) of the last status answer, checked by identity.
-        self._last_rendered: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendered]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -316,57 +238,7 @@ class StatusService:
         project_id = connections.project_id
         views = await self.aggregator.collect(project_id, connections)
         grants = grants_for(self.policy, viewer, project_id, tuple([v.provider for v in views]))
-        bucket = int(self.clock.time() // RENDER_BUCKET)
-        # The last envelope of this project, when this request has the very same views (the aggregator hands
-        # out the same objects while the entries stay fresh) and the same (memoised) grants.
-        last = self._last_rendered.get(project_id)
-        if last is not None and last[1] is grants and last[2] == bucket and _same_views(last[0], views):
-            rendered = last[3]
-        else:
-            rendered = self._render_envelope(project_id, views, grants, bucket)
-            last_rendered = self._last_rendered
-            if project_id not in last_rendered and len(last_rendered) >= RENDER_CACHE_SIZE:
-                del last_rendered[next(iter(last_rendered))]
-            last_rendered[project_id] = (tuple(views), grants, bucket, rendered)
-        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
-        if if_none_match is None:
-            return rendered.ok
-        if if_none_match == rendered.etag or if_none_match_matches(if_none_match, rendered.digest):
-            return rendered.not_modified
-        return rendered.ok
-
-    def _render_envelope(
-        self, project_id: str, views: Sequence[ProviderView], grants: Grants, bucket: int
-    ) -> _Rendered:
-        key = (
-            project_id,
-            grants,
-            bucket,
-            tuple((id(v.snapshot), v.changed_at, v.stale, v.problem) for v in views),
-        )
-        rendered = self._rendered.get(key)
-        if rendered is None:
-            now = utcnow(self.clock)
-            items = tuple(
-                view_item(view, allowed=allowed, visibility=visibility, now=now)
-                for view, (allowed, visibility) in zip(views, grants, strict=True)
-            )
-            body = StatusEnvelope(project_id=project_id, items=items)
-            digest = compute_etag(body.to_json(with_hash=False))
-            envelope = attrs.evolve(body, hash=digest)
-            etag = format_etag(digest)
-            encoded = _envelope_body(envelope)
-            rendered = _Rendered(
-                views=tuple(views),
-                envelope=envelope,
-                digest=digest,
-                etag=etag,
-                body=encoded,
-                ok=StatusResult(envelope=envelope, etag=etag, not_modified=False, body=encoded),
-                not_modified=StatusResult(envelope=envelope, etag=etag, not_modified=True, body=encoded),
-            )
-            self._rendered[key] = rendered
-        return rendered
+        return self._envelopes.answer(project_id, views, grants, if_none_match)
 
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:
         """The four items of a project, as ``viewer`` sees them now."""
