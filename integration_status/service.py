@@ -42,7 +42,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.settings import Settings
-from integration_status.web.webhooks import WebhookResolver, WebhookResult, handle_webhook
+from integration_status.webhooks import WebhookResolver, WebhookResult, handle_webhook
 
 __all__ = ["EVENT_PROVIDER", "Settings", "StatusResult", "StatusService", "validate_project_id"]
 

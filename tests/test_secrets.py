@@ -27,7 +27,7 @@ from integration_status.protocols import (
 from integration_status.service import Settings, StatusService
 from integration_status.testing import StaticConnections
 from integration_status.web.starlette import create_app
-from integration_status.web.webhooks import WebhookTarget
+from integration_status.webhooks import WebhookTarget
 
 pytestmark = pytest.mark.anyio
 

@@ -63,7 +63,7 @@ from integration_status.protocols import RequestInfo
 from integration_status.service import StatusService
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
-from integration_status.web.webhooks import DEFAULT_MAX_BODY
+from integration_status.webhooks import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "IntegrationStatus"]
 

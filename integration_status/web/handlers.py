@@ -200,7 +200,7 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
 async def handle_webhook(
     service: StatusService, provider: str, request: RequestInfo, body: bytes
 ) -> Response:
-    """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``web.webhooks``)."""
+    """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``integration_status.webhooks``)."""
     try:
         result = await service.ingest_webhook(provider, request.headers, body)
     except BackendUnavailable as exc:

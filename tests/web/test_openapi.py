@@ -29,7 +29,7 @@ from integration_status.service import StatusService
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.openapi import ERROR_CODES, openapi_document, openapi_json
 from integration_status.web.starlette import create_app
-from integration_status.web.webhooks import WebhookTarget, sign_github
+from integration_status.webhooks import WebhookTarget, sign_github
 
 PREFIX = "/api/integrations"
 DOC = openapi_document(prefix=PREFIX)

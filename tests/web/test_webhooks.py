@@ -25,7 +25,7 @@ from integration_status.core.webhooks import (
 from integration_status.models import event_from_json
 from integration_status.protocols import Secret
 from integration_status.testing import FakeClock
-from integration_status.web.webhooks import (
+from integration_status.webhooks import (
     MemoryDeliveryLog,
     WebhookResult,
     WebhookTarget,
@@ -754,7 +754,7 @@ async def test_secrets_and_signatures_never_leak(clock: FakeClock, log: MemoryDe
 def test_webhooks_module_imports_no_web_framework() -> None:
     """Importing the webhook entry point pulls in neither starlette nor flask."""
     code = (
-        "import sys, integration_status.web.webhooks; "
+        "import sys, integration_status.webhooks; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'flask', 'httpx')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
