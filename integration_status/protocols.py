@@ -311,3 +311,11 @@ class EventBus(Protocol):
     def subscribe(
         self, project_id: str, *, last_event_id: str | None = None
     ) -> AbstractAsyncContextManager[Subscription]: ...
+
+
+class DeliveryLog(Protocol):
+    """Remembers delivery ids for replay protection (process memory, or a shared store for many workers)."""
+
+    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
+        """Record ``delivery_id`` for ``ttl`` seconds; True the first time, False while it is remembered."""
+        ...

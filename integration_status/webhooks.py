@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import structlog
-from cachetools import TLRUCache
 
+from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.core.webhooks import (
     WEBHOOK_PROVIDERS,
@@ -32,7 +32,7 @@ from integration_status.core.webhooks import (
     translate,
 )
 from integration_status.exceptions import InvalidModel
-from integration_status.protocols import Secret
+from integration_status.protocols import DeliveryLog, Secret
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -70,41 +70,6 @@ class WebhookTarget:
 #: ``sanity-project-id`` header. The body is not yet authenticated when the resolver sees it: look it up,
 #: never act on it.
 WebhookResolver: TypeAlias = Callable[[str, Mapping[str, str], Any], Awaitable[WebhookTarget | None]]
-
-
-class DeliveryLog(Protocol):
-    """Remembers delivery ids for replay protection (process memory, or a shared store for many workers)."""
-
-    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
-        """Record ``delivery_id`` for ``ttl`` seconds; True the first time, False while it is remembered."""
-        ...
-
-
-class MemoryDeliveryLog:
-    """A bounded in-process :class:`DeliveryLog` on the injected clock.
-
-    When more than ``maxsize`` ids are live, the least recently seen is forgotten first, so memory stays
-    bounded under a flood at the price of a shorter replay window for the oldest ids.
-    """
-
-    def __init__(self, *, clock: Clock, maxsize: int = 100_000) -> None:
-        # Each entry stores its own expiry, so one log serves callers with different TTLs.
-        self._seen: TLRUCache[str, float] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, expires, _now: expires, timer=clock.time
-        )
-        self._clock = clock
-
-    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
-        if delivery_id in self._seen:
-            return False
-        self._seen[delivery_id] = self._clock.time() + ttl
-        return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def __repr__(self) -> str:
-        return f"MemoryDeliveryLog(size={len(self._seen)}, maxsize={int(self._seen.maxsize)})"
 
 
 @attrs.frozen(kw_only=True)

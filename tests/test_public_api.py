@@ -50,3 +50,26 @@ def test_core_imports_no_transport() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_layers_only_import_downward() -> None:
+    """core imports only core and the bottom layer; adapters and backends never import the service or web."""
+    import ast
+    from pathlib import Path
+
+    package = Path(integration_status.__file__).parent
+    bottom = {"models", "snapshot", "protocols", "exceptions"}
+    allowed = {
+        "core": bottom | {"core"},
+        "adapters": bottom | {"core", "adapters"},
+        "backends": bottom | {"core", "backends"},
+    }
+    offenders = []
+    for layer, may in allowed.items():
+        for path in (package / layer).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("integration_status."):
+                    first = node.module.split(".")[1]  # type: ignore[union-attr]
+                    if first not in may:
+                        offenders.append(f"{layer}/{path.name} imports {node.module}")
+    assert offenders == []

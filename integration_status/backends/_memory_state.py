@@ -15,12 +15,13 @@ from typing import Literal
 import anyio
 import attrs
 import structlog
+from cachetools import TLRUCache
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.core.ratelimit import decide
 from integration_status.protocols import BeginResult, RateDecision, StoredResponse
 
-__all__ = ["MemoryIdempotencyStore", "MemoryRateLimiter"]
+__all__ = ["MemoryDeliveryLog", "MemoryIdempotencyStore", "MemoryRateLimiter"]
 
 
 @attrs.frozen(kw_only=True)
@@ -151,3 +152,30 @@ class MemoryRateLimiter:
 
     def __repr__(self) -> str:
         return f"MemoryRateLimiter(keys={len(self._logs)})"
+
+
+class MemoryDeliveryLog:
+    """A bounded in-process :class:`DeliveryLog` on the injected clock.
+
+    When more than ``maxsize`` ids are live, the least recently seen is forgotten first, so memory stays
+    bounded under a flood at the price of a shorter replay window for the oldest ids.
+    """
+
+    def __init__(self, *, clock: Clock, maxsize: int = 100_000) -> None:
+        # Each entry stores its own expiry, so one log serves callers with different TTLs.
+        self._seen: TLRUCache[str, float] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, expires, _now: expires, timer=clock.time
+        )
+        self._clock = clock
+
+    async def first_seen(self, delivery_id: str, ttl: float) -> bool:
+        if delivery_id in self._seen:
+            return False
+        self._seen[delivery_id] = self._clock.time() + ttl
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __repr__(self) -> str:
+        return f"MemoryDeliveryLog(size={len(self._seen)}, maxsize={int(self._seen.maxsize)})"

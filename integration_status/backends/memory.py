@@ -12,9 +12,12 @@ from typing import Self
 
 from integration_status.backends._memory_bus import MemoryEventBus
 from integration_status.backends._memory_cache import MemoryCacheStore
-from integration_status.backends._memory_state import MemoryIdempotencyStore, MemoryRateLimiter
+from integration_status.backends._memory_state import (
+    MemoryDeliveryLog,
+    MemoryIdempotencyStore,
+    MemoryRateLimiter,
+)
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
-from integration_status.webhooks import MemoryDeliveryLog
 
 __all__ = [
     "MemoryCacheStore",

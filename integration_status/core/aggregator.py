@@ -26,6 +26,7 @@ from integration_status.core.breaker import BreakerConfig, BreakerPhase, Circuit
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
 from integration_status.core.deadline import call_with_timeout
+from integration_status.core.metrics import NO_METRICS, FetchOutcome, Metrics
 from integration_status.core.policy import ProviderView
 from integration_status.exceptions import (
     BackendUnavailable,
@@ -34,7 +35,6 @@ from integration_status.exceptions import (
     ProviderUnavailable,
 )
 from integration_status.models import PROVIDERS, Problem, ProviderKey
-from integration_status.observability import NO_METRICS, FetchOutcome, Metrics
 from integration_status.protocols import (
     Adapter,
     CacheEntry,
