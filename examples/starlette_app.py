@@ -4,13 +4,17 @@
     python examples/starlette_app.py          # then open http://127.0.0.1:8000/
 
 The API is under /api/integrations (status, actions, events, webhooks/{provider}, openapi.json); the status
-bar page is served at /.
+bar page is served under /status-bar/ and / redirects there. The page is not mounted at / itself: a catch-all
+mount in the same router would answer the API's wrong-method requests (404/405 with ``Allow: GET, HEAD``)
+instead of the API routes' own 405 with ``Allow: POST``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
 import integration_status.web
@@ -48,8 +52,16 @@ service = StatusService(
     adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
     authenticator=authenticate,
 )
+
+
+async def index(request: Request) -> RedirectResponse:
+    """The status bar page (its scripts and styles are relative to it)."""
+    return RedirectResponse("/status-bar/?projectId=demo")
+
+
 app = create_app(service)  # runs the service's lifespan with the app
-app.mount("/", StaticFiles(directory=STATIC, html=True), name="status-bar")
+app.add_route("/", index, methods=["GET"])
+app.mount("/status-bar", StaticFiles(directory=STATIC, html=True), name="status-bar")
 
 if __name__ == "__main__":
     import uvicorn

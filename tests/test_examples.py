@@ -104,6 +104,10 @@ async def exercise_async(client: httpx.AsyncClient) -> None:
     assert json.loads(frame["data"])["projectId"] == "demo"
     document = await client.get(f"{PREFIX}/openapi.json")
     assert f"{PREFIX}/status" in document.json()["paths"]
+    # A wrong method gets the API route's own 405, not the status bar page's (no catch-all mount in the way).
+    wrong = await client.get(f"{PREFIX}/actions")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
     page = await client.get("/", follow_redirects=True)
     assert page.status_code == 200
     assert "<integration-status-bar" in page.text
