@@ -1,10 +1,12 @@
 """integration-status inside a FastAPI app, with simulated providers.
 
-    pip install 'integration-status[starlette,demo]' fastapi
+    pip install 'integration-status[starlette,prometheus,demo]' fastapi
     python examples/fastapi_app.py            # then open http://127.0.0.1:8000/
 
 A mounted app gets no lifespan events of its own, so the service's lifespan goes to the FastAPI app and the
 mounted integration-status app is created with ``lifespan=False`` and ``prefix=""`` (the mount adds the path).
+Prometheus metrics are served at /metrics (a route: the page's catch-all mount at / would hide a /metrics mount's
+redirect to /metrics/).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import integration_status.web
 from integration_status.core.clock import SYSTEM_CLOCK
 from integration_status.demo.simulated import World, simulated_adapters
 from integration_status.models import PROVIDERS
+from integration_status.observability import PrometheusMetrics
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service import StatusService
 from integration_status.web.starlette import create_app
@@ -44,13 +47,18 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
 
 
+metrics = PrometheusMetrics()  # its own registry; scraped at /metrics
 service = StatusService(
     connections=connections,
     adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
     authenticator=authenticate,
+    metrics=metrics,
 )
 app = FastAPI(lifespan=service.lifespan)
 app.mount("/api/integrations", create_app(service, prefix="", lifespan=False))
+app.add_route(
+    "/metrics", metrics.asgi_app(), methods=["GET"]
+)  # a route, not a mount: no redirect to /metrics/
 app.mount("/", StaticFiles(directory=STATIC, html=True), name="status-bar")
 
 if __name__ == "__main__":

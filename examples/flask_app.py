@@ -1,11 +1,12 @@
 """integration-status in a Flask app, with simulated providers.
 
-    pip install 'integration-status[flask]'
+    pip install 'integration-status[flask,prometheus]'
     python examples/flask_app.py              # then open http://127.0.0.1:8000/
 
 The extension runs the async service on its own event loop thread (an anyio blocking portal), started on the
 first request and stopped at exit. Each open event stream holds one server thread: serve with threads
 (``flask run`` and this dev server do; in production e.g. ``gunicorn --threads 32 examples.flask_app:app``).
+Prometheus metrics are served at /metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import integration_status.web
 from integration_status.core.clock import SYSTEM_CLOCK
 from integration_status.demo.simulated import World, simulated_adapters
 from integration_status.models import PROVIDERS
+from integration_status.observability import PrometheusMetrics
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service import StatusService
 from integration_status.web.flask import IntegrationStatus
@@ -45,14 +47,17 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
 
 
+metrics = PrometheusMetrics()  # its own registry; scraped at /metrics
 service = StatusService(
     connections=connections,
     adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
     authenticator=authenticate,
+    metrics=metrics,
 )
 app = Flask(__name__, static_folder=STATIC, static_url_path="/static")
 app.config["INTEGRATION_STATUS_PREFIX"] = "/api/integrations"  # the default
 integration_status_ext = IntegrationStatus(app, service=service)
+app.add_url_rule("/metrics", view_func=metrics.flask_view())
 
 
 @app.get("/")

@@ -1,22 +1,27 @@
 """integration-status in a Starlette app, with simulated providers.
 
-    pip install 'integration-status[starlette,demo]'
+    pip install 'integration-status[starlette,prometheus,demo]'
     python examples/starlette_app.py          # then open http://127.0.0.1:8000/
 
 The API is under /api/integrations (status, actions, events, webhooks/{provider}, openapi.json); the status
-bar page is served at /.
+bar page is served under /status-bar/ and / redirects there. The page is not mounted at / itself: a catch-all
+mount in the same router would answer the API's wrong-method requests (404/405 with ``Allow: GET, HEAD``)
+instead of the API routes' own 405 with ``Allow: POST``. Prometheus metrics are served at /metrics.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
 import integration_status.web
 from integration_status.core.clock import SYSTEM_CLOCK
 from integration_status.demo.simulated import World, simulated_adapters
 from integration_status.models import PROVIDERS
+from integration_status.observability import PrometheusMetrics
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service import StatusService
 from integration_status.web.starlette import create_app
@@ -43,13 +48,26 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
 
 
+metrics = PrometheusMetrics()  # its own registry; scraped at /metrics
 service = StatusService(
     connections=connections,
     adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
     authenticator=authenticate,
+    metrics=metrics,
 )
+
+
+async def index(request: Request) -> RedirectResponse:
+    """The status bar page (its scripts and styles are relative to it)."""
+    return RedirectResponse("/status-bar/?projectId=demo")
+
+
 app = create_app(service)  # runs the service's lifespan with the app
-app.mount("/", StaticFiles(directory=STATIC, html=True), name="status-bar")
+app.add_route("/", index, methods=["GET"])
+app.add_route(
+    "/metrics", metrics.asgi_app(), methods=["GET"]
+)  # a route, not a mount: no redirect to /metrics/
+app.mount("/status-bar", StaticFiles(directory=STATIC, html=True), name="status-bar")
 
 if __name__ == "__main__":
     import uvicorn

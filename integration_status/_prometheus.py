@@ -137,8 +137,10 @@ class PrometheusMetrics:
         return encoder(self.registry), content_type
 
     def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app serving the registry, e.g. ``Mount("/metrics", app=metrics.asgi_app())``."""
-        return self._client.make_asgi_app(registry=self.registry)  # type: ignore[no-any-return]
+        """An ASGI app serving the registry at any path: a route, e.g. ``Route("/metrics", metrics.asgi_app())``
+        or FastAPI's ``app.add_route("/metrics", metrics.asgi_app())``, or a mount (which answers at
+        ``/metrics/``; ``/metrics`` redirects there)."""
+        return _AsgiApp(self._client.make_asgi_app(registry=self.registry))
 
     def flask_view(self) -> Callable[[], tuple[bytes, int, dict[str, str]]]:
         """A Flask view function serving the registry (Flask is not imported here: a view may return a tuple),
@@ -271,3 +273,16 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         return self._metrics._families()
+
+
+class _AsgiApp:
+    """An ASGI app as an object rather than a function: Starlette's ``Route`` calls a function endpoint with a
+    request, but runs any other callable as an ASGI app, so the registry can be served at exactly ``/metrics``."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)

@@ -1,5 +1,6 @@
 """The examples run: each serves status -> 304 -> an action -> an event-stream snapshot on a real loopback
-server (uvicorn for the ASGI ones, werkzeug's threaded server for Flask), plus the status bar page."""
+server (uvicorn for the ASGI ones, werkzeug's threaded server for Flask), plus the status bar page and the
+Prometheus metrics at /metrics."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from werkzeug.serving import make_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PREFIX = "/api/integrations"
+#: The request-duration histogram's count for the status endpoint, as /metrics shows it.
+STATUS_DURATION = 'integration_status_request_duration_count{endpoint="status",provider="all"}'
 
 
 def load(name: str) -> ModuleType:
@@ -55,7 +58,8 @@ def test_examples_have_no_side_effects_on_import() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", ["starlette_app", "fastapi_app"])
 async def test_asgi_example_serves_the_api(name: str) -> None:
-    """Under uvicorn: 200 then 304, an action, a snapshot on the event stream, openapi paths and the page."""
+    """Under uvicorn: 200 then 304, an action, a snapshot on the event stream, openapi paths, the page and
+    /metrics (the status request's duration in it)."""
     module = load(name)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -76,9 +80,16 @@ async def test_asgi_example_serves_the_api(name: str) -> None:
 
 
 async def exercise_async(client: httpx.AsyncClient) -> None:
+    before = await client.get("/metrics")
+    assert before.status_code == 200
+    assert STATUS_DURATION not in before.text
     status = await client.get(f"{PREFIX}/status", params={"projectId": "demo"})
     assert status.status_code == 200
     assert len(status.json()["items"]) == 4
+    scrape = await client.get("/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    assert f"{STATUS_DURATION} 1.0" in scrape.text
     again = await client.get(
         f"{PREFIX}/status", params={"projectId": "demo"}, headers={"If-None-Match": status.headers["etag"]}
     )
@@ -104,13 +115,18 @@ async def exercise_async(client: httpx.AsyncClient) -> None:
     assert json.loads(frame["data"])["projectId"] == "demo"
     document = await client.get(f"{PREFIX}/openapi.json")
     assert f"{PREFIX}/status" in document.json()["paths"]
+    # A wrong method gets the API route's own 405, not the status bar page's (no catch-all mount in the way).
+    wrong = await client.get(f"{PREFIX}/actions")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
     page = await client.get("/", follow_redirects=True)
     assert page.status_code == 200
     assert "<integration-status-bar" in page.text
 
 
 def test_flask_example_serves_the_api() -> None:
-    """Under werkzeug's threaded server: 200 then 304, an action, a snapshot, openapi paths and the page."""
+    """Under werkzeug's threaded server: 200 then 304, an action, a snapshot, openapi paths, the page and
+    /metrics (the status request's duration in it)."""
     module = load("flask_app")
     server = make_server("127.0.0.1", 0, module.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
@@ -119,8 +135,12 @@ def test_flask_example_serves_the_api() -> None:
         with httpx.Client(
             base_url=f"http://127.0.0.1:{server.server_port}", headers={"X-Role": "owner"}
         ) as client:
+            assert STATUS_DURATION not in client.get("/metrics").text
             status = client.get(f"{PREFIX}/status", params={"projectId": "demo"})
             assert status.status_code == 200
+            scrape = client.get("/metrics")
+            assert scrape.status_code == 200
+            assert f"{STATUS_DURATION} 1.0" in scrape.text
             again = client.get(
                 f"{PREFIX}/status",
                 params={"projectId": "demo"},

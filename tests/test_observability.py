@@ -232,6 +232,21 @@ async def test_asgi_app_serves_the_registry() -> None:
     assert 'integration_status_responses_total{code="200",endpoint="status"} 1.0' in r.text
 
 
+@pytest.mark.anyio
+async def test_asgi_app_serves_at_an_exact_route() -> None:
+    """As a Starlette route the ASGI helper answers at /metrics itself (no redirect to /metrics/)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    metrics = PrometheusMetrics()
+    metrics.observe_request("status", 0.02, 200)
+    app = Starlette(routes=[Route("/metrics", metrics.asgi_app(), methods=["GET"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert "integration_status_request_duration_count" in r.text
+
+
 def test_flask_view_serves_the_registry() -> None:
     """The Flask view helper works as a plain view function."""
     flask = pytest.importorskip("flask")

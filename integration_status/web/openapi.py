@@ -15,7 +15,9 @@ import functools
 import json
 from typing import Any, Final
 
+from integration_status.core.idempotency import MAX_KEY_LENGTH
 from integration_status.models import EVENT_TYPES, PROBLEM_CODES, PROVIDERS, STATUSES
+from integration_status.snapshot import PROVIDER_ACTIONS
 
 __all__ = ["ERROR_CODES", "openapi_document", "openapi_json"]
 
@@ -33,6 +35,14 @@ ERROR_CODES: Final = (
     "unknown",
 )
 VERSION: Final = "0.1.0"
+#: A project id: 1-200 printable characters. The pattern excludes the C0 and C1 controls and DEL, which are never
+#: printable; the rest of ``str.isprintable`` (format, separator, private-use, unassigned) has no portable pattern.
+PROJECT_ID: Final = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+}
 
 Json = dict[str, Any]
 
@@ -51,7 +61,7 @@ def _obj(properties: Json, required: tuple[str, ...] = (), *, closed: bool = Tru
 
 def _schemas() -> Json:
     ts = {"type": "integer", "minimum": 0, "description": "Epoch milliseconds."}
-    project_id = {"type": "string", "minLength": 1, "maxLength": 200}
+    project_id = PROJECT_ID
     return {
         "ProviderKey": {"type": "string", "enum": list(PROVIDERS)},
         "Problem": _obj(
@@ -113,6 +123,14 @@ def _schemas() -> Json:
                 "payload": {"description": "Action-specific data."},
             },
             ("projectId", "provider", "action"),
+            # Each provider has its own actions: any other action id is a 400.
+            allOf=[
+                {
+                    "if": {"properties": {"provider": {"const": provider}}, "required": ["provider"]},
+                    "then": {"properties": {"action": {"enum": [a for a, _ in actions]}}},
+                }
+                for provider, actions in PROVIDER_ACTIONS.items()
+            ],
         ),
         "Error": _obj(
             {
@@ -229,6 +247,34 @@ def _schemas() -> Json:
             },
             ("type", "projectId", "items", "ts"),
         ),
+        "EventStreamFrame": {
+            "description": "One frame of the event stream, as an SSE parser reads it (OpenAPI 3.2's event "
+            "object): an event, whose data is an IntegrationEvent as JSON, or the refusal over the connection "
+            "caps (event `error` with a `retry` delay), after which the stream ends. Comments (`: connected`, "
+            "heartbeats) are not frames.",
+            "oneOf": [
+                _obj(
+                    {
+                        "id": {"type": "string", "minLength": 1, "description": "Resume with Last-Event-ID."},
+                        "event": {"type": "string", "enum": list(EVENT_TYPES)},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": _ref("IntegrationEvent"),
+                        },
+                    },
+                    ("event", "data"),
+                ),
+                _obj(
+                    {
+                        "event": {"const": "error"},
+                        "data": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds."},
+                    },
+                    ("event", "data", "retry"),
+                ),
+            ],
+        },
         "IntegrationEvent": {
             "oneOf": [_ref(name) for name in _EVENT_SCHEMAS.values()],
             "discriminator": {
@@ -272,14 +318,26 @@ def _headers() -> Json:
     }
 
 
+# The plain form: printable ASCII without a leading or trailing space, not opening with a quote. The quoted
+# form (RFC 8941 sf-string): a quote, the same key with " and \ escaped, a quote.
+_INNER: Final = MAX_KEY_LENGTH - 2  # between the first and the last character
+_PLAIN_KEY: Final = rf"[!#-~](?:[ -~]{{0,{_INNER}}}[!-~])?"
+_SF_CHAR: Final = r'(?:[!#-\[\]-~]|\\["\\])'
+_QUOTED_KEY: Final = rf'"{_SF_CHAR}(?:(?:{_SF_CHAR}|[ ]){{0,{_INNER}}}{_SF_CHAR})?"'
+_IDEMPOTENCY_KEY: Final = f"^(?:{_PLAIN_KEY}|{_QUOTED_KEY})$"
+
+
 def _parameters() -> Json:
     return {
         "projectId": {
             "name": "projectId",
             "in": "query",
             "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-            "description": "Missing or empty: 400.",
+            "schema": PROJECT_ID,
+            "description": "1-200 printable characters (Python's str.isprintable: no control, format, "
+            "private-use, unassigned or surrogate code points, no separator but the space); otherwise 400. "
+            "The pattern rules out the control characters; the other classes depend on the Unicode version "
+            "and have no portable pattern.",
         },
         "If-None-Match": {
             "name": "If-None-Match",
@@ -292,8 +350,9 @@ def _parameters() -> Json:
             "name": "Idempotency-Key",
             "in": "header",
             "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 257},
-            "description": "1-255 printable ASCII characters (or a quoted structured-field string). "
+            "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY, "maxLength": 2 * MAX_KEY_LENGTH + 2},
+            "description": "1-255 printable ASCII characters, neither starting nor ending with a space (or the "
+            'same key as a quoted structured-field string, escapes \\" and \\\\). '
             "Kept 24 h per (user, project, key).",
         },
         "Last-Event-ID": {
@@ -424,9 +483,10 @@ def _paths(prefix: str) -> Json:
                         "headers": _h("Cache-Control", "X-Accel-Buffering"),
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
-                                # OpenAPI 3.2's itemSchema, ahead of time: what each frame's data holds.
-                                "x-itemSchema": _ref("IntegrationEvent"),
+                                # Before OpenAPI 3.2, tools (schemathesis among them) read an event
+                                # stream's schema as that of each event; x-itemSchema is 3.2's itemSchema.
+                                "schema": _ref("EventStreamFrame"),
+                                "x-itemSchema": _ref("EventStreamFrame"),
                             }
                         },
                     },

@@ -4,17 +4,22 @@ Starlette mount really answers (bodies against the documented schemas, documente
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from integration_status.core.idempotency import parse_idempotency_key
+from integration_status.exceptions import InvalidRequest
 from integration_status.models import EVENT_TYPES
 from integration_status.protocols import (
     ActionContext,
@@ -25,7 +30,8 @@ from integration_status.protocols import (
     Secret,
     Viewer,
 )
-from integration_status.service import StatusService
+from integration_status.service import StatusService, validate_project_id
+from integration_status.snapshot import PROVIDER_ACTIONS
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.openapi import ERROR_CODES, openapi_document, openapi_json
 from integration_status.web.starlette import create_app
@@ -405,8 +411,11 @@ async def test_event_stream_matches_the_document(setup: Setup) -> None:
         assert name.lower() in headers
     assert "connection" not in headers
     event_schema = validator("/components/schemas/IntegrationEvent")
+    frame_schema = validator("/components/schemas/EventStreamFrame")
     kinds = []
     for frame in snapshot_frames + replayed:
+        errors = list(frame_schema.iter_errors(frame))
+        assert not errors, f"{frame}: {errors[0].message}"
         data = json.loads(frame["data"])
         errors = list(event_schema.iter_errors(data))
         assert not errors, f"{data}: {errors[0].message}"
@@ -419,9 +428,8 @@ async def test_event_stream_matches_the_document(setup: Setup) -> None:
         "sanity:webhook",
         "github:push",
     }
-    assert spec["content"]["text/event-stream"]["x-itemSchema"] == {
-        "$ref": "#/components/schemas/IntegrationEvent"
-    }
+    media = spec["content"]["text/event-stream"]
+    assert media["schema"] == media["x-itemSchema"] == {"$ref": "#/components/schemas/EventStreamFrame"}
 
 
 @pytest.mark.anyio
@@ -436,3 +444,75 @@ async def test_event_stream_errors_match_the_document(setup: Setup) -> None:
         r = await client.get("/events", params=params, headers=headers)
         assert r.status_code == status
         check(r, "get", f"{PREFIX}/events")
+
+
+# --- the request rules, as the server applies them -----------------------------------------------------------
+
+KEY_PATTERN = re.compile(DOC["components"]["parameters"]["Idempotency-Key"]["schema"]["pattern"])
+PROJECT_ID_PATTERN = re.compile(DOC["components"]["parameters"]["projectId"]["schema"]["pattern"])
+
+
+def _key_accepted(value: str) -> bool:
+    try:
+        parse_idempotency_key(value)
+    except InvalidRequest:
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        st.text(st.characters(min_codepoint=0x1F, max_codepoint=0x80), max_size=300),
+        st.from_regex(KEY_PATTERN, fullmatch=True),
+        st.from_regex(r'"[ -~]{0,300}"', fullmatch=True),
+    )
+)
+def test_idempotency_key_pattern_is_the_servers_rule(value: str) -> None:
+    """The documented Idempotency-Key pattern matches exactly the keys the server accepts (surrounding spaces
+    are HTTP's optional whitespace, stripped before either applies)."""
+    assume(value == value.strip(" \t"))
+    assert bool(KEY_PATTERN.fullmatch(value)) == _key_accepted(value)
+    assert len(value) <= DOC["components"]["parameters"]["Idempotency-Key"]["schema"]["maxLength"] or not (
+        _key_accepted(value)
+    )
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_project_id_pattern_admits_every_accepted_id(value: str) -> None:
+    """Every projectId the server accepts matches the documented pattern; the controls it excludes are refused."""
+    try:
+        validate_project_id(value)
+    except InvalidRequest:
+        accepted = False
+    else:
+        accepted = True
+    if accepted:
+        assert PROJECT_ID_PATTERN.fullmatch(value)
+    if not PROJECT_ID_PATTERN.fullmatch(value):
+        assert not accepted
+
+
+def test_action_request_lists_each_providers_actions() -> None:
+    """ActionRequest admits exactly the action ids of the named provider (any other is the server's 400)."""
+    check_request = validator("/components/schemas/ActionRequest")
+    every = {action for actions in PROVIDER_ACTIONS.values() for action, _ in actions}
+    for provider, actions in PROVIDER_ACTIONS.items():
+        own = {action for action, _ in actions}
+        for action in every | {"launch-rockets"}:
+            body = {"projectId": "p", "provider": provider, "action": action}
+            assert check_request.is_valid(body) == (action in own), (provider, action)
+
+
+@pytest.mark.anyio
+async def test_refused_stream_frame_matches_the_document(setup: Setup) -> None:
+    """Over the connection cap, the single `error` frame with its retry delay is a documented frame."""
+    _, service, _ = setup
+    app = create_app(service, lifespan=False)
+    while service.sse_connections.acquire("u1"):  # the viewer of header_auth
+        pass
+    status, _, frames = await sse_frames(app, b"projectId=p", 1)
+    assert status == 200
+    assert frames == [{"event": "error", "retry": "30000", "data": "too many connections"}]
+    refusal = {"event": "error", "retry": 30000, "data": frames[0]["data"]}
+    errors = list(validator("/components/schemas/EventStreamFrame").iter_errors(refusal))
+    assert not errors, errors[0].message
