@@ -97,14 +97,24 @@ class EnvelopeCache:
         # The last envelope of this project, when this request has the very same views (the aggregator hands
         # out the same objects while the entries stay fresh) and the same (memoised) grants.
         last = self._last_rendered.get(project_id)
-        if last is not None and last[1] is grants and last[2] == bucket and _same_views(last[0], views):
+        if (
+            last is not None
+            and last[1] is grants
+            and last[2] == bucket
+            and (last[0] is views or _same_views(last[0], views))
+        ):
             rendered = last[3]
         else:
             rendered = self._render(project_id, views, grants, bucket)
             last_rendered = self._last_rendered
             if project_id not in last_rendered and len(last_rendered) >= self._size:
                 del last_rendered[next(iter(last_rendered))]
-            last_rendered[project_id] = (tuple(views), grants, bucket, rendered)
+            last_rendered[project_id] = (
+                views if isinstance(views, tuple) else tuple(views),
+                grants,
+                bucket,
+                rendered,
+            )
         # The common revalidation sends back exactly the tag it got: compare before parsing the header.
         if if_none_match is None:
             return rendered.ok

@@ -26,7 +26,7 @@ from integration_status.core.policy import Policy, ProviderView, RolePolicy, gra
 from integration_status.envelopes import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
 from integration_status.fanout import FrameCache, StatusFrames, StreamHub
-from integration_status.models import IntegrationStatus, ProviderKey, StatusUpdate
+from integration_status.models import PROVIDERS, IntegrationStatus, ProviderKey, StatusUpdate
 from integration_status.observability import HealthRecorder, Metrics, combine
 from integration_status.protocols import (
     ActionHandler,
@@ -237,7 +237,7 @@ class StatusService:
         connections = await self.project(project_id, viewer)
         project_id = connections.project_id
         views = await self.aggregator.collect(project_id, connections)
-        grants = grants_for(self.policy, viewer, project_id, tuple([v.provider for v in views]))
+        grants = grants_for(self.policy, viewer, project_id, PROVIDERS)  # views come in PROVIDERS order
         return self._envelopes.answer(project_id, views, grants, if_none_match)
 
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:
@@ -348,7 +348,7 @@ class StatusService:
         """:meth:`snapshot_event` encoded as an SSE frame with ``event_id``, and the items it carries. Viewers
         with the same permissions share the rendering and the bytes."""
         project_id = connections.project_id
-        views = tuple(await self.aggregator.collect(project_id, connections))
+        views = await self.aggregator.collect(project_id, connections)
         policy = self.policy
         grants = tuple(
             (

@@ -177,8 +177,9 @@ class Aggregator:
             self._breakers[key] = breaker
         return breaker
 
-    async def collect(self, project_id: str, connections: ProjectConnections) -> list[ProviderView]:
-        """Four views in :data:`PROVIDERS` order, within the deadline whatever the providers do."""
+    async def collect(self, project_id: str, connections: ProjectConnections) -> tuple[ProviderView, ...]:
+        """Four views in :data:`PROVIDERS` order, within the deadline whatever the providers do. While a
+        project's entries stay fresh in a process-local store, the very same tuple is handed out again."""
         cache = self._cache
         local = cache.local
         if local:
@@ -187,7 +188,7 @@ class Aggregator:
             if known is not None and known[0] == generation and self._clock.time() < known[1]:
                 for _ in PROVIDERS:
                     self._metrics.cache("hit")
-                return list(known[2])
+                return known[2]
             valid_until = float("inf")
         started = self._clock.monotonic()
         views: dict[ProviderKey, ProviderView] = {}
@@ -210,9 +211,9 @@ class Aggregator:
                     connection = None  # linked, but the host configured no adapter for it
                 pending.append((provider, key, connection, entry))
         if not pending:
-            collected = [views[p] for p in PROVIDERS]
+            collected = tuple([views[p] for p in PROVIDERS])
             if local and cache.generation == generation:  # nothing was written while we read
-                self._remember_fresh(project_id, (generation, valid_until, tuple(collected)))
+                self._remember_fresh(project_id, (generation, valid_until, collected))
             return collected
 
         results: dict[ProviderKey, CacheEntry | ProviderError] = {}
@@ -271,7 +272,7 @@ class Aggregator:
                 self._metrics.cache("stale")
                 code = None if problem is None else problem.code
                 _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
-        return [views[p] for p in PROVIDERS]
+        return tuple([views[p] for p in PROVIDERS])
 
     def _remember_fresh(self, project_id: str, known: tuple[int, float, tuple[ProviderView, ...]]) -> None:
         fresh = self._fresh_views
