@@ -21,7 +21,7 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.events import redact_event
-from integration_status.core.idempotency import IdempotencyGuard
+from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
 from integration_status.envelopes import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
@@ -55,6 +55,9 @@ EVENT_PROVIDER: dict[str, ProviderKey] = {
 }
 
 _log = structlog.get_logger("integration_status.service")
+
+#: Seconds an idempotency lease outlives the action timeout (the answer still has to be stored).
+LEASE_MARGIN = 30.0
 
 
 async def _allow_members(viewer: Viewer, project_id: str) -> bool:
@@ -126,7 +129,11 @@ class StatusService:
             metrics=self.metrics,
         )
         self.idempotency = IdempotencyGuard(
-            self.engine.idempotency, clock=clock, keep_for=self.settings.idempotency_ttl
+            self.engine.idempotency,
+            clock=clock,
+            keep_for=self.settings.idempotency_ttl,
+            # The in-flight lease must outlive the longest action, or a retry could run it a second time.
+            lease=max(DEFAULT_LEASE, self.settings.action_timeout + LEASE_MARGIN),
         )
         self.actions = ActionRunner(self, overrides=action_handlers)
         self.sse_connections = ConnectionLimiter(
@@ -201,7 +208,12 @@ class StatusService:
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
-            await fn()
+            # One failing background job (a refresh after an action, a deploy being followed) must not cancel
+            # the task group that every request relies on: log its kind and go on.
+            try:
+                await fn()
+            except Exception as exc:
+                _log.warning("integration_status.service.background_failed", error=type(exc).__name__)
 
         self._require_running().start_soon(run)
 

@@ -4,8 +4,9 @@ A mount reads the raw body (at most ``max_body + 1`` bytes), calls :func:`handle
 ``result.status`` with ``result.body`` as JSON, publishes ``result.events`` to the project's event bus and,
 when ``result.invalidate`` is set, drops the provider's cached status for ``result.project_id``.
 
-Order of checks: provider (404) -> body size (413) -> JSON (400) -> integration (404) -> signature over the
-raw body (401) -> timestamp (401, Sanity) -> payload fields (400) -> replay (200 ``duplicate``, no events).
+Order of checks: provider (404) -> body size (413) -> JSON (400) -> integration (401, the same answer as a
+bad signature, so an unsigned request cannot probe which integrations exist) -> signature over the raw body
+(401) -> timestamp (401, Sanity) -> payload fields (400) -> replay (200 ``duplicate``, no events).
 The body is parsed before it is authenticated because the integration (and so the secret) is found from it;
 nothing is acted on before the signature holds.
 """
@@ -25,7 +26,7 @@ from integration_status.core.webhooks import (
     WEBHOOK_PROVIDERS,
     WebhookProvider,
     check_signature,
-    delivery_id,
+    delivery_keys,
     sign_github,
     sign_sanity,
     sign_vercel,
@@ -138,7 +139,8 @@ async def handle_webhook(
 
     target = await resolve(name, lowered, payload)
     if target is None:
-        return _reject(name, 404, "not_found", "Unknown integration", "unknown_integration")
+        # The same answer as a bad signature: an unsigned request must not learn which integrations exist.
+        return _reject(name, 401, "unauthorized", "Invalid webhook signature", "unknown_integration")
 
     now = clock.time()
     reason = check_signature(name, target.secret.reveal(), lowered, body, now=now, tolerance=tolerance)
@@ -152,10 +154,12 @@ async def handle_webhook(
         translation = translate(name, lowered, payload, project_id=target.project_id, ts=epoch_ms(clock))
     except InvalidModel as exc:
         return _reject(name, 400, "invalid_request", f"Malformed {name} webhook: {exc}", "malformed_payload")
-    key = delivery_id(name, lowered, payload)
-    if key is None:
+    keys = delivery_keys(name, lowered, payload, body)
+    if keys is None:
         return _reject(name, 400, "invalid_request", "Missing webhook delivery id", "missing_delivery_id")
-    if not await deliveries.first_seen(f"{name}:{key}", replay_ttl):
+    # Every key is recorded (no short cut), so each covers the next replay too.
+    seen = [await deliveries.first_seen(f"{name}:{key}", replay_ttl) for key in keys]
+    if not all(seen):
         _log().info("integration_status.webhook.duplicate", provider=name, kind=translation.kind)
         return WebhookResult(
             status=200, provider=name, project_id=target.project_id, body={"ok": True, "duplicate": True}

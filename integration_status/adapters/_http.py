@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json as _json
+import logging
 from collections.abc import AsyncGenerator, Mapping
 from importlib import metadata as _metadata
 from typing import Any, Final, cast
@@ -35,6 +36,31 @@ from integration_status.exceptions import (
 from integration_status.protocols import Secret
 
 __all__ = ["HttpClient", "JsonResponse", "classify_response", "default_user_agent"]
+
+
+class _SecretUrls(logging.Filter):
+    """httpx logs every request line, URL included, at INFO through the standard ``httpx`` logger. A URL that
+    is itself a credential (a Vercel deploy hook) is shown there as scheme and host only while it is in use.
+    A filter on httpx's logger, not a logging configuration: hosts keep configuring logging as they like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.urls and isinstance(record.args, tuple):
+            record.args = tuple(self._hide(arg) for arg in record.args)
+        return True
+
+    def _hide(self, arg: object) -> object:
+        if isinstance(arg, str | httpx.URL) and str(arg) in self.urls:
+            url = httpx.URL(str(arg))
+            return f"{url.scheme}://{url.host}/…"
+        return arg
+
+
+_SECRET_URLS = _SecretUrls()
+logging.getLogger("httpx").addFilter(_SECRET_URLS)
 
 _log = structlog.get_logger()
 
@@ -246,7 +272,7 @@ class HttpClient:
         self,
         provider: str,
         method: str,
-        url: str,
+        url: str | Secret,
         *,
         token: Secret | None,
         headers: Mapping[str, str] | None = None,
@@ -313,7 +339,7 @@ class HttpClient:
         self,
         provider: str,
         method: str,
-        url: str,
+        url: str | Secret,
         *,
         token: Secret | None,
         headers: Mapping[str, str] | None,
@@ -374,7 +400,7 @@ class HttpClient:
         self,
         provider: str,
         method: str,
-        url: str,
+        url: str | Secret,
         headers: Mapping[str, str],
         params: Mapping[str, str] | list[tuple[str, str]] | None,
         json: Any,
@@ -385,10 +411,15 @@ class HttpClient:
         Authorization header)."""
         mapped: ProviderError | None = None
         got_headers = False
+        hidden: str | None = None
         try:
+            target = url.reveal() if isinstance(url, Secret) else url
             request = self._client.build_request(
-                method, url, headers=headers, params=cast(Any, params), json=json, timeout=limits
+                method, target, headers=headers, params=cast(Any, params), json=json, timeout=limits
             )
+            if isinstance(url, Secret):  # a URL that is a credential: keep it out of httpx's log line
+                hidden = str(request.url)
+                _SECRET_URLS.urls.add(hidden)
             response = await self._client.send(request, stream=True, follow_redirects=method.upper() == "GET")
             got_headers = True
             try:
@@ -427,6 +458,14 @@ class HttpClient:
             )
         except httpx.InvalidURL:
             mapped = ProviderUnavailable(f"{provider}: invalid URL", provider=provider)
+        except (httpx.RequestError, httpx.TooManyRedirects, httpx.StreamError) as exc:
+            # e.g. a body that does not decode as its Content-Encoding says, or a redirect loop
+            mapped = ProviderUnavailable(
+                f"{provider}: bad response ({type(exc).__name__})", provider=provider
+            )
+        finally:
+            if hidden is not None:
+                _SECRET_URLS.urls.discard(hidden)
         if mapped is not None:
             raise mapped
         return response.status_code, resp_headers, b"".join(chunks)

@@ -242,7 +242,7 @@ class VercelAdapter:
         if hook is not None:
             # A deploy hook needs no token; it answers with a job, not a deployment id (found while polling).
             await self._http.request_json(
-                _PROVIDER, "POST", hook.reveal(), token=None, timeout=ctx.timeout, clock=ctx.clock
+                _PROVIDER, "POST", hook, token=None, timeout=ctx.timeout, clock=ctx.clock
             )
         else:
             ref = connection.settings.get("project", "").strip()

@@ -306,16 +306,17 @@ class Aggregator:
             ctx = FetchContext(
                 clock=self._clock, timeout=self._config.adapter_timeout, started=started, previous=previous
             )
+            # Our own errors are raised outside the ``except`` blocks: an adapter's exception (which may hold
+            # a request with its credentials) must not travel on as ``__context__``.
+            failure: ProviderError | None = None
             try:
                 snapshot = await call_with_timeout(
                     self._clock, self._config.adapter_timeout, lambda: adapter.fetch(connection, ctx)
                 )
             except TimeoutError:
-                exc: ProviderError = ProviderTimeout(
+                failure = ProviderTimeout(
                     f"{provider} did not answer within {self._config.adapter_timeout:g}s", provider=provider
                 )
-                self._failed(key, breaker, exc, started)
-                raise exc from None
             except ProviderError as exc:
                 self._failed(key, breaker, exc, started)
                 raise
@@ -325,9 +326,10 @@ class Aggregator:
                     provider=provider,
                     error=type(exc).__name__,
                 )
-                wrapped = ProviderUnavailable(f"{provider} adapter failed", provider=provider)
-                self._failed(key, breaker, wrapped, started)
-                raise wrapped from None
+                failure = ProviderUnavailable(f"{provider} adapter failed", provider=provider)
+            if failure is not None:
+                self._failed(key, breaker, failure, started)
+                raise failure
             took = self._clock.monotonic() - started
             breaker.record(success=True, duration=took)
             self._metrics.observe_fetch(provider, took, "ok")

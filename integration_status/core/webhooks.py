@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import re
 from collections.abc import Mapping
@@ -185,6 +186,8 @@ def delivery_id(provider: WebhookProvider, headers: Mapping[str, str], payload: 
     the ``idempotency-key`` header; without it, ``sanity-transaction-id`` + ``sanity-document-id``; without
     those, the signature value itself (so at least a byte-identical replay is caught). ``sanity-webhook-id``
     names the webhook configuration, not a delivery, so it is never used alone.
+
+    Headers are not covered by the signatures: see :func:`delivery_keys` for what replay protection records.
     """
     if provider == "github":
         return headers.get(GITHUB_DELIVERY_HEADER) or None
@@ -198,6 +201,31 @@ def delivery_id(provider: WebhookProvider, headers: Mapping[str, str], payload: 
         return f"{transaction}/{document}"
     signature = headers.get(SANITY_SIGNATURE_HEADER)
     return f"sig:{signature.strip()}" if signature else None
+
+
+def delivery_keys(
+    provider: WebhookProvider, headers: Mapping[str, str], payload: Any, body: bytes
+) -> tuple[str, ...] | None:
+    """What replay protection records for one verified delivery; it is a duplicate when any key was seen.
+
+    The first key covers only signed content, so a captured delivery resent with a forged delivery-id header
+    is still caught: GitHub signs the body (its redeliveries repeat it byte for byte), Sanity signs
+    ``"<t>.<body>"``, Vercel's delivery ``id`` is inside the signed body. The second, the provider's delivery
+    id (:func:`delivery_id`), catches retries that are re-signed (Sanity signs each retry with a new ``t``).
+    None when the provider's delivery id is missing (the request is malformed).
+    """
+    named = delivery_id(provider, headers, payload)
+    if named is None:
+        return None
+    if provider == "vercel":
+        return (f"id:{named}",)
+    if provider == "github":
+        signed = hashlib.sha256(body).hexdigest()
+    else:
+        parsed = parse_sanity_signature(headers.get(SANITY_SIGNATURE_HEADER, ""))
+        stamp = parsed[0] if parsed is not None else ""
+        signed = hashlib.sha256(f"{stamp}.".encode() + body).hexdigest()
+    return (f"signed:{signed}", f"id:{named}")
 
 
 # --- translation --------------------------------------------------------------------------------------------

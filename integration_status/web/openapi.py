@@ -535,8 +535,12 @@ def _paths(prefix: str) -> Json:
                         "content": _json(_ref("WebhookResponse")),
                     },
                     "400": _error("Malformed JSON or payload.", "invalid_request"),
-                    "401": _error("Missing or bad signature, or a stale timestamp.", "unauthorized"),
-                    "404": _error("Unknown provider or integration.", "not_found"),
+                    "401": _error(
+                        "Missing or bad signature, a stale timestamp, or an unknown integration (the same "
+                        "answer, so integrations cannot be probed).",
+                        "unauthorized",
+                    ),
+                    "404": _error("Unknown provider.", "not_found"),
                     "413": _error("Body larger than 1 MiB.", "invalid_request"),
                 },
             }

@@ -322,3 +322,46 @@ def test_respond_helper_round_trips(payload: Any) -> None:
     resp = respond(payload("supabase/error_429_rate_limited"))
     assert resp.status_code == 429
     assert resp.headers["x-ratelimit-reset"] == "37"
+
+
+@pytest.mark.anyio
+async def test_undecodable_body_is_unavailable_and_keeps_no_request() -> None:
+    """A body that is not what its Content-Encoding says maps to unknown, carrying no httpx context (and so no
+    request with its Authorization header) in __cause__ or __context__."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip at all")
+
+    async with HttpClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(ProviderUnavailable) as caught:
+            await http.request_json(
+                "github",
+                "POST",
+                "https://api.github.com/x",
+                token=Secret("ghp_SECRET"),
+                timeout=2,
+                clock=SYSTEM_CLOCK,
+            )
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+    assert "ghp_SECRET" not in repr(caught.value)
+
+
+@pytest.mark.anyio
+async def test_a_secret_url_stays_out_of_httpx_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """httpx logs each request line at INFO; a URL passed as a Secret (a deploy hook) shows as host only."""
+    hook = "https://api.vercel.com/v1/integrations/deploy/prj_1/HOOKSECRET"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"job": {"id": "j"}})
+
+    caplog.set_level("INFO", logger="httpx")
+    async with HttpClient(transport=httpx.MockTransport(handler)) as http:
+        await http.request_json("vercel", "POST", Secret(hook), token=None, timeout=2, clock=SYSTEM_CLOCK)
+        await http.request_json(
+            "vercel", "GET", "https://api.vercel.com/v2/user", token=None, timeout=2, clock=SYSTEM_CLOCK
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("https://api.vercel.com/…" in line for line in lines)
+    assert any("/v2/user" in line for line in lines)  # ordinary URLs are logged as they are
+    assert not any("HOOKSECRET" in line for line in lines)

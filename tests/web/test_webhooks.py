@@ -569,6 +569,33 @@ async def test_sanity_retry_with_new_signature_is_duplicate(clock: FakeClock, lo
     assert (await deliver("sanity", retry_headers, retry_body, clock, log)).body["duplicate"] is True
 
 
+@pytest.mark.anyio
+async def test_a_resent_github_delivery_with_a_new_delivery_header_is_still_a_duplicate(
+    clock: FakeClock, log: MemoryDeliveryLog
+) -> None:
+    """X-GitHub-Delivery is not signed: a captured delivery resent under a forged GUID is caught by its signed
+    body and publishes nothing."""
+    headers, body = github_request(GITHUB_PUSH)
+    assert len((await deliver("github", headers, body, clock, log)).events) == 1
+    forged = {**headers, "X-GitHub-Delivery": "00000000-forged"}
+    again = await deliver("github", forged, body, clock, log)
+    assert again.body == {"ok": True, "duplicate": True}
+    assert again.events == ()
+
+
+@pytest.mark.anyio
+async def test_a_resent_sanity_delivery_with_a_new_idempotency_key_is_still_a_duplicate(
+    clock: FakeClock, log: MemoryDeliveryLog
+) -> None:
+    """Sanity's idempotency-key header is not signed: a captured delivery resent with another key (same signed
+    timestamp and body) is caught and publishes nothing."""
+    headers, body = sanity_request(SANITY_DOCUMENT, clock)
+    assert len((await deliver("sanity", headers, body, clock, log)).events) == 1
+    forged = {**headers, "idempotency-key": "forged-key"}
+    again = await deliver("sanity", forged, body, clock, log)
+    assert again.body == {"ok": True, "duplicate": True}
+
+
 def test_sanity_delivery_id_fallbacks() -> None:
     """Without idempotency-key, Sanity deliveries are keyed by transaction + document, then by signature."""
     headers = {k: v for k, v in SANITY_HEADERS.items() if k != "idempotency-key"}
@@ -620,12 +647,18 @@ async def test_default_body_cap_is_one_mebibyte(clock: FakeClock, log: MemoryDel
 
 
 @pytest.mark.anyio
-async def test_unknown_integration_is_404(clock: FakeClock, log: MemoryDeliveryLog) -> None:
-    """When the resolver knows no integration the delivery answers 404; it saw lower-case headers and JSON."""
+async def test_unknown_integration_answers_like_a_bad_signature(
+    clock: FakeClock, log: MemoryDeliveryLog
+) -> None:
+    """When the resolver knows no integration the delivery answers exactly as a bad signature does (401), so
+    unsigned requests cannot probe which integrations exist; the resolver saw lower-case headers and JSON."""
     payload = {**GITHUB_PUSH, "repository": {**GITHUB_PUSH["repository"], "full_name": "someone/else"}}
     headers, body = github_request(payload)
     resolver = Resolver()
-    assert_rejected(await deliver("github", headers, body, clock, log, resolver=resolver), 404, "not_found")
+    unknown = await deliver("github", headers, body, clock, log, resolver=resolver)
+    assert_rejected(unknown, 401, "unauthorized")
+    forged = await deliver("github", {**headers, **sign_github("wrong", body)}, body, clock, log)
+    assert unknown.body == forged.body
     ((provider, seen_headers, seen_body),) = resolver.calls
     assert provider == "github"
     assert seen_headers["x-github-event"] == "push"

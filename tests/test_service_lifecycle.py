@@ -1,0 +1,68 @@
+"""The service stays up whatever its background work does, and idempotency leases outlive the actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from integration_status.exceptions import BackendUnavailable, IdempotencyConflict
+from integration_status.protocols import (
+    ActionContext,
+    ActionOutcome,
+    ActionRequest,
+    ProviderConnection,
+    Viewer,
+)
+from integration_status.service import Settings, StatusService
+from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections
+
+pytestmark = pytest.mark.anyio
+OWNER = Viewer(user_id="u", roles={"owner"})
+DEPLOY = {"projectId": "p", "provider": "vercel", "action": "deploy"}
+
+
+async def test_a_failing_background_job_does_not_stop_the_service() -> None:
+    """A background job that raises (a store outage during a refresh) is logged; requests keep working."""
+    service = StatusService(connections=StaticConnections.linked("p", "github"), clock=FakeClock())
+    async with service:
+
+        async def broken() -> None:
+            raise BackendUnavailable("store down")
+
+        service.spawn(broken)
+        await anyio.wait_all_tasks_blocked()
+        assert service.running
+        result = await service.status("p", OWNER)
+    assert len(result.envelope.items) == 4
+
+
+async def test_the_lease_outlives_a_long_action_timeout() -> None:
+    """With action_timeout=120 s, a retry with the same key 61 s into a 90 s action is a 409, never a second
+    run."""
+    clock = FakeClock()
+    runs = 0
+
+    async def slow_deploy(request: ActionRequest, connection: ProviderConnection, ctx: ActionContext) -> Any:
+        nonlocal runs
+        runs += 1
+        await ctx.clock.sleep(90)
+        return ActionOutcome(operation_id=ctx.operation_id)
+
+    service = StatusService(
+        connections=StaticConnections.linked("p", "vercel"),
+        adapters=[ScriptedAdapter("vercel")],
+        action_handlers={("vercel", "deploy"): slow_deploy},
+        settings=Settings(action_timeout=120),
+        clock=clock,
+    )
+    async with service, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: service.act(OWNER, DEPLOY, idempotency_key="same"))
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(61)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(IdempotencyConflict):
+            await service.act(OWNER, DEPLOY, idempotency_key="same")
+        clock.advance(30)
+    assert runs == 1
