@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Final
+from datetime import datetime
 
 import anyio
 import attrs
@@ -46,8 +45,6 @@ from integration_status.snapshot import ProviderSnapshot, Segment
 
 _log = structlog.get_logger("integration_status.aggregator")
 
-#: updatedAt of an item that has never had content (stable, so it never moves the ETag).
-NEVER: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def cache_key(project_id: str, provider: ProviderKey) -> str:
@@ -97,7 +94,7 @@ def problem_of(exc: ProviderError) -> Problem:
 
 
 def fallback_view(
-    provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, now: datetime
+    provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, since: datetime
 ) -> ProviderView:
     """The pure fallback rule of SPEC.md "Provider status rules" for a provider whose refresh did not succeed.
 
@@ -106,10 +103,12 @@ def fallback_view(
     - any other failure without one: ``status: error``
     - no answer yet (``problem`` None) with a last good value: that value, ``stale: true``
     - no answer yet on a cold start: the placeholder
+
+    ``since`` is when this error or placeholder was first shown: its ``updatedAt``, so that a provider which
+    keeps failing the same way keeps its ETag.
     """
     if problem is not None and problem.code == "oauth_revoked":
-        changed = datetime.fromtimestamp(entry.error_at, tz=UTC) if entry and entry.error_at else now
-        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=changed)
+        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=since)
     if entry is not None:
         return ProviderView(
             provider=provider,
@@ -119,10 +118,10 @@ def fallback_view(
             problem=problem,
         )
     if problem is not None:
-        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=now)
+        return ProviderView(provider=provider, snapshot=error_snapshot(provider, problem), changed_at=since)
     snapshot = placeholder_snapshot(provider)
     return ProviderView(
-        provider=provider, snapshot=snapshot, changed_at=NEVER, stale=True, problem=snapshot.problem
+        provider=provider, snapshot=snapshot, changed_at=since, stale=True, problem=snapshot.problem
     )
 
 
@@ -154,6 +153,10 @@ class Aggregator:
         self._breakers: LRUCache[str, CircuitBreaker] = LRUCache(maxsize=self._config.max_breakers)
         # The last failure a breaker saw, to explain an open breaker with no cached value.
         self._last_problem: LRUCache[str, Problem] = LRUCache(maxsize=self._config.max_breakers)
+        # When each fallback state (an error or a placeholder without a usable value) was first shown.
+        self._fallback_since: LRUCache[str, tuple[tuple[object, ...], datetime]] = LRUCache(
+            maxsize=self._config.max_breakers
+        )
         # Per project, with a process-local cache store only: (cache generation, valid until, views) of the
         # last collect that found every provider fresh. Until the first entry goes stale (or the store is
         # written), reading the four entries again would give the very same views.
@@ -267,12 +270,21 @@ class Aggregator:
                 problem = entry.error if entry is not None else None
                 why = "store_unavailable" if provider in unreachable else "deadline"
                 _log.info(f"integration_status.aggregator.{why}", provider=provider, stale=entry is not None)
-            views[provider] = fallback_view(provider, entry, problem, now)
+            views[provider] = fallback_view(provider, entry, problem, self._since(key, entry, problem, now))
             if entry is not None and views[provider].stale:
                 self._metrics.cache("stale")
                 code = None if problem is None else problem.code
                 _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
         return tuple([views[p] for p in PROVIDERS])
+
+    def _since(self, key: str, entry: CacheEntry | None, problem: Problem | None, now: datetime) -> datetime:
+        """The first time this key showed this fallback state (per process; a new state starts now)."""
+        state = (problem, entry is None or (problem is not None and problem.code == "oauth_revoked"))
+        known = self._fallback_since.get(key)
+        if known is not None and known[0] == state:
+            return known[1]
+        self._fallback_since[key] = (state, now)
+        return now
 
     def _remember_fresh(self, project_id: str, known: tuple[int, float, tuple[ProviderView, ...]]) -> None:
         fresh = self._fresh_views

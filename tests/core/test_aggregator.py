@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -219,3 +221,42 @@ async def test_service_must_be_started(clock: FakeClock) -> None:
     service = make_service(clock, ScriptedAdapter("github"))
     with pytest.raises(ConfigurationError, match="async with service"):
         await service.status("p", OWNER)
+
+
+async def test_a_provider_failing_the_same_way_keeps_its_etag(clock: FakeClock) -> None:
+    """With no good value to fall back on, an error item keeps its updatedAt (and the ETag holds) for as long
+    as the provider keeps failing the same way; a different failure is a new state."""
+    github = ScriptedAdapter("github", ProviderAuthError("401", provider="github", status_code=401))
+    vercel = ScriptedAdapter("vercel", ProviderUnavailable("500", provider="vercel", status_code=500))
+    async with make_service(clock, github, vercel) as service:
+        first = await service.status("p", OWNER)
+        clock.advance(20)
+        again = await service.status("p", OWNER, if_none_match=first.etag)
+        assert github.calls == 2
+        assert again.not_modified
+        vercel.then(ProviderRateLimited("429", provider="vercel", status_code=429, retry_after=30))
+        clock.advance(20)
+        changed = await service.status("p", OWNER, if_none_match=first.etag)
+    assert not changed.not_modified
+    items = {i.key: i for i in changed.envelope.items}
+    assert items["vercel"].problem is not None
+    assert items["vercel"].problem.code == "rate_limited"
+    assert items["vercel"].updated_at > items["github"].updated_at
+
+
+async def test_a_cold_placeholder_is_dated_when_first_shown(clock: FakeClock) -> None:
+    """A cold-start placeholder carries the time it was first shown, not the epoch."""
+    github = ScriptedAdapter("github", hang_on())
+    async with make_service(clock, github) as service, anyio.create_task_group() as tg:
+        results: list[Any] = []
+
+        async def ask() -> None:
+            results.append(await service.status("p", OWNER))
+
+        tg.start_soon(ask)
+        await settle()
+        clock.advance(0.45)
+        await settle()
+        tg.cancel_scope.cancel()
+    github_item = next(i for i in results[0].envelope.items if i.key == "github")
+    assert github_item.updated_at.year >= 2025
