@@ -23,7 +23,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
-from integration_status.testing import StaticConnections
+from integration_status.testing import ScriptedAdapter, StaticConnections
 
 VIEWER = Viewer(user_id="bench", roles={"owner"})
 BODY = {"projectId": "p1", "provider": "vercel", "action": "deploy"}
@@ -43,6 +43,7 @@ async def _round(engine: Any, *, one_key: bool, requests: int = 50) -> tuple[int
 
     service = StatusService(
         connections=StaticConnections.linked("p1", "vercel"),
+        adapters=[ScriptedAdapter("vercel")],
         action_handlers={("vercel", "deploy"): deploy},
         engine=engine,
     )

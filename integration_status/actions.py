@@ -1,7 +1,9 @@
 """Quick actions: validation, permission, idempotency, the rate limit, dispatch and the result, in that order.
 
-The order is the contract of SPEC.md "Actions": 401 -> 400 (body, Idempotency-Key) -> 404 -> 403 -> idempotency
-(replay / 409 / 422) -> 429 -> run. Idempotency comes before the rate limit so a replay never costs a slot.
+The order (docs/design.md, "Actions"): 401 -> project (400 / 404) -> 403 when the role may run nothing here ->
+400 (body, Idempotency-Key) -> 403 for this action -> 400 not connected / listed with ``can: false`` ->
+idempotency (replay / 409 / 422) -> 429 -> run. Idempotency comes before the rate limit so a replay never
+costs a slot.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    ProjectConnections,
     ProviderConnection,
     StoredResponse,
     Viewer,
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("integration_status.actions")
 
 MAX_BODY: Final = 64 * 1024
+#: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
+MAX_PAYLOAD_DEPTH: Final = 32
 #: HTTP status of an action whose provider failed, by problem code (the body carries the code).
 PROVIDER_FAILURE_STATUS: Final[Mapping[str, int]] = {
     "oauth_revoked": 502,
@@ -92,7 +97,25 @@ def parse_action_body(body: object) -> ActionCall:
     known = [a for a, _ in PROVIDER_ACTIONS[provider]]
     if action not in known:
         raise InvalidRequest(f"action must be one of {', '.join(known)} for {provider}")
-    return ActionCall(project_id=project_id, provider=provider, action=action, payload=body.get("payload"))
+    payload = body.get("payload")
+    if _depth(payload) > MAX_PAYLOAD_DEPTH:
+        raise InvalidRequest(f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+    return ActionCall(project_id=project_id, provider=provider, action=action, payload=payload)
+
+
+def _depth(value: Any, limit: int = MAX_PAYLOAD_DEPTH + 1) -> int:
+    """Levels of nested lists and objects in ``value`` (a scalar is 0), counting no further than ``limit``;
+    breadth first, so no recursion however deep the input."""
+    level, frontier = 0, [value]
+    while level < limit:
+        containers = [item for item in frontier if isinstance(item, dict | list)]
+        if not containers:
+            return level
+        level += 1
+        frontier = [
+            child for item in containers for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return level
 
 
 @attrs.frozen(kw_only=True)
@@ -151,9 +174,16 @@ class ActionRunner:
         path: str = "",
     ) -> ActionResult:
         service = self._service
+        if not isinstance(body, Mapping):
+            raise InvalidRequest("body must be a JSON object")
+        # The project first (400 for a bad id, 404 when unknown or hidden), then a role that may run nothing
+        # there is refused before anything else is looked at (SPEC: a viewer's POST is 403).
+        connections = await service.project(body.get("projectId"), viewer)
+        project_id = connections.project_id
+        if not any(service.policy.allowed_actions(viewer, project_id, p) for p in PROVIDERS):
+            raise Forbidden("your role may not run actions in this project")
         call = parse_action_body(body)
         key = parse_idempotency_key(idempotency_key)
-        connections = await service.project(call.project_id, viewer)
         if call.action not in service.policy.allowed_actions(viewer, call.project_id, call.provider):
             raise Forbidden(f"your role may not run {call.action} on {call.provider}")
         connection = connections.get(call.provider)
@@ -161,6 +191,7 @@ class ActionRunner:
             raise InvalidRequest(
                 f"{call.provider} is not connected for this project", hint="Connect it first"
             )
+        await self._check_can(call, connections, viewer)
         handler = self.handler(call.provider, call.action)
         if handler is None:
             raise InvalidRequest(f"{call.action} is not available on this server for {call.provider}")
@@ -196,6 +227,16 @@ class ActionRunner:
         if replayed:
             headers = {**stored.headers, "Idempotent-Replayed": "true"}
         return ActionResult(status=stored.status, body=stored.body, headers=headers, replayed=replayed)
+
+    async def _check_can(self, call: ActionCall, connections: ProjectConnections, viewer: Viewer) -> None:
+        """The action as listed for this viewer right now must have ``can: true`` (the same rule that greys it
+        out in the UI: token expired, rate limited, nothing to act on)."""
+        items = await self._service.items(connections, viewer)
+        item = next((i for i in items if i.key == call.provider), None)
+        listed = None if item is None else next((a for a in item.actions if a.id == call.action), None)
+        if listed is not None and not listed.can:
+            reason = listed.reason or "not available now"
+            raise InvalidRequest(f"{call.action} cannot run now: {reason}", hint=reason)
 
     async def _dispatch(
         self, call: ActionCall, viewer: Viewer, connection: ProviderConnection, handler: ActionHandler

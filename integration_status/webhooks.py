@@ -133,7 +133,7 @@ async def handle_webhook(
         return _reject(name, 413, "invalid_request", f"Body larger than {max_body} bytes", "too_large")
     try:
         payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return _reject(name, 400, "invalid_request", "Body is not valid JSON", "malformed_json")
     lowered = {k.lower(): v for k, v in headers.items()}
 

@@ -46,7 +46,6 @@ from integration_status.snapshot import ProviderSnapshot, Segment
 _log = structlog.get_logger("integration_status.aggregator")
 
 
-
 def cache_key(project_id: str, provider: ProviderKey) -> str:
     """The cache key of one project's provider; ``split_cache_key`` inverts it (providers have no colon)."""
     return f"{project_id}:{provider}"

@@ -53,6 +53,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 try:
     from flask import Blueprint, Flask, current_app, request
     from flask import Response as FlaskResponse
+    from werkzeug.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "integration_status.web.flask needs Flask: pip install 'integration-status[flask]'"
@@ -110,6 +111,9 @@ class IntegrationStatus:
         prefix = str(prefix).rstrip("/")
         app.extensions[EXTENSION_KEY] = self
         app.register_blueprint(_blueprint(prefix), url_prefix=prefix or None)
+        # Routing's own 404/405 under the prefix answer in the error object; the rest of the app is left alone.
+        for code in handlers.HTTP_ERROR_CODES:
+            app.register_error_handler(code, _http_error_under(prefix))
         if app.config["INTEGRATION_STATUS_EAGER_START"]:
             self.start()
 
@@ -220,6 +224,22 @@ def _to_flask(response: Response, ext: IntegrationStatus) -> FlaskResponse:
     )
     # direct_passthrough: the WSGI server gets our iterable itself, and so calls its close() on disconnect.
     return FlaskResponse(response=stream, status=response.status, headers=headers, direct_passthrough=True)
+
+
+def _http_error_under(prefix: str) -> Callable[[HTTPException], Any]:
+    def handle(exc: HTTPException) -> Any:
+        path = request.path
+        if prefix and not (path == prefix or path.startswith(prefix + "/")):
+            return exc  # not ours: Flask renders it as it would have
+        code = exc.code or 500
+        body = {
+            "error": {"code": handlers.HTTP_ERROR_CODES.get(code, "invalid_request"), "message": exc.name}
+        }
+        allow = exc.get_headers()
+        headers = tuple((k, v) for k, v in allow if k.lower() == "allow")
+        return _to_flask(handlers.json_response(code, body, headers), _extension())
+
+    return handle
 
 
 def _blueprint(prefix: str) -> Blueprint:

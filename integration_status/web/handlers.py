@@ -26,6 +26,9 @@ _SSE_HEADERS: Final = tuple(SSE_HEADERS.items())
 #: The first frame of every event stream.
 CONNECTED: Final = encode_comment("connected")
 
+#: ``error.code`` of the answers routing itself gives (unknown path, wrong method).
+HTTP_ERROR_CODES: Final = {404: "not_found", 405: "invalid_request"}
+
 #: How a streaming handler sends one chunk; the mount implements it over its server.
 Write: TypeAlias = Callable[[bytes], Awaitable[None]]
 
@@ -177,7 +180,7 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
             raise InvalidRequest("Content-Type must be application/json")
         try:
             parsed = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise InvalidRequest("body is not valid JSON") from None
         result = await service.act(
             viewer,

@@ -21,6 +21,7 @@ import anyio
 
 try:
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response as StarletteResponse
     from starlette.routing import BaseRoute, Route
@@ -316,7 +317,20 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
     ]
 
 
+async def _http_error(request: Request, exc: Exception) -> StarletteResponse:
+    """Routing's own 404 and 405 answers in the error object every endpoint uses (``Allow`` kept)."""
+    assert isinstance(exc, HTTPException)
+    code = handlers.HTTP_ERROR_CODES.get(exc.status_code, "invalid_request")
+    body = {"error": {"code": code, "message": exc.detail}}
+    return _to_starlette(handlers.json_response(exc.status_code, body, tuple((exc.headers or {}).items())))
+
+
 def create_app(service: StatusService, *, prefix: str = DEFAULT_PREFIX, lifespan: bool = True) -> Starlette:
     """An ASGI app serving the endpoints under ``prefix``. With ``lifespan=True`` it starts and stops the service
-    with the app (when mounted inside another app, pass ``lifespan=service.lifespan`` to the outer app)."""
-    return Starlette(routes=routes(service, prefix=prefix), lifespan=service.lifespan if lifespan else None)
+    with the app (when mounted inside another app, pass ``lifespan=service.lifespan`` to the outer app). Unknown
+    paths and wrong methods answer 404 / 405 with the SPEC error object."""
+    return Starlette(
+        routes=routes(service, prefix=prefix),
+        lifespan=service.lifespan if lifespan else None,
+        exception_handlers={HTTPException: _http_error},
+    )

@@ -71,7 +71,10 @@ class Recorder:
 
 
 def deploy_service(handler: Recorder, **kwargs: Any) -> Any:
-    return make_service(handlers={("vercel", "deploy"): handler, ("github", "connect"): handler}, **kwargs)
+    return make_service(
+        handlers={("vercel", "deploy"): handler, ("github", "connect"): handler, ("github", "push"): handler},
+        **kwargs,
+    )
 
 
 async def post(
@@ -148,6 +151,24 @@ async def test_403_for_a_role_that_may_not_run_the_action(mount: MountFactory, r
     async with mount(deploy_service(handler)) as m, m.client() as client:
         error_of(await post(client, body, role=role), 403, "forbidden")
         assert handler.calls == 0
+
+
+async def test_an_action_listed_with_can_false_is_refused(mount: MountFactory) -> None:
+    """An action the viewer's item lists with can: false (here: connect on a connected provider) answers 400
+    with the same reason the UI shows, and nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        error = error_of(await post(client, action("github", "connect")), 400, "invalid_request")
+        assert error["hint"] == "Already connected"
+        assert handler.calls == 0
+
+
+async def test_a_viewer_post_is_403_before_anything_else(mount: MountFactory) -> None:
+    """The viewer role may run nothing: its POST is 403 even without an Idempotency-Key or with a bad body."""
+    async with mount(deploy_service(Recorder())) as m, m.client() as client:
+        error_of(await post(client, action(), role="viewer", key=None), 403, "forbidden")
+        bad = {"projectId": "p", "provider": "gitlab", "action": "x"}
+        error_of(await post(client, bad, role="viewer"), 403, "forbidden")
 
 
 # --- idempotency --------------------------------------------------------------------------------------------
@@ -236,9 +257,9 @@ async def test_keys_are_scoped_to_user_and_project(mount: MountFactory) -> None:
 
 async def test_a_403_is_not_stored(mount: MountFactory) -> None:
     """A refused (403) request does not keep its key: once the role allows it, the same key runs."""
-    handler = Recorder(data={"url": "https://github.com/login/oauth/authorize?state=s"})
+    handler = Recorder()
     async with mount(deploy_service(handler)) as m, m.client() as client:
-        body = action("github", "connect")
+        body = action("github", "push")
         error_of(await post(client, body, role="member"), 403, "forbidden")
         r = await post(client, body, role="owner")
         assert r.status_code == 200
@@ -496,10 +517,14 @@ async def test_provider_failure_is_the_spec_error_object(
 
 
 async def test_connect_returns_the_hosts_url_and_never_a_token(mount: MountFactory) -> None:
-    """connect answers the URL the host's handler gives, and nothing of the stored credentials."""
+    """connect answers the URL the host's handler gives, and nothing of the stored credentials (here the token
+    was revoked, so reconnecting is what the viewer may do)."""
     url = "https://github.com/login/oauth/authorize?client_id=abc&state=xyz"
     handler = Recorder(data={"url": url})
-    async with mount(deploy_service(handler)) as m, m.client() as client:
+    revoked = ScriptedAdapter("github", ProviderAuthError("401", provider="github", status_code=401))
+    others = [ScriptedAdapter(p, snapshot(p)) for p in ("vercel", "sanity", "supabase")]
+    service = make_service(handlers={("github", "connect"): handler}, adapters=[revoked, *others])
+    async with mount(service) as m, m.client() as client:
         r = await post(client, action("github", "connect"))
         assert r.status_code == 200
         body = r.json()
@@ -550,3 +575,32 @@ async def test_action_timeout_is_a_timeout_error(mount: MountFactory) -> None:
             await m.advance(3)
         error = error_of(results[0], 504, "timeout")
         assert "Try again" in error["hint"]
+
+
+async def test_a_wrong_method_answers_405_in_the_error_object(mount: MountFactory) -> None:
+    """GET /actions (or any wrong method) is 405 with Allow and the SPEC error object, on every mount."""
+    async with mount(deploy_service(Recorder())) as m, m.client() as client:
+        r = await client.get(ACTIONS, headers=viewer_headers())
+        assert r.status_code == 405
+        assert "POST" in r.headers["allow"]
+        assert r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_absurdly_nested_json_is_a_400(mount: MountFactory) -> None:
+    """A body nested deeper than any parser should follow is 400 invalid_request, never a 500."""
+    async with mount(deploy_service(Recorder())) as m, m.client() as client:
+        deep = (
+            b'{"projectId":"p","provider":"vercel","action":"deploy","payload":'
+            + b"[" * 20_000
+            + b"]" * 20_000
+            + b"}"
+        )
+        error_of(await post(client, content=deep), 400, "invalid_request")
+        nested = {
+            **action(),
+            "payload": json.loads("[" * 100 + "]" * 100),
+        }  # parses, but deeper than payloads go
+        assert (
+            "nests deeper"
+            in error_of(await post(client, nested, key="k2"), 400, "invalid_request")["message"]
+        )

@@ -214,6 +214,8 @@ async def setup() -> AsyncIterator[tuple[httpx.AsyncClient, StatusService, World
         authenticator=header_auth,
         webhooks=resolve,
         clock=FakeClock(),
+        # sanity is not linked: connecting it is what connect is for
+        action_handlers={("sanity", "connect"): world.connect},
     )
     async with service:
         transport = httpx.ASGITransport(app=create_app(service, lifespan=False))
@@ -265,7 +267,7 @@ async def test_action_responses_match_the_document(setup: Setup) -> None:
     seen: dict[int, httpx.Response] = {}
     for r in [
         await act("a1"),
-        await act("a2", "connect"),
+        await act("a2", "connect", "sanity"),
         await act("a3", "deploy", "vercel"),
         await act(None),
         await act("a4", headers={"X-Role": ""}),
@@ -275,7 +277,7 @@ async def test_action_responses_match_the_document(setup: Setup) -> None:
         seen[r.status_code] = r
         check(r, "post", template)
     assert set(seen) == {200, 202, 400, 401, 403, 404}
-    assert (await act("a2", "connect")).json()["url"] == "https://example.invalid/oauth"
+    assert (await act("a2", "connect", "sanity")).json()["url"] == "https://example.invalid/oauth"
 
     replay = await act("a1")
     assert replay.headers["idempotent-replayed"] == "true"

@@ -129,3 +129,15 @@ async def test_branch_deletion_refreshes_the_status(mount: MountFactory) -> None
         update = await events.event()
         assert update.event == "status:update"
         assert _github_summary(update.json()) == "Branch deleted"
+
+
+async def test_absurdly_nested_webhook_body_is_a_400(mount: MountFactory) -> None:
+    """An unsigned, absurdly nested body is a 400, never a 500 (it is parsed before the signature is checked)."""
+    async with mount(make_service()) as m, m.client() as client:
+        r = await client.post(
+            "/api/integrations/webhooks/vercel",
+            content=b"[" * 50_000 + b"]" * 50_000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_request"
