@@ -319,3 +319,7 @@ class DeliveryLog(Protocol):
     async def first_seen(self, delivery_id: str, ttl: float) -> bool:
         """Record ``delivery_id`` for ``ttl`` seconds; True the first time, False while it is remembered."""
         ...
+
+    async def forget(self, delivery_id: str) -> None:
+        """Drop ``delivery_id`` (a delivery whose events could not be published, so its retry must count)."""
+        ...

@@ -403,8 +403,16 @@ class StatusService:
         )
         # 202 too: an authentic delivery we send no event for (a deleted branch) may still outdate the status.
         if result.status in (200, 202) and result.project_id is not None:
-            for event in result.events:
-                await self.publish(result.project_id, event)
+            try:
+                for event in result.events:
+                    await self.publish(result.project_id, event)
+            except BaseException:
+                # Not published: forget the delivery so the provider's retry counts instead of being a duplicate.
+                with anyio.CancelScope(shield=True):
+                    for key in result.recorded:
+                        with contextlib.suppress(Exception):
+                            await self.engine.deliveries.forget(key)
+                raise
             if result.invalidate and provider in EVENT_PROVIDER.values():
                 project_id, key = result.project_id, provider
 

@@ -88,6 +88,8 @@ class WebhookResult:
     project_id: str | None = None
     events: tuple[Mapping[str, Any], ...] = attrs.field(default=(), hash=False)
     invalidate: bool = False
+    #: The delivery-log keys this delivery recorded (to forget them if its events cannot be published).
+    recorded: tuple[str, ...] = ()
 
 
 def _log() -> Any:
@@ -158,7 +160,8 @@ async def handle_webhook(
     if keys is None:
         return _reject(name, 400, "invalid_request", "Missing webhook delivery id", "missing_delivery_id")
     # Every key is recorded (no short cut), so each covers the next replay too.
-    seen = [await deliveries.first_seen(f"{name}:{key}", replay_ttl) for key in keys]
+    log_keys = tuple(f"{name}:{key}" for key in keys)
+    seen = [await deliveries.first_seen(key, replay_ttl) for key in log_keys]
     if not all(seen):
         _log().info("integration_status.webhook.duplicate", provider=name, kind=translation.kind)
         return WebhookResult(
@@ -188,4 +191,5 @@ async def handle_webhook(
         body={"ok": True},
         events=translation.events,
         invalidate=translation.invalidate,
+        recorded=log_keys,
     )

@@ -66,3 +66,40 @@ async def test_the_lease_outlives_a_long_action_timeout() -> None:
             await service.act(OWNER, DEPLOY, idempotency_key="same")
         clock.advance(30)
     assert runs == 1
+
+
+async def test_a_delivery_whose_events_could_not_be_published_is_not_a_duplicate_on_retry() -> None:
+    """When publishing a verified delivery's events fails (the store is down), the delivery is forgotten, so
+    the provider's retry is accepted and its events published, not dropped as a duplicate."""
+    import json
+
+    from integration_status.protocols import Secret
+    from integration_status.webhooks import WebhookTarget, sign_github
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id="p", secret=Secret("whsec"))
+
+    service = StatusService(
+        connections=StaticConnections.linked("p", "github"), webhooks=resolve, clock=FakeClock()
+    )
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "o/r"}}
+    ).encode()
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1", **sign_github("whsec", body)}
+    real_publish = service.engine.events.publish
+    failures = [BackendUnavailable("store down")]
+
+    async def flaky_publish(project_id: str, event: Any) -> str:
+        if failures:
+            raise failures.pop()
+        return await real_publish(project_id, event)
+
+    service.engine.events.publish = flaky_publish
+    async with service:
+        with pytest.raises(BackendUnavailable):
+            await service.ingest_webhook("github", headers, body)
+        retry = await service.ingest_webhook("github", headers, body)
+        again = await service.ingest_webhook("github", headers, body)
+    assert retry.status == 200
+    assert [e["type"] for e in retry.events] == ["github:push"]
+    assert again.body == {"ok": True, "duplicate": True}

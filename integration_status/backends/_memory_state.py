@@ -174,6 +174,9 @@ class MemoryDeliveryLog:
         self._seen[delivery_id] = self._clock.time() + ttl
         return True
 
+    async def forget(self, delivery_id: str) -> None:
+        self._seen.pop(delivery_id, None)
+
     def __len__(self) -> int:
         return len(self._seen)
 

@@ -294,3 +294,8 @@ class RedisDeliveryLog:
                 self._s.key("delivery", delivery_id), "1", nx=True, px=to_ms(ttl)
             )
         return bool(fresh)
+
+    async def forget(self, delivery_id: str) -> None:
+        """Drop a recorded delivery id (its events could not be published: the provider's retry must count)."""
+        with self._s.errors("forgetting a webhook delivery id"):
+            await self._s.client.delete(self._s.key("delivery", delivery_id))

@@ -338,3 +338,12 @@ async def test_delivery_seen_once(
     assert await redis_engine_b.deliveries.first_seen("gh-123", 3600) is False
     assert await redis_engine_b.deliveries.first_seen("gh-124", 3600) is True
     assert 3_599_000 < await redis_raw.pttl(f"{redis_engine.prefix}:delivery:gh-123") <= 3_600_000
+
+
+async def test_a_forgotten_delivery_is_new_again(
+    redis_engine: RedisEngine, redis_engine_b: RedisEngine
+) -> None:
+    """forget drops a delivery id for every worker: the provider's retry counts as new."""
+    assert await redis_engine.deliveries.first_seen("gh-9", 3600) is True
+    await redis_engine.deliveries.forget("gh-9")
+    assert await redis_engine_b.deliveries.first_seen("gh-9", 3600) is True
