@@ -139,11 +139,12 @@ class Served:
     async def wait_released(self, predicate: Callable[[], bool]) -> None:
         """Wait (bounded) for a closed stream to be cleaned up. A WSGI server notices a gone client only when a
         write fails, so on Flask each round moves the clock one heartbeat to make the stream write."""
-        with anyio.fail_after(SOCKET_WAIT):
-            while not predicate():
-                if self.kind == "flask":
-                    await self.advance(self.service.settings.heartbeat)
-                await anyio.sleep(0.02)
+
+        async def heartbeat() -> None:
+            if self.kind == "flask":
+                await self.advance(self.service.settings.heartbeat)
+
+        await wait_until(predicate, step=heartbeat)
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=SOCKET_WAIT * 2, **kwargs)
@@ -274,10 +275,19 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
     return error
 
 
-async def wait_until(predicate: Callable[[], bool], *, within: float = SOCKET_WAIT) -> None:
-    """Poll ``predicate`` for an effect in another task or thread (e.g. a noticed disconnect), bounded."""
+async def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    within: float = SOCKET_WAIT,
+    step: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Poll ``predicate`` for an effect behind a real socket or in another thread (e.g. a noticed disconnect),
+    bounded by ``within`` seconds; ``step`` runs before each pause (e.g. to make a stream write). Not a clock
+    wait: nothing here waits for time to pass, only for another party to act."""
     with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 - the effect happens behind a socket or in another thread
+        while not predicate():
+            if step is not None:
+                await step()
             await anyio.sleep(0.01)
 
 
