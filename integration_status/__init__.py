@@ -58,7 +58,9 @@ from integration_status.protocols import (
     Secret,
     Viewer,
 )
-from integration_status.service import Settings, StatusResult, StatusService
+from integration_status.service.facade import StatusService
+from integration_status.service.render import StatusResult
+from integration_status.service.settings import Settings
 from integration_status.snapshot import (
     ActionState,
     Ago,

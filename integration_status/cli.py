@@ -364,7 +364,7 @@ async def _run_check(args: argparse.Namespace, env: Mapping[str, str]) -> Status
     async def resolver(project_id: str) -> ProjectConnections | None:
         return connections if project_id == connections.project_id else None
 
-    http = _load("integration_status.adapters._http", "HttpClient")()
+    http = _load("integration_status.adapters.http", "HttpClient")()
     adapters = _load("integration_status.adapters.defaults", "provider_adapters")(http, urls=urls)
     # A one-shot check waits for real answers: the response deadline covers the whole adapter timeout
     # instead of the endpoint's 450 ms, so nothing is reported as a cold-start placeholder.

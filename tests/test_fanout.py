@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.events import redact_event
 from integration_status.core.sse import encode_event
-from integration_status.fanout import HEARTBEAT, FrameCache, StreamHub
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
+from integration_status.service.streams import HEARTBEAT, FrameCache, StreamHub
 from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive, Visibility
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from integration_status.adapters._http import HttpClient
 from integration_status.adapters.defaults import provider_adapters
+from integration_status.adapters.http import HttpClient
 from integration_status.exceptions import ProviderError
 from integration_status.protocols import (
     FetchContext,
@@ -25,9 +25,9 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.webhooks import WebhookTarget
 from integration_status.testing import StaticConnections
 from integration_status.web.starlette import create_app
-from integration_status.webhooks import WebhookTarget
 
 pytestmark = pytest.mark.anyio
 

@@ -74,7 +74,7 @@ async def test_a_delivery_whose_events_could_not_be_published_is_not_a_duplicate
     import json
 
     from integration_status.protocols import Secret
-    from integration_status.webhooks import WebhookTarget, sign_github
+    from integration_status.service.webhooks import WebhookTarget, sign_github
 
     async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
         return WebhookTarget(project_id="p", secret=Secret("whsec"))

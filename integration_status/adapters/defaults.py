@@ -1,6 +1,6 @@
-"""The four real adapters, wired to one shared :class:`~integration_status.adapters._http.HttpClient`.
+"""The four real adapters, wired to one shared :class:`~integration_status.adapters.http.HttpClient`.
 
->>> from integration_status.adapters._http import HttpClient
+>>> from integration_status.adapters.http import HttpClient
 >>> [a.provider for a in provider_adapters(HttpClient())]
 ['sanity', 'github', 'vercel', 'supabase']
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from integration_status.adapters._http import HttpClient
 from integration_status.adapters.github import GitHubAdapter
+from integration_status.adapters.http import HttpClient
 from integration_status.adapters.sanity import SanityAdapter
 from integration_status.adapters.supabase import SupabaseAdapter
 from integration_status.adapters.vercel import VercelAdapter

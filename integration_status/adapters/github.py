@@ -15,7 +15,7 @@ from urllib.parse import quote
 import attrs
 
 from integration_status.adapters._common import UrlHook, delegate, parse_time, refine, text, url_action
-from integration_status.adapters._http import HttpClient, JsonResponse
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import utcnow
 from integration_status.exceptions import ProviderUnavailable
 from integration_status.models import ProviderKey, StatusValue

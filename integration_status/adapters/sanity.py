@@ -16,7 +16,7 @@ from urllib.parse import quote
 import attrs
 
 from integration_status.adapters._common import UrlHook, parse_time, plural, text, url_action
-from integration_status.adapters._http import HttpClient, JsonResponse
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, utcnow
 from integration_status.exceptions import ProviderUnavailable
 from integration_status.models import Problem, ProviderKey, format_timestamp

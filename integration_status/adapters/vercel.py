@@ -16,7 +16,7 @@ import attrs
 import structlog
 
 from integration_status.adapters._common import UrlHook, plural, refine, text, url_action
-from integration_status.adapters._http import HttpClient, JsonResponse
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.exceptions import ProviderAuthError, ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey, StatusValue

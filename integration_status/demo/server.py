@@ -20,11 +20,12 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from integration_status.adapters._http import HttpClient
+from integration_status.adapters.http import HttpClient
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.demo.simulated import Activity, World, simulated_adapters
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
-from integration_status.service import Settings, StatusService
+from integration_status.service.facade import StatusService
+from integration_status.service.settings import Settings
 from integration_status.web.starlette import routes as api_routes
 
 ROLES = ("owner", "admin", "member", "viewer")

@@ -61,10 +61,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import RequestInfo
-from integration_status.service import StatusService
+from integration_status.service.facade import StatusService
+from integration_status.service.webhooks import DEFAULT_MAX_BODY
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
-from integration_status.webhooks import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "IntegrationStatus"]
 

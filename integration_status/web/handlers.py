@@ -15,7 +15,8 @@ import structlog
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
 from integration_status.protocols import RequestInfo, StoredEvent
-from integration_status.service import StatusResult, StatusService
+from integration_status.service.facade import StatusService
+from integration_status.service.render import StatusResult
 
 _log = structlog.get_logger("integration_status.web")
 
@@ -170,7 +171,7 @@ MAX_ACTION_BODY: Final = 64 * 1024
 
 @_timed("actions")
 async def handle_action(service: StatusService, request: RequestInfo, body: bytes) -> Response:
-    """``POST {prefix}/actions``: see :mod:`integration_status.actions` for the order of checks."""
+    """``POST {prefix}/actions``: see :mod:`integration_status.service.actions` for the order of checks."""
     try:
         viewer = await service.authenticate(request)
         if len(body) > MAX_ACTION_BODY:
@@ -203,7 +204,7 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
 async def handle_webhook(
     service: StatusService, provider: str, request: RequestInfo, body: bytes
 ) -> Response:
-    """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see ``integration_status.webhooks``)."""
+    """``POST {prefix}/webhooks/{provider}``: signed deliveries become events (see :mod:`~.service.webhooks`)."""
     try:
         result = await service.ingest_webhook(provider, request.headers, body)
     except BackendUnavailable as exc:

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import RequestInfo
-from integration_status.service import StatusService
+from integration_status.service.facade import StatusService
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from adapter_support import AutoClock, Router, _serve
 
-from integration_status.adapters._http import HttpClient
+from integration_status.adapters.http import HttpClient
 from integration_status.testing import FakeClock
 
 # Example responses from the providers' public API descriptions (see the README in that folder).

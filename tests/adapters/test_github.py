@@ -12,8 +12,8 @@ from adapter_support import Router, fetch_ctx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integration_status.adapters._http import HttpClient
 from integration_status.adapters.github import GitHubAdapter, GitHubFacts, github_snapshot
+from integration_status.adapters.http import HttpClient
 from integration_status.core.clock import SYSTEM_CLOCK, utcnow
 from integration_status.exceptions import (
     ProviderAuthError,

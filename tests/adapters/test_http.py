@@ -12,7 +12,7 @@ from adapter_support import AutoClock, Router, respond
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integration_status.adapters._http import HttpClient, classify_response
+from integration_status.adapters.http import HttpClient, classify_response
 from integration_status.core.clock import SYSTEM_CLOCK
 from integration_status.exceptions import (
     ProviderAuthError,

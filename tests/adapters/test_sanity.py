@@ -9,7 +9,7 @@ import httpx
 import pytest
 from adapter_support import Router, fetch_ctx
 
-from integration_status.adapters._http import HttpClient
+from integration_status.adapters.http import HttpClient
 from integration_status.adapters.sanity import UPDATED_SINCE_QUERY, SanityAdapter
 from integration_status.core.clock import SYSTEM_CLOCK, utcnow
 from integration_status.exceptions import (

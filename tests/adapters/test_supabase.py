@@ -8,7 +8,7 @@ import attrs
 import pytest
 from adapter_support import Router, fetch_ctx
 
-from integration_status.adapters._http import HttpClient
+from integration_status.adapters.http import HttpClient
 from integration_status.adapters.supabase import SupabaseAdapter
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, utcnow
 from integration_status.exceptions import ProviderAuthError, ProviderRateLimited, ProviderTimeout

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from adapter_support import Router, fetch_ctx
 
-from integration_status.adapters._http import HttpClient
+from integration_status.adapters.http import HttpClient
 from integration_status.adapters.vercel import VercelAdapter
 from integration_status.core.clock import SYSTEM_CLOCK, utcnow
 from integration_status.exceptions import (

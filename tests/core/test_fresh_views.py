@@ -14,8 +14,8 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.exceptions import BackendUnavailable
 from integration_status.protocols import CacheEntry, Secret, Viewer
 from integration_status.service import Settings, StatusService
+from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
-from integration_status.webhooks import WebhookTarget, sign_github
 
 pytestmark = pytest.mark.anyio
 OWNER = Viewer(user_id="u", roles={"owner"})

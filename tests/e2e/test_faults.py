@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from integration_status.adapters._http import HttpClient
 from integration_status.adapters.defaults import provider_adapters
+from integration_status.adapters.http import HttpClient
 from integration_status.core.breaker import BreakerConfig
 from integration_status.protocols import RequestInfo, Viewer
 from integration_status.service import Settings, StatusService

@@ -33,10 +33,10 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.webhooks import WebhookTarget
 from integration_status.snapshot import ProviderSnapshot
 from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.starlette import create_app
-from integration_status.webhooks import WebhookTarget
 from tests.backends.conftest import RedisProxy
 from tests.e2e.conftest import serve
 from tests.services import REDIS_URL, require_redis

@@ -33,9 +33,9 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
+from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.flask import IntegrationStatus
-from integration_status.webhooks import WebhookTarget, sign_github
 
 PREFIX = "/api/integrations"
 SECRET = "whsec-flask-test"

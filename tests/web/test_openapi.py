@@ -30,12 +30,13 @@ from integration_status.protocols import (
     Secret,
     Viewer,
 )
-from integration_status.service import StatusService, validate_project_id
+from integration_status.service import StatusService
+from integration_status.service.render import validate_project_id
+from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.snapshot import PROVIDER_ACTIONS
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.openapi import ERROR_CODES, openapi_document, openapi_json
 from integration_status.web.starlette import create_app
-from integration_status.webhooks import WebhookTarget, sign_github
 
 PREFIX = "/api/integrations"
 DOC = openapi_document(prefix=PREFIX)

@@ -159,7 +159,7 @@ async def test_webhook_with_the_store_down_is_a_503() -> None:
     """Store down: a webhook delivery answers 503 so the provider retries it later."""
     from integration_status.core.webhooks import sign_github
     from integration_status.protocols import Secret
-    from integration_status.webhooks import WebhookTarget
+    from integration_status.service.webhooks import WebhookTarget
 
     async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
         return WebhookTarget(project_id="p", secret=Secret("s3cret"))

@@ -24,8 +24,7 @@ from integration_status.core.webhooks import (
 )
 from integration_status.models import event_from_json
 from integration_status.protocols import Secret
-from integration_status.testing import FakeClock
-from integration_status.webhooks import (
+from integration_status.service.webhooks import (
     MemoryDeliveryLog,
     WebhookResult,
     WebhookTarget,
@@ -34,6 +33,7 @@ from integration_status.webhooks import (
     sign_sanity,
     sign_vercel,
 )
+from integration_status.testing import FakeClock
 
 SECRET = "whsec-test-4f1c9e0b7a2d"
 OTHER_SECRET = "whsec-other-0000"
@@ -787,7 +787,7 @@ async def test_secrets_and_signatures_never_leak(clock: FakeClock, log: MemoryDe
 def test_webhooks_module_imports_no_web_framework() -> None:
     """Importing the webhook entry point pulls in neither starlette nor flask."""
     code = (
-        "import sys, integration_status.webhooks; "
+        "import sys, integration_status.service.webhooks; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'flask', 'httpx')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

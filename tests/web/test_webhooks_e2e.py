@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from integration_status.protocols import Secret
+from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import ScriptedAdapter, snapshot
-from integration_status.webhooks import WebhookTarget, sign_github
 from tests.web.mounts import PREFIX, MountFactory, SSEReader, events_stream, make_service
 
 pytestmark = pytest.mark.anyio

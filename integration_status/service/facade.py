@@ -23,9 +23,7 @@ from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
-from integration_status.envelopes import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
-from integration_status.fanout import FrameCache, StatusFrames, StreamHub
 from integration_status.models import PROVIDERS, IntegrationStatus, ProviderKey, StatusUpdate
 from integration_status.observability import HealthRecorder, Metrics, combine
 from integration_status.protocols import (
@@ -41,8 +39,10 @@ from integration_status.protocols import (
     Subscription,
     Viewer,
 )
-from integration_status.settings import Settings
-from integration_status.webhooks import WebhookResolver, WebhookResult, handle_webhook
+from integration_status.service.render import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
+from integration_status.service.settings import Settings
+from integration_status.service.streams import FrameCache, StatusFrames, StreamHub
+from integration_status.service.webhooks import WebhookResolver, WebhookResult, handle_webhook
 
 __all__ = ["EVENT_PROVIDER", "Settings", "StatusResult", "StatusService", "validate_project_id"]
 
@@ -88,8 +88,8 @@ class StatusService:
         metrics: Metrics | None = None,
         health: HealthRecorder | None = None,
     ) -> None:
-        from integration_status.actions import ActionRunner
         from integration_status.backends.memory import MemoryEngine
+        from integration_status.service.actions import ActionRunner
 
         self.settings = settings or Settings()
         self.clock = clock
@@ -314,7 +314,7 @@ class StatusService:
         method: str = "POST",
         path: str = "",
     ) -> Any:
-        """Run a quick action (see :mod:`integration_status.actions`); returns an ``ActionResult``."""
+        """Run a quick action (see :mod:`integration_status.service.actions`); returns an ``ActionResult``."""
         self._require_running()
         return await self.actions.act(
             viewer=viewer, body=body, idempotency_key=idempotency_key, method=method, path=path

@@ -43,7 +43,7 @@ from integration_status.snapshot import PROVIDER_ACTIONS
 if TYPE_CHECKING:
     from integration_status.service import StatusService
 
-_log = structlog.get_logger("integration_status.actions")
+_log = structlog.get_logger("integration_status.service.actions")
 
 MAX_BODY: Final = 64 * 1024
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
