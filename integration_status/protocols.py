@@ -14,9 +14,24 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from integration_status.core.clock import Clock
 from integration_status.models import Problem, ProviderKey
 from integration_status.snapshot import ProviderSnapshot
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Wall time, monotonic time and sleep, injected into every component (``clock=``).
+
+    ``time()`` is wall-clock epoch seconds (shared across processes); ``monotonic()`` is for local durations;
+    ``sleep()`` waits on the same clock. Tests pass :class:`integration_status.testing.FakeClock`.
+    """
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
 
 # --- credentials and connections ------------------------------------------------------------------------------
 

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import time as _time
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
 
 import anyio
 
+from integration_status.protocols import Clock
 
-@runtime_checkable
-class Clock(Protocol):
-    """Wall time, monotonic time and sleep, injectable (see the module docstring)."""
-
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "epoch_ms", "utcnow"]
 
 
 class SystemClock:
