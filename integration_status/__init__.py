@@ -7,7 +7,7 @@ web framework, Redis client or database driver.
 """
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, SystemClock
-from integration_status.core.policy import Policy, RolePolicy, RoleRule
+from integration_status.core.policy import RolePolicy, RoleRule
 from integration_status.exceptions import (
     BackendUnavailable,
     ConfigurationError,
@@ -35,10 +35,10 @@ from integration_status.models import (
     DeployStarted,
     GithubPush,
     IntegrationEvent,
-    IntegrationStatus,
     Problem,
     SanityWebhook,
     StatusEnvelope,
+    StatusItem,
     StatusUpdate,
     event_from_json,
 )
@@ -52,6 +52,7 @@ from integration_status.protocols import (
     Authorizer,
     ConnectionResolver,
     FetchContext,
+    Policy,
     ProjectConnections,
     ProviderConnection,
     RequestInfo,
@@ -98,7 +99,6 @@ __all__ = [
     "IdempotencyConflict",
     "IdempotencyMismatch",
     "IntegrationEvent",
-    "IntegrationStatus",
     "IntegrationStatusError",
     "InvalidModel",
     "InvalidRequest",
@@ -124,6 +124,7 @@ __all__ = [
     "Sensitive",
     "Settings",
     "StatusEnvelope",
+    "StatusItem",
     "StatusResult",
     "StatusService",
     "StatusUpdate",

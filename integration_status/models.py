@@ -147,8 +147,9 @@ def _actions(value: Iterable[Action]) -> tuple[Action, ...]:
 
 
 @attrs.frozen(kw_only=True)
-class IntegrationStatus:
-    """One provider's status as one viewer sees it (already redacted)."""
+class StatusItem:
+    """One provider's status as one viewer sees it (already redacted): the wire type ``IntegrationStatus``
+    of the status envelope and of ``status:update``."""
 
     key: ProviderKey = attrs.field(validator=_one_of(PROVIDERS))
     status: StatusValue = attrs.field(validator=_one_of(STATUSES))
@@ -172,7 +173,7 @@ class IntegrationStatus:
         return out
 
     @classmethod
-    def from_json(cls, data: object) -> IntegrationStatus:
+    def from_json(cls, data: object) -> StatusItem:
         d = _obj(data, "item")
         actions = _get(d, "actions", [])
         if not isinstance(actions, list):
@@ -189,7 +190,7 @@ class IntegrationStatus:
         )
 
 
-def _items(value: Iterable[IntegrationStatus]) -> tuple[IntegrationStatus, ...]:
+def _items(value: Iterable[StatusItem]) -> tuple[StatusItem, ...]:
     return tuple(value)
 
 
@@ -198,7 +199,7 @@ class StatusEnvelope:
     """The body of ``GET /status``: four items in the order of :data:`PROVIDERS` and their hash."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    items: tuple[IntegrationStatus, ...] = attrs.field(converter=_items)
+    items: tuple[StatusItem, ...] = attrs.field(converter=_items)
     hash: str = ""
 
     def to_json(self, *, with_hash: bool = True) -> dict[str, Any]:
@@ -215,7 +216,7 @@ class StatusEnvelope:
             raise InvalidModel("items must be a list", field="items")
         return cls(
             project_id=_get(d, "projectId"),
-            items=tuple(IntegrationStatus.from_json(i) for i in items),
+            items=tuple(StatusItem.from_json(i) for i in items),
             hash=_get(d, "hash", ""),
         )
 
@@ -314,7 +315,7 @@ class StatusUpdate:
     """``status:update``: the project's items as this viewer sees them now."""
 
     project_id: str = attrs.field(validator=_nonempty_str)
-    items: tuple[IntegrationStatus, ...] = attrs.field(converter=_items)
+    items: tuple[StatusItem, ...] = attrs.field(converter=_items)
     ts: int = attrs.field(validator=_ts)
     type: Literal["status:update"] = "status:update"
 
@@ -367,7 +368,7 @@ def event_from_json(data: object) -> IntegrationEvent:
             raise InvalidModel("items must be a list", field="items")
         return StatusUpdate(
             project_id=_get(d, "projectId"),
-            items=tuple(IntegrationStatus.from_json(i) for i in items),
+            items=tuple(StatusItem.from_json(i) for i in items),
             ts=_get(d, "ts"),
         )
     raise InvalidModel(f"unknown event type {kind!r}", field="type")

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 import attrs
 
 from integration_status.models import Problem, ProviderKey
-from integration_status.snapshot import ProviderSnapshot
+from integration_status.snapshot import ProviderSnapshot, Visibility
 
 
 @runtime_checkable
@@ -338,3 +338,90 @@ class DeliveryLog(Protocol):
     async def forget(self, delivery_id: str) -> None:
         """Drop ``delivery_id`` (a delivery whose events could not be published, so its retry must count)."""
         ...
+
+
+class Engine(Protocol):
+    """Where a service keeps what its workers share: the cache store, idempotency records, the rate limiter,
+    the event bus and the webhook delivery log. ``MemoryEngine`` (one process) and ``RedisEngine`` (many
+    workers) implement it; the service enters it (``async with``) when it starts and leaves it when it stops."""
+
+    @property
+    def cache_store(self) -> CacheStore: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def rate_limiter(self) -> RateLimiter: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    @property
+    def deliveries(self) -> DeliveryLog: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+
+
+# --- webhooks -------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class WebhookTarget:
+    """The integration a delivery belongs to, as the host's resolver finds it."""
+
+    project_id: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: The per-integration signing secret configured at the provider.
+    secret: Secret = attrs.field(validator=attrs.validators.instance_of(Secret))
+
+
+#: ``(provider, headers with lower-case names, parsed JSON body) -> target``, or None for an unknown
+#: integration (404). GitHub: by ``repository.full_name``; Vercel: by ``payload.project.id``; Sanity: by the
+#: ``sanity-project-id`` header. The body is not yet authenticated when the resolver sees it: look it up,
+#: never act on it.
+WebhookResolver: TypeAlias = Callable[[str, Mapping[str, str], Any], Awaitable[WebhookTarget | None]]
+
+
+# --- policy and metrics ---------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What a viewer may do (action ids) and see (:class:`Visibility`) for one provider of one project."""
+
+    def allowed_actions(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> frozenset[str]: ...
+
+    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility: ...
+
+
+#: ``ok``; ``timeout``; ``error`` (any other failure); ``auth`` (access lost: the provider answered
+#: correctly).
+FetchOutcome: TypeAlias = Literal["ok", "timeout", "error", "auth"]
+#: ``hit``: a fresh entry served with no call; ``miss``: no fresh entry, a refresh was awaited;
+#: ``stale``: the last good value served because the refresh failed or missed the deadline.
+CacheEvent: TypeAlias = Literal["hit", "miss", "stale"]
+BreakerPhaseName: TypeAlias = Literal["closed", "half_open", "open"]
+
+
+class Metrics(Protocol):
+    """Where the service reports. Every method is called on the event loop and must return quickly."""
+
+    def observe_fetch(self, provider: str, seconds: float, outcome: FetchOutcome) -> None:
+        """One adapter fetch finished (or timed out) after ``seconds``."""
+
+    def observe_request(self, endpoint: str, seconds: float, status: int) -> None:
+        """One ``status`` or ``actions`` request was answered with HTTP ``status`` after ``seconds``."""
+
+    def cache(self, event: CacheEvent) -> None:
+        """A provider was served fresh (``hit``), refreshed (``miss``) or served ``stale``."""
+
+    def breaker_state(self, provider: str, state: BreakerPhaseName, previous: BreakerPhaseName) -> None:
+        """One of ``provider``'s breakers (there is one per project) moved from ``previous`` to ``state``."""
+
+    def sse_connections(self, delta: int, *, dropped: bool = False) -> None:
+        """An event stream opened (+1) or ended (-1); ``dropped`` when it ended by an error on our side."""
+
+    def action(self, provider: str, action: str, outcome: str) -> None:
+        """A quick action ran to an outcome: ``ok``, ``timeout`` or ``error``."""

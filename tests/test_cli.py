@@ -22,7 +22,7 @@ from integration_status.cli import (
     main,
 )
 from integration_status.exceptions import ConfigurationError
-from integration_status.models import PROVIDERS, STATUSES, Action, IntegrationStatus, Problem, StatusEnvelope
+from integration_status.models import PROVIDERS, STATUSES, Action, Problem, StatusEnvelope, StatusItem
 
 TOKENS = {
     "GITHUB_TOKEN": "ghp_secret_github_0001",
@@ -46,7 +46,7 @@ NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
 def _envelope(**statuses: str) -> StatusEnvelope:
     items = [
-        IntegrationStatus(key=key, status=statuses.get(key, "disconnected"), updated_at=NOW)  # type: ignore[arg-type]
+        StatusItem(key=key, status=statuses.get(key, "disconnected"), updated_at=NOW)  # type: ignore[arg-type]
         for key in PROVIDERS
     ]
     return StatusEnvelope(project_id="cli", items=items, hash="abc")
@@ -246,7 +246,7 @@ def test_table_status_column_lines_up_on_screen() -> None:
 
 def test_table_shows_summary_stale_and_problem() -> None:
     """Summary, the stale marker and the problem code with its hint all appear on the provider's line."""
-    github = IntegrationStatus(
+    github = StatusItem(
         key="github",
         status="connected",
         updated_at=NOW,
@@ -255,7 +255,7 @@ def test_table_shows_summary_stale_and_problem() -> None:
         problem=Problem(code="rate_limited", hint="Retry in 30s"),
         actions=(Action(id="push", label="Push", can=True),),
     )
-    vercel = IntegrationStatus(key="vercel", status="error", updated_at=NOW, problem=Problem(code="timeout"))
+    vercel = StatusItem(key="vercel", status="error", updated_at=NOW, problem=Problem(code="timeout"))
     replaced = {"github": github, "vercel": vercel}
     envelope = StatusEnvelope(project_id="cli", items=[replaced.get(i.key, i) for i in _envelope().items])
     lines = format_table(envelope).splitlines()

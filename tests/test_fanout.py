@@ -18,7 +18,8 @@ from integration_status.core.sse import encode_event
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
-from integration_status.service.streams import HEARTBEAT, FrameCache, StreamHub
+from integration_status.service.render import Renderer
+from integration_status.service.streams import HEARTBEAT, StreamHub
 from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive, Visibility
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 
@@ -49,27 +50,27 @@ def test_cached_frames_equal_a_fresh_rendering_for_every_visibility(
 ) -> None:
     """Whatever order viewers ask in, each gets exactly the frame its own visibility renders (the cache never
     hands one visibility's bytes to another, nor an old event's bytes to a new event with a reused id)."""
-    cache = FrameCache(size=8)
+    cache = Renderer(clock=FakeClock(), size=8)
     for n, branch, visibility, equal_copy in lookups:
         data = push(n, branch)
         stored = StoredEvent(id=f"{n}-0", data=dict(data) if equal_copy else data)
         expected = encode_event(data=redact_event(data, visibility) or {}, event="github:push", id=stored.id)
-        assert cache.frame("p", stored, visibility) == expected
+        assert cache.event_frame("p", stored, visibility) == expected
 
 
 def test_a_member_never_gets_the_owners_frame() -> None:
     """The owner's frame of a push is cached first; a member asking for the same event gets blank branch."""
-    cache = FrameCache()
+    cache = Renderer(clock=FakeClock())
     stored = StoredEvent(id="1-0", data=push(1, "release-x"))
-    owner = cache.frame("p", stored, Visibility.full())
-    member = cache.frame("p", stored, Visibility(urls=True))
+    owner = cache.event_frame("p", stored, Visibility.full())
+    member = cache.event_frame("p", stored, Visibility(urls=True))
     assert owner is not None
     assert b"release-x" in owner
     assert member is not None
     assert b"release-x" not in member
     assert b'"branch":""' in member
-    assert cache.frame("p", stored, Visibility.full()) is owner  # shared by viewers alike
-    assert cache.frame("q", stored, Visibility.full()) is not owner  # ids are per project
+    assert cache.event_frame("p", stored, Visibility.full()) is owner  # shared by viewers alike
+    assert cache.event_frame("q", stored, Visibility.full()) is not owner  # ids are per project
 
 
 def github_service(clock: FakeClock) -> StatusService:
@@ -96,10 +97,16 @@ async def test_status_frames_are_shared_per_permissions_and_match_the_event() ->
     clock = FakeClock()
     async with github_service(clock) as service:
         connections = await service.project("p", OWNER)
-        first, items = await service.snapshot_frame(connections, OWNER, event_id="5-0", ts=7)
-        other_owner = Viewer(user_id="o2", roles={"owner"})
-        second, _ = await service.snapshot_frame(connections, other_owner, event_id="5-0", ts=7)
-        restricted, restricted_items = await service.snapshot_frame(connections, VIEWER, event_id="5-0", ts=7)
+        views = await service.views(connections)
+
+        def frame(viewer: Viewer) -> tuple[bytes, Any]:
+            return service.renderer.status_frame(
+                "p", views, service.grants(viewer, "p"), event_id="5-0", ts=7
+            )
+
+        first, items = frame(OWNER)
+        second, _ = frame(Viewer(user_id="o2", roles={"owner"}))
+        restricted, restricted_items = frame(VIEWER)
         assert second is first
         assert first == encode_event(
             data=StatusUpdate(project_id="p", items=items, ts=7).to_json(), event="status:update", id="5-0"
@@ -114,21 +121,17 @@ async def test_status_frames_are_shared_per_permissions_and_match_the_event() ->
         assert restricted_items == await service.items(connections, VIEWER)
 
 
-async def test_event_frame_matches_event_for() -> None:
-    """A provider event's frame carries exactly what event_for gives that viewer; unknown types send none."""
+async def test_event_frame_is_the_event_redacted_for_the_viewers_visibility() -> None:
+    """A provider event's frame carries exactly the event as that viewer's visibility redacts it."""
     clock = FakeClock()
     async with github_service(clock) as service:
-        connections = await service.project("p", OWNER)
         stored = StoredEvent(id="1-0", data=push(1, "release-x"))
         for viewer in (OWNER, MEMBER, VIEWER):
-            frame, items = await service.event_frame(stored, connections, viewer)
-            event = await service.event_for(stored, connections, viewer)
+            visibility = service.visibility(viewer, "p", "github")
+            event = redact_event(stored.data, visibility)
             assert event is not None
-            assert (frame, items) == (encode_event(data=event, event="github:push", id="1-0"), None)
-        assert await service.event_frame(StoredEvent(id="2-0", data={"type": "x"}), connections, OWNER) == (
-            None,
-            None,
-        )
+            frame = service.renderer.event_frame("p", stored, visibility)
+            assert frame == encode_event(data=event, event="github:push", id="1-0")
 
 
 class _Writes:

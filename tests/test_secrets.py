@@ -206,8 +206,11 @@ async def test_status_events_actions_and_webhooks_leak_nothing(service: StatusSe
             health = await client.get("/api/integrations/health")
             seen.append(health.text)
         conns = connections()
-        event = await service.snapshot_event(conns, Viewer(user_id="u1", roles={"owner"}))
-        seen.append(json.dumps(event))
+        owner = Viewer(user_id="u1", roles={"owner"})
+        frame, _ = service.renderer.status_frame(
+            "p", await service.views(conns), service.grants(owner, "p"), event_id=None, ts=0
+        )
+        seen.append(frame.decode())
     events = [entry for entry in logs if entry["event"].startswith("integration_status.")]
     assert any(e["event"] == "integration_status.webhook.rejected" for e in events)
     assert any(e["event"] == "integration_status.action.failed" for e in events)

@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Final, Protocol, TypeAlias, runtime_checkable
+from typing import Final, TypeAlias
 
 import attrs
 
-from integration_status.models import Action, IntegrationStatus, Problem, ProviderKey
-from integration_status.protocols import Viewer
+from integration_status.models import Action, Problem, ProviderKey, StatusItem
+from integration_status.protocols import Policy, Viewer
 from integration_status.snapshot import (
     CONNECT_ACTIONS,
     PROVIDER_ACTIONS,
@@ -32,15 +32,6 @@ from integration_status.snapshot import (
 )
 
 ALL_ACTIONS: Final = frozenset(a for actions in PROVIDER_ACTIONS.values() for a, _ in actions)
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """What a viewer may do (action ids) and see (:class:`Visibility`) for one provider of one project."""
-
-    def allowed_actions(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> frozenset[str]: ...
-
-    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility: ...
 
 
 def _action_ids(value: Iterable[str]) -> frozenset[str]:
@@ -158,7 +149,7 @@ class ProviderView:
 
 def view_item(
     view: ProviderView, *, allowed: frozenset[str], visibility: Visibility, now: datetime
-) -> IntegrationStatus:
+) -> StatusItem:
     """One provider's item as one viewer sees it: redacted summary, allowed actions only, ``can``/``reason``."""
     snapshot = view.snapshot
     problem = view.problem if view.problem is not None else snapshot.problem
@@ -172,7 +163,7 @@ def view_item(
         actions.append(
             Action(id=state.id, label=state.label, can=can, reason=None if can else (state.reason or blocked))
         )
-    return IntegrationStatus(
+    return StatusItem(
         key=view.provider,
         status=snapshot.status,
         summary=render_summary(snapshot.summary, visibility, now),

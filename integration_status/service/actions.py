@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import structlog
 
 from integration_status.core.aggregator import cache_key
+from integration_status.core.cache import SnapshotCache
 from integration_status.core.deadline import call_with_timeout
-from integration_status.core.idempotency import fingerprint, parse_idempotency_key, scope_key
+from integration_status.core.idempotency import (
+    IdempotencyGuard,
+    fingerprint,
+    parse_idempotency_key,
+    scope_key,
+)
 from integration_status.core.ratelimit import rate_key, rate_limit_headers, retry_after_seconds
 from integration_status.exceptions import (
     Forbidden,
@@ -27,25 +33,27 @@ from integration_status.exceptions import (
     ProviderTimeout,
     RateLimitExceeded,
 )
-from integration_status.models import PROVIDERS, ProviderKey
+from integration_status.models import PROVIDERS, ProviderKey, StatusItem
 from integration_status.protocols import (
     ActionContext,
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
+    Clock,
+    Engine,
+    Metrics,
+    Policy,
     ProjectConnections,
     ProviderConnection,
     StoredResponse,
     Viewer,
 )
+from integration_status.service.settings import Settings
 from integration_status.snapshot import PROVIDER_ACTIONS
-
-if TYPE_CHECKING:
-    from integration_status.service import StatusService
 
 _log = structlog.get_logger("integration_status.service.actions")
 
-MAX_BODY: Final = 64 * 1024
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
 MAX_PAYLOAD_DEPTH: Final = 32
 #: HTTP status of an action whose provider failed, by problem code (the body carries the code).
@@ -145,12 +153,51 @@ def failure_body(exc: ProviderError) -> tuple[int, dict[str, Any], dict[str, str
     return PROVIDER_FAILURE_STATUS[exc.problem_code], {"success": False, "error": error}, headers
 
 
+class ActionHost(Protocol):
+    """What the action pipeline uses of the service (``StatusService`` is one): its collaborators, the project
+    check, the viewer's current items, the bus and the background task group."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def cache(self) -> SnapshotCache: ...
+
+    @property
+    def idempotency(self) -> IdempotencyGuard: ...
+
+    @property
+    def adapters(self) -> Mapping[ProviderKey, Adapter]: ...
+
+    async def project(self, project_id: object, viewer: Viewer) -> ProjectConnections: ...
+
+    async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[StatusItem, ...]: ...
+
+    async def publish(self, project_id: str, event: Mapping[str, Any]) -> str: ...
+
+    async def refresh_provider(self, project_id: str, provider: ProviderKey) -> None: ...
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+
 class ActionRunner:
-    """Runs quick actions for a :class:`~integration_status.service.StatusService`."""
+    """Runs quick actions for an :class:`ActionHost` (the service)."""
 
     def __init__(
         self,
-        service: StatusService,
+        service: ActionHost,
         *,
         overrides: Mapping[tuple[str, str], ActionHandler] | None = None,
     ) -> None:

@@ -16,16 +16,16 @@ import anyio
 import anyio.abc
 import structlog
 
+from integration_status.backends.memory import MemoryEngine
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
 from integration_status.core.cache import SnapshotCache
-from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
+from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.connections import ConnectionLimiter
-from integration_status.core.events import redact_event
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
-from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
+from integration_status.core.policy import Grants, ProviderView, RolePolicy, grants_for
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
-from integration_status.models import PROVIDERS, IntegrationStatus, ProviderKey, StatusUpdate
-from integration_status.observability import HealthRecorder, Metrics, combine
+from integration_status.models import PROVIDERS, ProviderKey, StatusItem
+from integration_status.observability import HealthRecorder, combine
 from integration_status.protocols import (
     ActionHandler,
     Adapter,
@@ -33,26 +33,23 @@ from integration_status.protocols import (
     Authorizer,
     CacheEntry,
     ConnectionResolver,
+    Engine,
+    Metrics,
+    Policy,
     ProjectConnections,
     RequestInfo,
-    StoredEvent,
     Subscription,
     Viewer,
+    WebhookResolver,
 )
-from integration_status.service.render import RENDER_BUCKET, EnvelopeCache, StatusResult, validate_project_id
+from integration_status.service.actions import ActionResult, ActionRunner
+from integration_status.service.render import Renderer, StatusResult, validate_project_id
 from integration_status.service.settings import Settings
-from integration_status.service.streams import FrameCache, StatusFrames, StreamHub
-from integration_status.service.webhooks import WebhookResolver, WebhookResult, handle_webhook
+from integration_status.service.streams import EVENT_PROVIDER, EventStreams, Writer
+from integration_status.service.webhooks import WebhookResult, handle_webhook
+from integration_status.snapshot import Visibility
 
-__all__ = ["EVENT_PROVIDER", "Settings", "StatusResult", "StatusService", "validate_project_id"]
-
-#: Which provider's visibility applies to an event type.
-EVENT_PROVIDER: dict[str, ProviderKey] = {
-    "deploy:started": "vercel",
-    "deploy:finished": "vercel",
-    "github:push": "github",
-    "sanity:webhook": "sanity",
-}
+__all__ = ["StatusService"]
 
 _log = structlog.get_logger("integration_status.service")
 
@@ -80,7 +77,7 @@ class StatusService:
         authorizer: Authorizer | None = None,
         policy: Policy | None = None,
         settings: Settings | None = None,
-        engine: Any = None,
+        engine: Engine | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: Any = None,
         action_handlers: Mapping[tuple[str, str], ActionHandler] | None = None,
@@ -88,8 +85,6 @@ class StatusService:
         metrics: Metrics | None = None,
         health: HealthRecorder | None = None,
     ) -> None:
-        from integration_status.backends.memory import MemoryEngine
-        from integration_status.service.actions import ActionRunner
 
         self.settings = settings or Settings()
         self.clock = clock
@@ -108,7 +103,7 @@ class StatusService:
                 if adapter.provider in self.adapters:
                     raise ConfigurationError(f"two adapters for {adapter.provider}")
                 self.adapters[adapter.provider] = adapter
-        self.engine = engine if engine is not None else MemoryEngine(clock=clock)
+        self.engine: Engine = engine if engine is not None else MemoryEngine(clock=clock)
         self.cache = SnapshotCache(
             self.engine.cache_store,
             clock=clock,
@@ -136,20 +131,25 @@ class StatusService:
             lease=max(DEFAULT_LEASE, self.settings.action_timeout + LEASE_MARGIN),
         )
         self.actions = ActionRunner(self, overrides=action_handlers)
-        self.sse_connections = ConnectionLimiter(
-            per_viewer=self.settings.sse_per_viewer, per_process=self.settings.sse_per_process
-        )
         self._webhooks = webhooks
         self.closing = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
-        self._envelopes = EnvelopeCache(clock=clock)
-        #: Heartbeats and shutdown of every event stream, and the frames they share (see ``fanout``).
-        self.streams = StreamHub(clock=clock, interval=self.settings.heartbeat, spawn=self._spawn)
-        self._status_frames = StatusFrames(clock=clock, bucket=RENDER_BUCKET)
-        self._event_frames = FrameCache()
+        #: The one render cache: envelopes, ETags and frames, shared by viewers of one class.
+        self.renderer = Renderer(clock=clock)
+        #: Every event stream of this service (caps, snapshot, replay, fan-out, heartbeats, shutdown).
+        self.streams = EventStreams(
+            self,
+            renderer=self.renderer,
+            clock=clock,
+            metrics=self.metrics,
+            heartbeat=self.settings.heartbeat,
+            per_viewer=self.settings.sse_per_viewer,
+            per_process=self.settings.sse_per_process,
+            spawn=self._spawn,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -249,28 +249,25 @@ class StatusService:
         connections = await self.project(project_id, viewer)
         project_id = connections.project_id
         views = await self.aggregator.collect(project_id, connections)
-        grants = grants_for(self.policy, viewer, project_id, PROVIDERS)  # views come in PROVIDERS order
-        return self._envelopes.answer(project_id, views, grants, if_none_match)
+        return self.renderer.answer(project_id, views, self.grants(viewer, project_id), if_none_match)
 
-    async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[IntegrationStatus, ...]:
+    async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[StatusItem, ...]:
         """The four items of a project, as ``viewer`` sees them now."""
-        views = await self.aggregator.collect(connections.project_id, connections)
-        return self.render(connections.project_id, views, viewer)
+        project_id = connections.project_id
+        views = await self.aggregator.collect(project_id, connections)
+        return self.renderer.rendering(project_id, views, self.grants(viewer, project_id)).items
 
-    def render(
-        self, project_id: str, views: Iterable[ProviderView], viewer: Viewer
-    ) -> tuple[IntegrationStatus, ...]:
-        """Raw views -> the viewer's redacted items (pure apart from reading the clock)."""
-        now = utcnow(self.clock)
-        return tuple(
-            view_item(
-                view,
-                allowed=self.policy.allowed_actions(viewer, project_id, view.provider),
-                visibility=self.policy.visibility(viewer, project_id, view.provider),
-                now=now,
-            )
-            for view in views
-        )
+    async def views(self, connections: ProjectConnections) -> tuple[ProviderView, ...]:
+        """The project's raw provider views (in :data:`PROVIDERS` order), within the deadline."""
+        return await self.aggregator.collect(connections.project_id, connections)
+
+    def grants(self, viewer: Viewer, project_id: str) -> Grants:
+        """What ``viewer`` may do and see for each provider (in :data:`PROVIDERS` order): its viewer class."""
+        return grants_for(self.policy, viewer, project_id, PROVIDERS)
+
+    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility:
+        """What ``viewer`` may see of ``provider``'s names and URLs."""
+        return self.policy.visibility(viewer, project_id, provider)
 
     # --- change notification --------------------------------------------------------------------------------
 
@@ -313,8 +310,8 @@ class StatusService:
         idempotency_key: str | None,
         method: str = "POST",
         path: str = "",
-    ) -> Any:
-        """Run a quick action (see :mod:`integration_status.service.actions`); returns an ``ActionResult``."""
+    ) -> ActionResult:
+        """Run a quick action (see :mod:`integration_status.service.actions` for the order of checks)."""
         self._require_running()
         return await self.actions.act(
             viewer=viewer, body=body, idempotency_key=idempotency_key, method=method, path=path
@@ -332,62 +329,16 @@ class StatusService:
         """Raw events of one project, resuming after ``last_event_id`` (see the EventBus protocol)."""
         return self.engine.events.subscribe(project_id, last_event_id=last_event_id)
 
-    async def snapshot_event(self, connections: ProjectConnections, viewer: Viewer) -> dict[str, Any]:
-        """A ``status:update`` carrying the viewer's current items."""
-        items = await self.items(connections, viewer)
-        return StatusUpdate(project_id=connections.project_id, items=items, ts=self.now_ms()).to_json()
+    def open_stream(
+        self, viewer: Viewer, connections: ProjectConnections, *, last_event_id: str | None = None
+    ) -> Writer:
+        """The body of one event stream (see :mod:`integration_status.service.streams`)."""
+        return self.streams.open(viewer, connections, last_event_id)
 
-    async def event_for(
-        self, stored: StoredEvent, connections: ProjectConnections, viewer: Viewer
-    ) -> dict[str, Any] | None:
-        """One raw event as ``viewer`` may see it. Raw ``status:update`` events are markers: the viewer's own
-        current items are rendered for them."""
-        kind = stored.data.get("type")
-        if kind == "status:update":
-            event = await self.snapshot_event(connections, viewer)
-            event["ts"] = stored.data.get("ts", event["ts"])
-            return event
-        provider = EVENT_PROVIDER.get(str(kind))
-        if provider is None:
-            return None
-        visibility = self.policy.visibility(viewer, connections.project_id, provider)
-        redacted = redact_event(stored.data, visibility)
-        return None if redacted is None else dict(redacted)
-
-    async def snapshot_frame(
-        self, connections: ProjectConnections, viewer: Viewer, *, event_id: str | None, ts: object = None
-    ) -> tuple[bytes, tuple[IntegrationStatus, ...]]:
-        """:meth:`snapshot_event` encoded as an SSE frame with ``event_id``, and the items it carries. Viewers
-        with the same permissions share the rendering and the bytes."""
-        project_id = connections.project_id
-        views = await self.aggregator.collect(project_id, connections)
-        policy = self.policy
-        grants = tuple(
-            (
-                policy.allowed_actions(viewer, project_id, v.provider),
-                policy.visibility(viewer, project_id, v.provider),
-            )
-            for v in views
-        )
-        return self._status_frames.frame(
-            project_id, views, grants, event_id=event_id, ts=self.now_ms() if ts is None else ts
-        )
-
-    async def event_frame(
-        self, stored: StoredEvent, connections: ProjectConnections, viewer: Viewer
-    ) -> tuple[bytes | None, tuple[IntegrationStatus, ...] | None]:
-        """:meth:`event_for` encoded as an SSE frame (None: not sent to this viewer), with the items of a
-        ``status:update`` (else None). Redacted and encoded once per event and kind of viewer."""
-        kind = stored.data.get("type")
-        if kind == "status:update":
-            return await self.snapshot_frame(
-                connections, viewer, event_id=stored.id, ts=stored.data.get("ts")
-            )
-        provider = EVENT_PROVIDER.get(str(kind))
-        if provider is None:
-            return None, None
-        visibility = self.policy.visibility(viewer, connections.project_id, provider)
-        return self._event_frames.frame(connections.project_id, stored, visibility), None
+    @property
+    def sse_connections(self) -> ConnectionLimiter:
+        """The open event streams of this process, per viewer and in total, and their caps."""
+        return self.streams.caps
 
     # --- webhooks -------------------------------------------------------------------------------------------
 

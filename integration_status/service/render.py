@@ -1,35 +1,46 @@
-"""Status envelopes as a viewer sees them: rendered once per (project, permissions, provider views, second),
-hashed, encoded, and answered 200 or 304.
+"""What a viewer is sent: status envelopes (with their ETag, answered 200 or 304), ``status:update`` frames
+and redacted provider-event frames, from ONE render cache owned by the service.
 
-The most polled path of the library: a project's last answer is reused when a request brings the very same
-provider views (the aggregator hands out the same objects while entries stay fresh) and the same (memoised)
-grants, so a warm poll costs an identity check and an ETag comparison.
+Rendering is pure (:func:`~integration_status.core.policy.view_item` per provider); this module decides when
+it may be skipped. A rendering depends on the project, the viewer's grants (allowed actions and visibility per
+provider: the *viewer class*), the provider views and the clock second. Viewers of one class share the
+rendering, its JSON, its hash and its frames; viewers of different classes never do.
+
+The most polled path of the library is a warm poll: the aggregator hands out the same views tuple while the
+entries stay fresh and the policy the same grants tuple, so the last rendering of a project is found by two
+identity checks before the cache is even asked.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 from cachetools import LRUCache
 
 from integration_status.core.clock import Clock, utcnow
 from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
+from integration_status.core.events import redact_event
 from integration_status.core.policy import Grants, ProviderView, view_item
+from integration_status.core.sse import encode_event
 from integration_status.exceptions import InvalidRequest
-from integration_status.models import StatusEnvelope
+from integration_status.models import StatusEnvelope, StatusItem, StatusUpdate
+from integration_status.protocols import StoredEvent
+from integration_status.snapshot import Visibility
 
-__all__ = ["MAX_PROJECT_ID", "RENDER_BUCKET", "EnvelopeCache", "StatusResult", "validate_project_id"]
+__all__ = ["MAX_PROJECT_ID", "RENDER_BUCKET", "Renderer", "StatusResult", "validate_project_id"]
 
-MAX_PROJECT_ID = 200
+MAX_PROJECT_ID: Final = 200
 
-#: A rendered envelope is reused for this long (seconds) by requests that see the same provider views with the
-#: same permissions. Relative times ("5 minutes ago") move in minutes, so this delays nothing a viewer can see
-#: by more than a second, and it spares hashing and JSON encoding on every poll.
-RENDER_BUCKET = 1.0
-RENDER_CACHE_SIZE = 1024
+#: A rendering is reused for this long (seconds) by viewers of one class that see the same provider views.
+#: Relative times ("5 minutes ago") move in minutes, so this delays nothing a viewer can see by more than a
+#: second, and it spares hashing and JSON encoding on every poll.
+RENDER_BUCKET: Final = 1.0
+RENDER_CACHE_SIZE: Final = 2048
+#: ``status:update`` frames kept per rendering (one per event id and ts; a few markers share a rendering).
+FRAMES_PER_RENDERING: Final = 8
 
 
 @attrs.frozen(kw_only=True)
@@ -42,32 +53,14 @@ class StatusResult:
     not_modified: bool
     #: The envelope as compact UTF-8 JSON, encoded once (what the status endpoint sends).
     body: bytes = b""
+    #: Encodings of this answer made by a mount (its response object, its raw headers), kept as long as the
+    #: rendering is: results are shared by every request of a viewer class, so a mount encodes each once.
+    wire: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False, hash=False)
 
 
-@attrs.frozen(kw_only=True)
-class _Rendered:
-    # ``views`` keeps the snapshots alive, so the ``id()``s in this entry's key cannot be reused meanwhile.
-    views: tuple[ProviderView, ...]
-    envelope: StatusEnvelope
-    digest: str
-    etag: str
-    body: bytes
-    # The two answers for this envelope, built once (results are frozen, so requests may share them).
-    ok: StatusResult
-    not_modified: StatusResult
-
-
-def _same_views(a: Sequence[ProviderView], b: Sequence[ProviderView]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):  # noqa: SIM110 - faster than all() over a generator
-        if x is not y:
-            return False
-    return True
-
-
-def _envelope_body(envelope: StatusEnvelope) -> bytes:
-    return json.dumps(envelope.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+def dumps(value: object) -> str:
+    """Compact JSON, non-ASCII kept (what every endpoint and frame sends)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def validate_project_id(project_id: object) -> str:
@@ -79,78 +72,137 @@ def validate_project_id(project_id: object) -> str:
     return project_id
 
 
-class EnvelopeCache:
-    """Rendered envelopes and their two answers (200 and 304), reused while nothing they show changed."""
+class _Rendering:
+    """One rendering of a project's items for one viewer class within one clock second, and what is derived
+    from it: the envelope, its hash, its JSON, the two status answers, and ``status:update`` frames."""
+
+    __slots__ = ("envelope", "etag", "frames", "items", "not_modified", "ok", "project_id", "tag", "views")
+
+    def __init__(
+        self, project_id: str, views: tuple[ProviderView, ...], items: tuple[StatusItem, ...]
+    ) -> None:
+        self.project_id = project_id
+        self.views = views  # keeps the snapshots alive: the id()s in this rendering's key cannot be reused
+        self.items = items
+        body = StatusEnvelope(project_id=project_id, items=items)
+        self.tag = compute_etag(body.to_json(with_hash=False))
+        self.envelope = attrs.evolve(body, hash=self.tag)
+        self.etag = format_etag(self.tag)
+        encoded = dumps(self.envelope.to_json()).encode()
+        self.ok = StatusResult(envelope=self.envelope, etag=self.etag, not_modified=False, body=encoded)
+        self.not_modified = StatusResult(
+            envelope=self.envelope, etag=self.etag, not_modified=True, body=encoded
+        )
+        self.frames: dict[tuple[str | None, int], bytes] = {}
+
+    def frame(self, event_id: str | None, ts: int) -> bytes:
+        frame = self.frames.get((event_id, ts))
+        if frame is None:
+            if len(self.frames) >= FRAMES_PER_RENDERING:
+                del self.frames[next(iter(self.frames))]
+            update = StatusUpdate(project_id=self.project_id, items=self.items, ts=ts)
+            frame = self.frames[(event_id, ts)] = encode_event(
+                data=dumps(update.to_json()), event="status:update", id=event_id
+            )
+        return frame
+
+
+def _same(a: Sequence[ProviderView], b: Sequence[ProviderView]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):  # noqa: SIM110 - faster than all() over a generator
+        if x is not y:
+            return False
+    return True
+
+
+class Renderer:
+    """The service's render cache (see the module docstring): status answers, ``status:update`` frames and
+    provider-event frames, bounded, keyed on everything a rendering depends on."""
 
     def __init__(self, *, clock: Clock, size: int = RENDER_CACHE_SIZE) -> None:
         self._clock = clock
         self._size = size
-        self._rendered: LRUCache[tuple[Any, ...], _Rendered] = LRUCache(maxsize=size)
-        # Per project: (views, grants, time bucket, envelope) of the last status answer, checked by identity.
-        self._last_rendered: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendered]] = {}
+        self._cache: LRUCache[tuple[Any, ...], Any] = LRUCache(maxsize=size)
+        # The newest rendering per project, with the views and grants objects it was made for: a warm poll
+        # finds it by identity without building a cache key.
+        self._newest: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendering]] = {}
 
-    def answer(
-        self, project_id: str, views: Sequence[ProviderView], grants: Grants, if_none_match: str | None
-    ) -> StatusResult:
-        """The viewer's envelope for these views and grants; ``not_modified`` when ``if_none_match`` matches."""
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def rendering(self, project_id: str, views: Sequence[ProviderView], grants: Grants) -> _Rendering:
+        """The rendering of ``views`` for a viewer with ``grants`` (one pair per view, in order)."""
         bucket = int(self._clock.time() // RENDER_BUCKET)
-        # The last envelope of this project, when this request has the very same views (the aggregator hands
-        # out the same objects while the entries stay fresh) and the same (memoised) grants.
-        last = self._last_rendered.get(project_id)
+        newest = self._newest.get(project_id)
         if (
-            last is not None
-            and last[1] is grants
-            and last[2] == bucket
-            and (last[0] is views or _same_views(last[0], views))
+            newest is not None
+            and newest[1] is grants
+            and newest[2] == bucket
+            and (newest[0] is views or _same(newest[0], views))
         ):
-            rendered = last[3]
-        else:
-            rendered = self._render(project_id, views, grants, bucket)
-            last_rendered = self._last_rendered
-            if project_id not in last_rendered and len(last_rendered) >= self._size:
-                del last_rendered[next(iter(last_rendered))]
-            last_rendered[project_id] = (
-                views if isinstance(views, tuple) else tuple(views),
-                grants,
-                bucket,
-                rendered,
-            )
-        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
-        if if_none_match is None:
-            return rendered.ok
-        if if_none_match == rendered.etag or if_none_match_matches(if_none_match, rendered.digest):
-            return rendered.not_modified
-        return rendered.ok
-
-    def _render(
-        self, project_id: str, views: Sequence[ProviderView], grants: Grants, bucket: int
-    ) -> _Rendered:
+            return newest[3]
         key = (
+            "status",
             project_id,
             grants,
             bucket,
             tuple((id(v.snapshot), v.changed_at, v.stale, v.problem) for v in views),
         )
-        rendered = self._rendered.get(key)
-        if rendered is None:
+        rendering: _Rendering | None = self._cache.get(key)
+        if rendering is None:
             now = utcnow(self._clock)
             items = tuple(
                 view_item(view, allowed=allowed, visibility=visibility, now=now)
                 for view, (allowed, visibility) in zip(views, grants, strict=True)
             )
-            body = StatusEnvelope(project_id=project_id, items=items)
-            digest = compute_etag(body.to_json(with_hash=False))
-            envelope = attrs.evolve(body, hash=digest)
-            etag = format_etag(digest)
-            encoded = _envelope_body(envelope)
-            rendered = _Rendered(
-                views=tuple(views),
-                envelope=envelope,
-                digest=digest,
-                etag=etag,
-                body=encoded,
-                ok=StatusResult(envelope=envelope, etag=etag, not_modified=False, body=encoded),
-                not_modified=StatusResult(envelope=envelope, etag=etag, not_modified=True, body=encoded),
-            )
-            self._rendered[key] = rendered
-        return rendered
+            rendering = self._cache[key] = _Rendering(project_id, tuple(views), items)
+        if project_id not in self._newest and len(self._newest) >= self._size:
+            del self._newest[next(iter(self._newest))]
+        self._newest[project_id] = (
+            views if isinstance(views, tuple) else tuple(views),
+            grants,
+            bucket,
+            rendering,
+        )
+        return rendering
+
+    def answer(
+        self, project_id: str, views: Sequence[ProviderView], grants: Grants, if_none_match: str | None
+    ) -> StatusResult:
+        """The viewer's envelope for these views and grants; ``not_modified`` when ``if_none_match`` matches."""
+        rendering = self.rendering(project_id, views, grants)
+        if if_none_match is None:
+            return rendering.ok
+        # The common revalidation sends back exactly the tag it got: compare before parsing the header.
+        if if_none_match == rendering.etag or if_none_match_matches(if_none_match, rendering.tag):
+            return rendering.not_modified
+        return rendering.ok
+
+    def status_frame(
+        self,
+        project_id: str,
+        views: Sequence[ProviderView],
+        grants: Grants,
+        *,
+        event_id: str | None,
+        ts: int,
+    ) -> tuple[bytes, tuple[StatusItem, ...]]:
+        """The encoded ``status:update`` frame for a viewer with ``grants``, and the items it carries."""
+        rendering = self.rendering(project_id, views, grants)
+        return rendering.frame(event_id, ts), rendering.items
+
+    def event_frame(self, project_id: str, stored: StoredEvent, visibility: Visibility) -> bytes | None:
+        """The frame a provider event (``github:push``, ``deploy:*``, ``sanity:webhook``) becomes for a viewer
+        with ``visibility``; None when it is not sent to them. A hit counts only for the very same event data
+        (the same object, or an equal one): an id that came back with other content is rendered again."""
+        key = ("event", project_id, stored.id, visibility)
+        hit: tuple[Mapping[str, Any], bytes | None] | None = self._cache.get(key)
+        if hit is not None and (hit[0] is stored.data or hit[0] == stored.data):
+            return hit[1]
+        redacted = redact_event(stored.data, visibility)
+        frame = None
+        if redacted is not None:
+            frame = encode_event(data=redacted, event=str(redacted["type"]), id=stored.id)
+        self._cache[key] = (stored.data, frame)
+        return frame

@@ -1,36 +1,91 @@
-"""What the event streams of one process share: one heartbeat timer, one shutdown signal, and encoded frames.
+"""The event streams: the whole Server-Sent Events fan-out of a service, framework-neutral.
 
-Thousands of viewers may hold a stream of the same project open. Per stream there is then only the task the
-server runs the response in; everything else is process-wide:
+A mount authenticates the viewer and finds the project, then asks :meth:`EventStreams.open` for a writer; the
+writer streams frames until the client goes away, the subscription ends, or the service stops. Per stream there
+is only the task the server runs the response in; everything else is shared:
 
+- the caps (per viewer and per process): over either, a ``retry:`` hint under ``event: overloaded`` and the
+  stream ends at once;
+- on connect, a ``status:update`` snapshot of the viewer's items carrying the resume point as its id, unless
+  ``Last-Event-ID`` is still in the bus's buffer, in which case every later event is replayed instead;
+- a raw ``status:update`` on the bus is a marker: the provider views behind it are collected ONCE per project
+  and marker, however many streams are open, and rendered once per viewer class (the service's render cache);
+  each stream writes the shared frame only when its items differ from the last ones it sent;
+- provider events (``deploy:*``, ``github:push``, ``sanity:webhook``) are redacted and encoded once per
+  event and visibility;
 - :class:`StreamHub` keeps one task that sleeps on the service clock until the next stream's heartbeat is due
-  and wakes exactly the streams whose time has come (each stream's heartbeats still fall every ``interval``
-  seconds after it connected). Shutdown wakes every stream at once.
-- :class:`FrameCache` renders, redacts and encodes an event once per kind of viewer: frames are keyed by the
-  project, the event id and everything of the viewer that the rendering depends on (visibility for a
-  provider event; allowed actions and visibility per provider for a ``status:update``), so viewers with the
-  same permissions share bytes and viewers with different ones never do.
+  and wakes exactly the streams whose time has come. Shutdown wakes every stream at once.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final
+from contextlib import AbstractAsyncContextManager
+from typing import Final, Protocol
 
 import anyio
-from cachetools import LRUCache
+import structlog
 
-from integration_status.core.clock import Clock, utcnow
-from integration_status.core.events import redact_event
-from integration_status.core.policy import ProviderView, view_item
+from integration_status.core.connections import ConnectionLimiter
+from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
-from integration_status.models import IntegrationStatus
-from integration_status.protocols import StoredEvent
+from integration_status.exceptions import BackendUnavailable, SubscriberLagging
+from integration_status.models import ProviderKey, StatusItem
+from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
+from integration_status.service.render import Renderer
 from integration_status.snapshot import Visibility
 
-__all__ = ["HEARTBEAT", "FrameCache", "StatusFrames", "StreamBeat", "StreamHub"]
+__all__ = [
+    "CONNECTED",
+    "EVENT_PROVIDER",
+    "HEARTBEAT",
+    "EventStreams",
+    "StreamBeat",
+    "StreamHub",
+    "StreamSource",
+    "Writer",
+]
+
+_log = structlog.get_logger("integration_status.sse")
+
+#: Which provider's visibility applies to an event type.
+EVENT_PROVIDER: Final[Mapping[str, ProviderKey]] = {
+    "deploy:started": "vercel",
+    "deploy:finished": "vercel",
+    "github:push": "github",
+    "sanity:webhook": "sanity",
+}
+
+#: The first frame of every event stream.
+CONNECTED: Final = encode_comment("connected")
+#: What a stream over a cap is sent before it ends: reconnect in 30 s.
+OVERLOADED: Final = encode_event(data="too many connections", event="error", retry=30_000)
+
+#: Markers whose views are kept per project, for streams a few events behind the others.
+MARKERS_PER_PROJECT: Final = 4
+
+#: How a writer sends one chunk; the mount implements it over its server.
+Write = Callable[[bytes], Awaitable[None]]
+#: A stream's body: the mount runs it with its ``write`` and cancels it when the client goes away.
+Writer = Callable[[Write], Awaitable[None]]
+
+
+class StreamSource(Protocol):
+    """What the streams need from the service: the project's provider views, the viewer's grants, the bus."""
+
+    def views(self, connections: ProjectConnections) -> Awaitable[tuple[ProviderView, ...]]: ...
+
+    def grants(self, viewer: Viewer, project_id: str) -> Grants: ...
+
+    def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility: ...
+
+    def subscribe(
+        self, project_id: str, *, last_event_id: str | None = None
+    ) -> AbstractAsyncContextManager[Subscription]: ...
+
+    def now_ms(self) -> int: ...
+
 
 #: The heartbeat comment every stream sends (one object for all).
 HEARTBEAT: Final = encode_comment()
@@ -174,96 +229,168 @@ class StreamHub:
             self._ticking = False
 
 
-class _StatusEntry:
-    """One rendering of a project's items for one kind of viewer within one clock bucket."""
+class _Marker:
+    """The provider views behind one ``status:update`` marker of one project, collected once for every stream."""
 
-    __slots__ = ("frames", "head", "items", "views")
+    __slots__ = ("done", "event_id", "views")
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+        self.done = anyio.Event()
+        self.views: tuple[ProviderView, ...] | None = None
+
+
+class EventStreams:
+    """Every event stream of one service (see the module docstring)."""
 
     def __init__(
-        self, views: tuple[ProviderView, ...], items: tuple[IntegrationStatus, ...], head: str
-    ) -> None:
-        self.views = views  # keeps the snapshots alive: the id()s in this entry's key cannot be reused
-        self.items = items
-        self.head = head  # the JSON data up to the ts value
-        self.frames: dict[tuple[str | None, str], bytes] = {}
-
-
-class StatusFrames:
-    """``status:update`` frames for a viewer's current items, rendered once per (project, permissions,
-    provider views, clock second) and encoded once per (event id, ts)."""
-
-    def __init__(self, *, clock: Clock, size: int = 256, bucket: float = 1.0) -> None:
-        self._clock = clock
-        self._bucket = bucket
-        self._entries: LRUCache[tuple[Any, ...], _StatusEntry] = LRUCache(maxsize=size)
-
-    def frame(
         self,
-        project_id: str,
-        views: tuple[ProviderView, ...],
-        grants: tuple[tuple[frozenset[str], Visibility], ...],
+        source: StreamSource,
         *,
-        event_id: str | None,
-        ts: object,
-    ) -> tuple[bytes, tuple[IntegrationStatus, ...]]:
-        """The encoded frame and the items it carries. ``grants`` are the viewer's allowed actions and
-        visibility for each of ``views`` (in order); they are part of the key, so frames never cross viewers
-        with different permissions."""
-        key = (
-            project_id,
-            grants,
-            int(self._clock.time() // self._bucket),
-            tuple((id(v.snapshot), v.changed_at, v.stale, v.problem) for v in views),
-        )
-        entry = self._entries.get(key)
-        if entry is None:
-            now = utcnow(self._clock)
-            items = tuple(
-                view_item(view, allowed=allowed, visibility=visibility, now=now)
-                for view, (allowed, visibility) in zip(views, grants, strict=True)
-            )
-            # Key order of StatusUpdate.to_json(); the items are encoded once for every frame of this entry.
-            head = (
-                '{"type":"status:update","projectId":'
-                + _dumps(project_id)
-                + ',"items":'
-                + _dumps([i.to_json() for i in items])
-                + ',"ts":'
-            )
-            entry = self._entries[key] = _StatusEntry(views, items, head)
-        ts_text = _dumps(ts)
-        frame = entry.frames.get((event_id, ts_text))
-        if frame is None:
-            if len(entry.frames) >= 8:
-                entry.frames.pop(next(iter(entry.frames)))
-            frame = entry.frames[(event_id, ts_text)] = encode_event(
-                data=entry.head + ts_text + "}", event="status:update", id=event_id
-            )
-        return frame, entry.items
+        renderer: Renderer,
+        clock: Clock,
+        metrics: Metrics,
+        heartbeat: float,
+        per_viewer: int,
+        per_process: int,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
+        self._source = source
+        self._renderer = renderer
+        self._metrics = metrics
+        self.caps = ConnectionLimiter(per_viewer=per_viewer, per_process=per_process)
+        self.hub = StreamHub(clock=clock, interval=heartbeat, spawn=spawn)
+        # The newest markers per project with a stream open (streams of a project see markers in one order;
+        # a few are kept for streams that lag a little behind the others).
+        self._markers: dict[str, dict[str, _Marker]] = {}
+        self._open_per_project: dict[str, int] = {}
+        self._collected = 0
+
+    def __len__(self) -> int:
+        return self.caps.count
+
+    @property
+    def markers_collected(self) -> int:
+        """How many markers had their views collected (for tests and benchmarks: one per marker)."""
+        return self._collected
+
+    def open(self, viewer: Viewer, connections: ProjectConnections, last_event_id: str | None) -> Writer:
+        """The body of one stream for ``viewer``: over a cap, one ``retry:`` frame and the end."""
+        if not self.caps.acquire(viewer.user_id):
+            _log.info("integration_status.sse.refused", reason="connection cap")
+
+            async def refuse(write: Write) -> None:
+                await write(OVERLOADED)
+
+            return refuse
+
+        async def stream(write: Write) -> None:
+            await self._stream(viewer, connections, last_event_id, write)
+
+        return stream
+
+    async def _stream(
+        self, viewer: Viewer, connections: ProjectConnections, last_event_id: str | None, write: Write
+    ) -> None:
+        project_id = connections.project_id
+        source = self._source
+        dropped = False  # ended by an error on our side (not the client going away, not shutdown)
+        self._metrics.sse_connections(1)
+        self._open_per_project[project_id] = self._open_per_project.get(project_id, 0) + 1
+        try:
+            async with source.subscribe(project_id, last_event_id=last_event_id) as subscription:
+                await write(CONNECTED)
+                last_items: tuple[StatusItem, ...] | None = None
+                if last_event_id is None or subscription.gap:
+                    views = await source.views(connections)
+                    snapshot, last_items = self._renderer.status_frame(
+                        project_id,
+                        views,
+                        source.grants(viewer, project_id),
+                        event_id=subscription.resume_id,
+                        ts=source.now_ms(),
+                    )
+                    await write(snapshot)
+                    del snapshot  # not kept while the stream lives
+
+                async def send(stored: StoredEvent) -> None:
+                    nonlocal last_items
+                    kind = stored.data.get("type")
+                    if kind == "status:update":
+                        views = await self._marker_views(stored, connections)
+                        frame, items = self._renderer.status_frame(
+                            project_id,
+                            views,
+                            source.grants(viewer, project_id),
+                            event_id=stored.id,
+                            ts=_ts(stored.data.get("ts"), source.now_ms()),
+                        )
+                        # Only what changed for this viewer: several raw markers can render alike.
+                        if items == last_items:
+                            return
+                        last_items = items
+                        await write(frame)
+                        return
+                    provider = EVENT_PROVIDER.get(str(kind))
+                    if provider is None:
+                        return
+                    visibility = source.visibility(viewer, project_id, provider)
+                    event_frame = self._renderer.event_frame(project_id, stored, visibility)
+                    if event_frame is not None:
+                        await write(event_frame)
+
+                beat = self.hub.open()
+                try:
+                    await beat.pump(aiter(subscription), send, write)
+                except (SubscriberLagging, BackendUnavailable) as exc:
+                    # End the stream; the client reconnects and resumes with Last-Event-ID.
+                    _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+                    dropped = True
+                finally:
+                    self.hub.close_stream(beat)
+        except Exception as exc:
+            dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
+            raise
+        finally:
+            self.caps.release(viewer.user_id)
+            self._metrics.sse_connections(-1, dropped=dropped)
+            left = self._open_per_project.get(project_id, 1) - 1
+            if left > 0:
+                self._open_per_project[project_id] = left
+            else:
+                self._open_per_project.pop(project_id, None)
+                self._markers.pop(project_id, None)
+
+    async def _marker_views(
+        self, stored: StoredEvent, connections: ProjectConnections
+    ) -> tuple[ProviderView, ...]:
+        """The views behind a marker, collected by the first stream that reaches it; the others wait for that
+        collection instead of starting their own."""
+        markers = self._markers.setdefault(connections.project_id, {})
+        marker = markers.get(stored.id)
+        if marker is not None:
+            await marker.done.wait()
+            if marker.views is not None:
+                return marker.views
+            return await self._source.views(connections)  # the first collection failed: try for ourselves
+        if len(markers) >= MARKERS_PER_PROJECT:
+            del markers[next(iter(markers))]
+        marker = markers[stored.id] = _Marker(stored.id)
+        try:
+            marker.views = await self._source.views(connections)
+            self._collected += 1
+        finally:
+            marker.done.set()
+        return marker.views
+
+    def shutdown(self) -> None:
+        """End every open stream now, and any stream opened later at once."""
+        self.hub.shutdown()
+
+    def reopen(self) -> None:
+        """The service starts (again): streams may open."""
+        self.hub.reopen()
 
 
-class FrameCache:
-    """Redacted, encoded frames of provider events (``github:push``, ``deploy:*``, ``sanity:webhook``), keyed
-    by (project, event id, visibility). A hit is used only for the very same event data (the same object, or
-    an equal one), so an id that came back with other content is rendered again."""
-
-    def __init__(self, *, size: int = 1024) -> None:
-        self._frames: LRUCache[tuple[str, str, Visibility], tuple[Mapping[str, Any], bytes | None]]
-        self._frames = LRUCache(maxsize=size)
-
-    def frame(self, project_id: str, stored: StoredEvent, visibility: Visibility) -> bytes | None:
-        """The frame ``stored`` becomes for a viewer with ``visibility``; None when it is not sent."""
-        key = (project_id, stored.id, visibility)
-        hit = self._frames.get(key)
-        if hit is not None and (hit[0] is stored.data or hit[0] == stored.data):
-            return hit[1]
-        redacted = redact_event(stored.data, visibility)
-        frame = None
-        if redacted is not None:
-            frame = encode_event(data=redacted, event=str(redacted["type"]), id=stored.id)
-        self._frames[key] = (stored.data, frame)
-        return frame
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _ts(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default

@@ -14,8 +14,8 @@ nothing is acted on before the signature holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeAlias
+from collections.abc import Mapping
+from typing import Any, Final
 
 import attrs
 import structlog
@@ -33,7 +33,7 @@ from integration_status.core.webhooks import (
     translate,
 )
 from integration_status.exceptions import InvalidModel
-from integration_status.protocols import DeliveryLog, Secret
+from integration_status.protocols import DeliveryLog, WebhookResolver, WebhookTarget
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -55,22 +55,6 @@ DEFAULT_TOLERANCE: Final = 300.0
 #: How long a delivery id is remembered. GitHub and Vercel sign no timestamp, so this window is their only
 #: replay bound; a day covers every automatic retry schedule.
 DEFAULT_REPLAY_TTL: Final = 86_400.0
-
-
-@attrs.frozen(kw_only=True)
-class WebhookTarget:
-    """The integration a delivery belongs to, as the host's resolver finds it."""
-
-    project_id: str = attrs.field(validator=attrs.validators.instance_of(str))
-    #: The per-integration signing secret configured at the provider.
-    secret: Secret = attrs.field(validator=attrs.validators.instance_of(Secret))
-
-
-#: ``(provider, headers with lower-case names, parsed JSON body) -> target``, or None for an unknown
-#: integration (404). GitHub: by ``repository.full_name``; Vercel: by ``payload.project.id``; Sanity: by the
-#: ``sanity-project-id`` header. The body is not yet authenticated when the resolver sees it: look it up,
-#: never act on it.
-WebhookResolver: TypeAlias = Callable[[str, Mapping[str, str], Any], Awaitable[WebhookTarget | None]]
 
 
 @attrs.frozen(kw_only=True)

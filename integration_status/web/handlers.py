@@ -7,31 +7,43 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
+from typing import Any, Concatenate, Final, ParamSpec
 
 import attrs
 import structlog
 
-from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
-from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
-from integration_status.protocols import RequestInfo, StoredEvent
+from integration_status.core.sse import SSE_HEADERS
+from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError
+from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
-from integration_status.service.render import StatusResult
+from integration_status.service.streams import Write, Writer
+
+__all__ = [
+    "HTTP_ERROR_CODES",
+    "MAX_ACTION_BODY",
+    "Response",
+    "Write",
+    "Writer",
+    "error_response",
+    "handle_action",
+    "handle_events",
+    "handle_health",
+    "handle_openapi",
+    "handle_status",
+    "handle_webhook",
+    "json_response",
+    "request_info",
+]
 
 _log = structlog.get_logger("integration_status.web")
 
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
 
-_SSE_HEADERS: Final = tuple(SSE_HEADERS.items())
-#: The first frame of every event stream.
-CONNECTED: Final = encode_comment("connected")
+SSE_RESPONSE_HEADERS: Final = tuple(SSE_HEADERS.items())
 
 #: ``error.code`` of the answers routing itself gives (unknown path, wrong method).
 HTTP_ERROR_CODES: Final = {404: "not_found", 405: "invalid_request"}
-
-#: How a streaming handler sends one chunk; the mount implements it over its server.
-Write: TypeAlias = Callable[[bytes], Awaitable[None]]
 
 
 @attrs.frozen(kw_only=True)
@@ -45,11 +57,9 @@ class Response:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    writer: Callable[[Write], Awaitable[None]] | None = None
-
-    def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lowered), None)
+    writer: Writer | None = None
+    #: Encodings of this response made by a mount (e.g. its raw ASGI headers), for responses that are reused.
+    wire: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False, hash=False)
 
 
 def dumps(data: Any) -> bytes:
@@ -143,25 +153,16 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
         )
     except RequestError as exc:
         return error_response(exc)
-    # The service hands out one result object per rendered envelope and answer: so is the response.
-    known = _STATUS_RESPONSES.get(id(result))
-    if known is not None and known[0] is result:
-        return known[1]
-    headers = (("ETag", result.etag), NO_STORE)
-    if result.not_modified:
-        response = Response(status=304, headers=headers)
-    else:
-        body = result.body or dumps(result.envelope.to_json())
-        response = Response(status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=body)
-    if len(_STATUS_RESPONSES) >= STATUS_RESPONSES_SIZE:
-        _STATUS_RESPONSES.clear()
-    # Keeping the result keeps its id() from being reused while the entry lives.
-    _STATUS_RESPONSES[id(result)] = (result, response)
+    # One result object per rendering and answer, shared by every request of a viewer class: so is the response.
+    response: Response | None = result.wire.get("response")
+    if response is None:
+        headers = (("ETag", result.etag), NO_STORE)
+        if result.not_modified:
+            response = Response(status=304, headers=headers)
+        else:
+            response = Response(status=200, headers=(("Content-Type", JSON_TYPE), *headers), body=result.body)
+        result.wire["response"] = response
     return response
-
-
-STATUS_RESPONSES_SIZE: Final = 1024
-_STATUS_RESPONSES: dict[int, tuple[StatusResult, Response]] = {}
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -216,74 +217,16 @@ async def handle_webhook(
 
 
 async def handle_events(service: StatusService, request: RequestInfo) -> Response:
-    """``GET {prefix}/events?projectId=``: a Server-Sent Events stream, redacted for this viewer.
-
-    On connect: a ``status:update`` snapshot, unless ``Last-Event-ID`` is still in the buffer, in which case
-    every later event is replayed instead. A ``status:update`` is sent only when the viewer's items differ from
-    the last ones this stream sent. A heartbeat comment every ``settings.heartbeat`` seconds. Over the
-    connection caps: a ``retry:`` hint and the stream ends at once.
-    """
+    """``GET {prefix}/events?projectId=``: a Server-Sent Events stream, redacted for this viewer (see
+    :mod:`integration_status.service.streams` for what it sends)."""
     try:
         viewer = await service.authenticate(request)
         connections = await service.project(request.query.get("projectId"), viewer)
     except RequestError as exc:
         return error_response(exc)
     last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
-    headers = _SSE_HEADERS
-
-    if not service.sse_connections.acquire(viewer.user_id):
-        _log.info("integration_status.sse.refused", reason="connection cap")
-
-        async def refuse(write: Write) -> None:
-            await write(encode_event(data="too many connections", event="error", retry=30_000))
-
-        return Response(status=200, headers=headers, writer=refuse)
-
-    async def stream(write: Write) -> None:
-        # One task per stream: heartbeats and shutdown come from the service's StreamHub, which interrupts
-        # the wait for the next event; frames are rendered and encoded once per kind of viewer.
-        dropped = False  # ended by an error on our side (not the client going away, not shutdown)
-        service.metrics.sse_connections(1)
-        try:
-            async with service.subscribe(connections.project_id, last_event_id=last_event_id) as subscription:
-                await write(CONNECTED)
-                last_items: object = None
-                if last_event_id is None or subscription.gap:
-                    snapshot, last_items = await service.snapshot_frame(
-                        connections, viewer, event_id=subscription.resume_id
-                    )
-                    await write(snapshot)
-                    del snapshot  # not kept while the stream lives
-
-                async def send(stored: StoredEvent) -> None:
-                    nonlocal last_items
-                    frame, items = await service.event_frame(stored, connections, viewer)
-                    if frame is None:
-                        return
-                    if items is not None:
-                        # Only what changed for this viewer: several raw markers can render alike.
-                        if items == last_items:
-                            return
-                        last_items = items
-                    await write(frame)
-
-                beat = service.streams.open()
-                try:
-                    await beat.pump(aiter(subscription), send, write)
-                except (SubscriberLagging, BackendUnavailable) as exc:
-                    # End the stream; the client reconnects and resumes with Last-Event-ID.
-                    _log.info("integration_status.sse.dropped", error=type(exc).__name__)
-                    dropped = True
-                finally:
-                    service.streams.close_stream(beat)
-        except Exception as exc:
-            dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
-            raise
-        finally:
-            service.sse_connections.release(viewer.user_id)
-            service.metrics.sse_connections(-1, dropped=dropped)
-
-    return Response(status=200, headers=headers, writer=stream)
+    writer = service.open_stream(viewer, connections, last_event_id=last_event_id)
+    return Response(status=200, headers=SSE_RESPONSE_HEADERS, writer=writer)
 
 
 # --- health -------------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ Inside FastAPI (mounted apps do not get lifespan events, so hand the service's l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, Final, TypeAlias
-from urllib.parse import parse_qsl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import anyio
 
@@ -32,9 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from integration_status.exceptions import ConfigurationError
-from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.web import handlers
+from integration_status.web._asgi import StatusEndpoint
 from integration_status.web.handlers import Response, Write
 
 DEFAULT_PREFIX = "/api/integrations"
@@ -42,18 +41,6 @@ MAX_WEBHOOK_BODY = 1_048_576
 
 
 Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
-
-#: Encoded header lists by header tuple: every event stream sends the same few headers.
-_STREAM_HEADERS: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
-
-
-def _raw_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
-    raw = _STREAM_HEADERS.get(headers)
-    if raw is None:
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        if len(_STREAM_HEADERS) < 32:
-            _STREAM_HEADERS[headers] = raw
-    return raw
 
 
 class _WriterResponse(StarletteResponse):
@@ -72,10 +59,10 @@ class _WriterResponse(StarletteResponse):
         headers: tuple[tuple[str, str], ...],
         spawn: Spawn | None = None,
     ) -> None:
-        # Not Response.__init__: no ``body`` and no Content-Length (a stream); the headers list is shared.
+        # Not Response.__init__: no ``body`` and no Content-Length (a stream).
         self.status_code = status_code
         self.background = None
-        self.raw_headers = _raw_headers(headers)
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         self._writer = writer
         self._spawn = spawn
 
@@ -151,127 +138,6 @@ def _info(request: Request) -> Any:
     )
 
 
-class ScopeHeaders(Mapping[str, str]):
-    """The request headers of an ASGI scope as ``RequestInfo.headers`` has them (lower-case names, the first
-    value of a repeated header), read from the raw pairs on demand: a lookup scans the few raw pairs instead
-    of decoding all of them into a dict on every request."""
-
-    __slots__ = ("_all", "_raw")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._all: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        if self._all is None:
-            built: dict[str, str] = {}
-            for name, value in self._raw:
-                built.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-            self._all = built
-        return self._all
-
-    def get(self, key: str, default: Any = None) -> Any:  # the hot path: authenticators call get()
-        if self._all is None and key.isascii() and key.islower():
-            wanted = key.encode("ascii")
-            for name, value in self._raw:
-                if name == wanted or name.lower() == wanted:
-                    return value.decode("latin-1")
-            return default
-        return self._dict().get(key, default)
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return value  # type: ignore[no-any-return]
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
-
-    def __repr__(self) -> str:
-        return f"ScopeHeaders({self._dict()!r})"
-
-
-_MISSING: Final = object()
-
-
-def query_dict(query_string: bytes) -> dict[str, str]:
-    """The query string as ``dict(request.query_params)`` has it (blank values kept, the last value of a
-    repeated name wins); without escapes it is split directly instead of through ``parse_qsl``."""
-    if b"%" in query_string or b"+" in query_string:
-        return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    query: dict[str, str] = {}
-    for part in query_string.decode("latin-1").split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            query[name] = value
-    return query
-
-
-def scope_info(scope: Scope, receive: Receive) -> RequestInfo:
-    """The RequestInfo of an ASGI request, the same as the Starlette ``Request`` based one (``raw`` is a
-    ``Request``), built from the scope without Starlette's URL, header and query objects."""
-    # Request.url.path is the scope path with these three characters escaped.
-    path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
-    return RequestInfo(
-        method=scope["method"].upper(),
-        path=path,
-        headers=ScopeHeaders(scope["headers"]),
-        query=query_dict(scope.get("query_string", b"")),
-        raw=Request(scope, receive),
-    )
-
-
-#: Encoded header lists by (status, body length, headers): a status answer repeats the same few.
-_RAW_HEADERS: dict[tuple[int, int, tuple[tuple[str, str], ...]], list[tuple[bytes, bytes]]] = {}
-_RAW_HEADERS_MAX: Final = 512
-_RAW_BY_RESPONSE: dict[int, tuple[Response, list[tuple[bytes, bytes]]]] = {}
-
-
-def raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
-    """The ASGI header pairs a Starlette ``Response`` would send for ``response`` (names lower-cased, the last
-    value of a repeated name, ``content-length`` added except on 1xx/204/304), from a small cache. A new
-    list each time: middleware may append to the list it is sent."""
-    known = _RAW_BY_RESPONSE.get(id(response))
-    if known is not None and known[0] is response:  # status answers are reused objects
-        return list(known[1])
-    key = (response.status, len(response.body), response.headers)
-    pairs = _RAW_HEADERS.get(key)
-    if pairs is None:
-        unique = dict(response.headers).items()
-        pairs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in unique]
-        status = response.status
-        if b"content-length" not in [k for k, _ in pairs] and not (status < 200 or status in (204, 304)):
-            pairs.append((b"content-length", str(len(response.body)).encode("latin-1")))
-        if len(_RAW_HEADERS) >= _RAW_HEADERS_MAX:
-            _RAW_HEADERS.clear()
-        _RAW_HEADERS[key] = pairs
-    if len(_RAW_BY_RESPONSE) >= _RAW_HEADERS_MAX:
-        _RAW_BY_RESPONSE.clear()
-    _RAW_BY_RESPONSE[id(response)] = (response, pairs)  # the response kept: its id() stays unique
-    return list(pairs)
-
-
-class _StatusEndpoint:
-    """``GET /status`` as a plain ASGI app (a Starlette ``Route`` treats a non-function endpoint as one): the
-    most polled endpoint skips Starlette's Request/Response round trip and sends its answer directly."""
-
-    def __init__(self, service: StatusService) -> None:
-        self._service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await handlers.handle_status(self._service, scope_info(scope, receive))
-        headers = raw_headers(response)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
 def _to_starlette(response: Response, spawn: Spawn | None = None) -> StarletteResponse:
     if response.writer is not None:
         return _WriterResponse(response.writer, response.status, response.headers, spawn)
@@ -304,9 +170,7 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         return _to_starlette(handlers.handle_openapi(request.scope.get("root_path", "") + prefix))
 
     return [
-        Route(
-            f"{prefix}/status", _StatusEndpoint(service), methods=["GET"], name="integration_status:status"
-        ),
+        Route(f"{prefix}/status", StatusEndpoint(service), methods=["GET"], name="integration_status:status"),
         Route(f"{prefix}/actions", actions, methods=["POST"], name="integration_status:actions"),
         Route(f"{prefix}/events", events, methods=["GET"], name="integration_status:events"),
         Route(

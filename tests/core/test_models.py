@@ -19,10 +19,10 @@ from integration_status.models import (
     DeployFinished,
     DeployStarted,
     GithubPush,
-    IntegrationStatus,
     Problem,
     SanityWebhook,
     StatusEnvelope,
+    StatusItem,
     StatusUpdate,
     event_from_json,
     format_timestamp,
@@ -47,7 +47,7 @@ texts = st.text(min_size=1, max_size=30)
 problems = st.builds(Problem, code=st.sampled_from(PROBLEM_CODES), hint=st.none() | texts)
 actions = st.builds(Action, id=texts, label=texts, can=st.booleans(), reason=st.none() | texts)
 items = st.builds(
-    IntegrationStatus,
+    StatusItem,
     key=st.sampled_from(PROVIDERS),
     status=st.sampled_from(STATUSES),
     updated_at=moments,
@@ -84,15 +84,15 @@ def _no_nulls(value: Any) -> bool:
 
 
 @given(items)
-def test_item_round_trips_through_json_text(item: IntegrationStatus) -> None:
+def test_item_round_trips_through_json_text(item: StatusItem) -> None:
     """An item survives to_json -> JSON text -> from_json unchanged, and its JSON never carries null."""
     data = json.loads(json.dumps(item.to_json()))
     assert _no_nulls(data)
-    assert IntegrationStatus.from_json(data) == item
+    assert StatusItem.from_json(data) == item
 
 
 @given(texts, st.lists(items, max_size=4), st.text(max_size=32))
-def test_envelope_round_trips(project_id: str, its: list[IntegrationStatus], hash_value: str) -> None:
+def test_envelope_round_trips(project_id: str, its: list[StatusItem], hash_value: str) -> None:
     """An envelope round-trips with and without its hash; without it the key is absent."""
     env = StatusEnvelope(project_id=project_id, items=its, hash=hash_value)
     assert StatusEnvelope.from_json(json.loads(json.dumps(env.to_json()))) == env
@@ -144,7 +144,7 @@ def test_events_round_trip_by_type(event: Any) -> None:
 def test_invalid_items_name_the_field(data: Any, field: str) -> None:
     """Invalid item JSON raises InvalidModel (a ValueError) naming the offending field."""
     with pytest.raises(InvalidModel) as caught:
-        IntegrationStatus.from_json(data)
+        StatusItem.from_json(data)
     assert isinstance(caught.value, ValueError)
     assert caught.value.field == field
 
@@ -170,7 +170,7 @@ def test_invalid_items_name_the_field(data: Any, field: str) -> None:
 def test_wrongly_typed_booleans_raise_invalid_model(data: Any, field: str) -> None:
     """A non-boolean where a boolean belongs is an InvalidModel naming the field (a 400, not a 500)."""
     with pytest.raises(InvalidModel) as caught:
-        IntegrationStatus.from_json(data)
+        StatusItem.from_json(data)
     assert caught.value.field == field
 
 

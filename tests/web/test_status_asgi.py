@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import Response as StarletteResponse
 
+from integration_status.web._asgi import ScopeHeaders, query_dict, raw_headers, scope_info
 from integration_status.web.handlers import Response
-from integration_status.web.starlette import ScopeHeaders, query_dict, raw_headers, scope_info
 
 # ASGI servers send lower-cased header names (the ASGI spec asks for it; Starlette relies on it).
 NAMES = st.sampled_from([b"host", b"x-user", b"if-none-match", b"accept", b"x-role", b"\xe9t\xe9"])
