@@ -23,14 +23,21 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
 
+from integration_status.adapters.env import (
+    CLI_PROJECT_ID,
+    DEFAULT_URLS,
+    adapter_urls_from_env,
+    connections_from_env,
+    env_value,
+    env_warnings,
+)
 from integration_status.exceptions import ConfigurationError, IntegrationStatusError
 from integration_status.models import ProviderKey, StatusEnvelope
-from integration_status.protocols import ProjectConnections, ProviderConnection, Viewer
+from integration_status.protocols import ProjectConnections, Viewer
 
 __all__ = [
     "CLI_PROJECT_ID",
@@ -45,19 +52,9 @@ __all__ = [
     "main",
 ]
 
-CLI_PROJECT_ID: Final = "cli"
 DEFAULT_TIMEOUT: Final = 2.5
 REDIS_URL_ENV: Final = "INTEGRATION_STATUS_REDIS_URL"
 REDIS_PREFIX_ENV: Final = "INTEGRATION_STATUS_REDIS_PREFIX"
-
-#: Provider API base URLs: key -> (environment variable, public default).
-DEFAULT_URLS: Final[Mapping[str, tuple[str, str]]] = {
-    "github": ("GITHUB_API_URL", "https://api.github.com"),
-    "vercel": ("VERCEL_API_URL", "https://api.vercel.com"),
-    "sanity": ("SANITY_API_URL", "https://api.sanity.io"),
-    "sanity_query": ("SANITY_QUERY_URL", "https://{projectId}.api.sanity.io"),
-    "supabase": ("SUPABASE_API_URL", "https://api.supabase.com"),
-}
 
 # Label per provider, in the order the workspace status bar shows them.
 _LABELS: Final[tuple[tuple[ProviderKey, str], ...]] = (
@@ -66,128 +63,6 @@ _LABELS: Final[tuple[tuple[ProviderKey, str], ...]] = (
     ("vercel", "🚀 Deploy"),
     ("sanity", "📝 CMS"),
 )
-
-# Variables a provider needs (all of them) and those that only refine it. Supabase needs its project ref
-# plus at least one credential; see _supabase_ready.
-_REQUIRED: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
-    "github": ("GITHUB_TOKEN", "GITHUB_REPOSITORY"),
-    "vercel": ("VERCEL_TOKEN", "VERCEL_PROJECT_ID"),
-    "sanity": ("SANITY_TOKEN", "SANITY_PROJECT_ID"),
-    "supabase": ("SUPABASE_PROJECT_REF",),
-}
-_OPTIONAL: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
-    "github": ("GITHUB_BRANCH",),
-    "vercel": ("VERCEL_TEAM_ID",),
-    "sanity": ("SANITY_DATASET",),
-    "supabase": ("SUPABASE_ACCESS_TOKEN", "SUPABASE_DB_URL"),
-}
-
-
-# --- environment -> configuration (pure) -----------------------------------------------------------------
-
-
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    """A variable's value with surrounding whitespace removed; empty counts as unset."""
-    value = env.get(name, "").strip()
-    return value or None
-
-
-def _supabase_ready(env: Mapping[str, str]) -> bool:
-    # Either credential is enough: the token reaches the Management API, the DSN the database itself.
-    return _get(env, "SUPABASE_PROJECT_REF") is not None and (
-        _get(env, "SUPABASE_ACCESS_TOKEN") is not None or _get(env, "SUPABASE_DB_URL") is not None
-    )
-
-
-def _configured(env: Mapping[str, str], provider: ProviderKey) -> bool:
-    if provider == "supabase":
-        return _supabase_ready(env)
-    return all(_get(env, name) is not None for name in _REQUIRED[provider])
-
-
-def connections_from_env(env: Mapping[str, str]) -> ProjectConnections:
-    """The connections of project ``"cli"`` from environment variables.
-
-    A provider whose variables are not all set is left out, so it reports ``disconnected``. Raises
-    :class:`~integration_status.exceptions.ConfigurationError` for a malformed ``GITHUB_REPOSITORY``.
-
-    >>> sorted(connections_from_env({"VERCEL_TOKEN": "t", "VERCEL_PROJECT_ID": "prj_1"}).providers)
-    ['vercel']
-    """
-    providers: dict[ProviderKey, ProviderConnection] = {}
-    if _configured(env, "github"):
-        repository = _get(env, "GITHUB_REPOSITORY") or ""
-        owner, _, name = repository.partition("/")
-        if not owner or not name or "/" in name:
-            raise ConfigurationError("GITHUB_REPOSITORY must look like owner/name")
-        settings = {"repository": repository}
-        if branch := _get(env, "GITHUB_BRANCH"):
-            settings["branch"] = branch
-        providers["github"] = ProviderConnection(
-            provider="github", settings=settings, token=_get(env, "GITHUB_TOKEN")
-        )
-    if _configured(env, "vercel"):
-        settings = {"project": _get(env, "VERCEL_PROJECT_ID") or ""}
-        if team := _get(env, "VERCEL_TEAM_ID"):
-            settings["team_id"] = team
-        providers["vercel"] = ProviderConnection(
-            provider="vercel", settings=settings, token=_get(env, "VERCEL_TOKEN")
-        )
-    if _configured(env, "sanity"):
-        settings = {
-            "project_id": _get(env, "SANITY_PROJECT_ID") or "",
-            "dataset": _get(env, "SANITY_DATASET") or "production",
-        }
-        providers["sanity"] = ProviderConnection(
-            provider="sanity", settings=settings, token=_get(env, "SANITY_TOKEN")
-        )
-    if _configured(env, "supabase"):
-        providers["supabase"] = ProviderConnection(
-            provider="supabase",
-            settings={"project_ref": _get(env, "SUPABASE_PROJECT_REF") or ""},
-            token=_get(env, "SUPABASE_ACCESS_TOKEN"),
-            dsn=_get(env, "SUPABASE_DB_URL"),
-        )
-    return ProjectConnections(project_id=CLI_PROJECT_ID, providers=providers)
-
-
-def env_warnings(env: Mapping[str, str]) -> list[str]:
-    """One line per provider that is partly configured (some of its variables set, so probably a typo).
-
-    Names variables only, never values.
-    """
-    out: list[str] = []
-    for provider, required in _REQUIRED.items():
-        names = required + _OPTIONAL[provider]
-        present = [n for n in names if _get(env, n) is not None]
-        if present and not _configured(env, provider):
-            missing = [n for n in required if _get(env, n) is None]
-            if provider == "supabase" and not missing:
-                missing = ["SUPABASE_ACCESS_TOKEN or SUPABASE_DB_URL"]
-            out.append(f"{provider}: {', '.join(present)} set but {', '.join(missing)} missing; disconnected")
-    return out
-
-
-def adapter_urls_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Provider base URLs (keys of :data:`DEFAULT_URLS`), each overridable by its variable.
-
-    Trailing slashes are dropped. Raises ConfigurationError for a URL that is not http(s), or a
-    ``SANITY_QUERY_URL`` without the ``{projectId}`` placeholder.
-
-    >>> adapter_urls_from_env({"GITHUB_API_URL": "http://127.0.0.1:9000/"})["github"]
-    'http://127.0.0.1:9000'
-    """
-    urls: dict[str, str] = {}
-    for key, (variable, default) in DEFAULT_URLS.items():
-        value = (_get(env, variable) or default).rstrip("/")
-        parts = urlsplit(value.replace("{projectId}", "project"))
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigurationError(f"{variable} must be an http(s) URL")
-        if key == "sanity_query" and "{projectId}" not in value:
-            raise ConfigurationError(f"{variable} must contain the placeholder {{projectId}}")
-        urls[key] = value
-    return urls
-
 
 # --- envelope -> output (pure) ---------------------------------------------------------------------------
 
@@ -264,12 +139,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     demo.add_argument(
         "--redis",
         metavar="URL",
-        default=_get(env, REDIS_URL_ENV),
+        default=env_value(env, REDIS_URL_ENV),
         help=f"use Redis for cache, idempotency and events (default: ${REDIS_URL_ENV}, else in memory)",
     )
     demo.add_argument(
         "--prefix",
-        default=_get(env, REDIS_PREFIX_ENV) or "integration-status",
+        default=env_value(env, REDIS_PREFIX_ENV) or "integration-status",
         help=f"key prefix in Redis; demos sharing Redis and prefix act as one (default: ${REDIS_PREFIX_ENV}, "
         "else %(default)s)",
     )

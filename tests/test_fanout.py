@@ -237,3 +237,49 @@ async def test_shutdown_ends_every_stream_and_later_ones_at_once() -> None:
             await run("late", hub.open(), late, _Writes())
         assert ended[-1] == "late"
         tg.cancel_scope.cancel()
+
+
+async def test_a_marker_is_collected_once_however_many_streams_are_open() -> None:
+    """Fifty streams of one project (two viewer classes) and one status:update marker: the provider views
+    are collected once for all of them, each class is rendered once, and every stream gets its class's frame."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        writes = [_Writes() for _ in range(50)]
+        viewers = [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(50)]
+        for viewer, write in zip(viewers, writes, strict=True):
+            tg.start_soon(service.open_stream(viewer, connections), write)
+        await _until(lambda: all(len(w.frames) >= 2 for w in writes))  # connected + snapshot
+        for _ in range(50):  # the cold start's own markers reach the streams (and change nothing)
+            await anyio.lowlevel.checkpoint()
+        before = service.streams.markers_collected
+        sent = [len(w.frames) for w in writes]
+        calls: list[str] = []
+        real_views = service.views
+
+        async def counted(conns: Any) -> Any:
+            calls.append(conns.project_id)
+            return await real_views(conns)
+
+        service.views = counted  # type: ignore[method-assign]  # the streams ask the service for views
+        github = service.adapters["github"]
+        assert isinstance(github, ScriptedAdapter)
+        github.then(snapshot("github", status="warning"))
+        await service.refresh_provider("p", "github")  # fetched again and announced with a marker
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        for _ in range(50):  # any further marker of this change reaches every stream too
+            await anyio.lowlevel.checkpoint()
+        collected = service.streams.markers_collected - before
+        assert 1 <= collected <= 2  # one collection per announcement (a change and a refresh), not per stream
+        assert len(calls) == collected
+        new = [w.frames[-1] for w in writes]
+        owner_frames = {id(f) for f, v in zip(new, viewers, strict=True) if "owner" in v.roles}
+        viewer_frames = {id(f) for f, v in zip(new, viewers, strict=True) if "viewer" in v.roles}
+        assert len(owner_frames) == 1  # one rendering and one encoding per class, the same bytes object
+        assert len(viewer_frames) == 1
+        assert owner_frames != viewer_frames
+        assert all(b"event: status:update\n" in f and b"warning" in f for f in new)
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()

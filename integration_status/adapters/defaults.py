@@ -9,21 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+__all__ = ["PUBLIC_URLS", "provider_adapters"]
+
+from integration_status.adapters.env import PUBLIC_URLS
 from integration_status.adapters.github import GitHubAdapter
 from integration_status.adapters.http import HttpClient
 from integration_status.adapters.sanity import SanityAdapter
 from integration_status.adapters.supabase import SupabaseAdapter
 from integration_status.adapters.vercel import VercelAdapter
 from integration_status.protocols import Adapter
-
-#: Public API hosts, by the keys ``provider_adapters(urls=...)`` takes.
-PUBLIC_URLS: Mapping[str, str] = {
-    "github": "https://api.github.com",
-    "vercel": "https://api.vercel.com",
-    "sanity": "https://api.sanity.io",
-    "sanity_query": "https://{projectId}.api.sanity.io",
-    "supabase": "https://api.supabase.com",
-}
 
 
 def provider_adapters(http: HttpClient, *, urls: Mapping[str, str] | None = None) -> list[Adapter]:

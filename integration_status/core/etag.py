@@ -15,16 +15,16 @@ False
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
+from integration_status.core.canonical import canonical_json
+
 __all__ = [
     "EntityTag",
     "IfNoneMatch",
-    "canonical_json",
     "compute_etag",
     "format_etag",
     "if_none_match_matches",
@@ -34,15 +34,6 @@ __all__ = [
 #: Hex characters of the hash: 128 bits is plenty to tell envelopes apart and keeps the header short.
 HASH_LENGTH: Final = 32
 _OWS: Final = " \t"
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte form of a JSON value that everything hashes: sorted keys, no whitespace, UTF-8.
-
-    >>> canonical_json({"b": 1, "a": [True, None, "é"]})
-    b'{"a":[true,null,"\\xc3\\xa9"],"b":1}'
-    """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def compute_etag(envelope_json_without_hash: Mapping[str, Any]) -> str:

@@ -30,13 +30,13 @@ Times are wall-clock seconds (``clock.time()``) so a record means the same in ev
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
 import structlog
 
+from integration_status.core.canonical import canonical_json
 from integration_status.core.clock import Clock
 from integration_status.exceptions import IdempotencyConflict, IdempotencyMismatch, InvalidRequest
 from integration_status.protocols import IdempotencyStore, StoredResponse
@@ -47,7 +47,6 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
     "RETENTION",
-    "STORABLE",
     "IdempotencyGuard",
     "fingerprint",
     "is_storable",
@@ -128,11 +127,6 @@ def parse_idempotency_key(header: str | None) -> str:
     return key
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8 kept as is; NaN and infinities are refused."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def fingerprint(method: str, path: str, body: Mapping[str, Any] | Any) -> str:
     """sha256 hex of the request: upper-cased method, path, and the canonical JSON of the body.
 
@@ -146,7 +140,7 @@ def fingerprint(method: str, path: str, body: Mapping[str, Any] | Any) -> str:
         text = canonical_json([method.upper(), path, body])
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("The request body is not plain JSON") from exc
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text).hexdigest()
 
 
 def scope_key(user_id: str, project_id: str, key: str) -> str:
@@ -156,7 +150,7 @@ def scope_key(user_id: str, project_id: str, key: str) -> str:
     two different triples share a store key; a fixed-length key also keeps user text out of the store.
     """
     text = canonical_json(["idempotency", user_id, project_id, key])
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text).hexdigest()
 
 
 def is_storable(status: int) -> bool:
@@ -168,10 +162,6 @@ def is_storable(status: int) -> bool:
     did not run, so the same key may be retried and succeed), and 1xx/3xx.
     """
     return 200 <= status <= 299 or 500 <= status <= 599
-
-
-#: The name used in SPEC discussions; the same function as :func:`is_storable`.
-STORABLE: Final = is_storable
 
 
 class IdempotencyGuard:

@@ -30,11 +30,10 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-from integration_status.core.idempotency import canonical_json
+from integration_status.core.canonical import canonical_json
 from integration_status.protocols import RateDecision
 
 __all__ = [
-    "ACTION_LIMIT",
     "ACTION_WINDOW",
     "decide",
     "rate_key",
@@ -43,8 +42,7 @@ __all__ = [
     "retry_after_seconds",
 ]
 
-#: SPEC: 5 actions per rolling minute per (user, project).
-ACTION_LIMIT: Final = 5
+#: The default window of the actions limit (5 per rolling minute per user and project), in seconds.
 ACTION_WINDOW: Final = 60.0
 
 
@@ -130,4 +128,4 @@ def rate_limit_headers(decision: RateDecision, *, window: float = ACTION_WINDOW)
 def rate_key(user_id: str, project_id: str) -> str:
     """The limiter key of one (user, project): sha256 hex, collision-free for any user-controlled strings."""
     text = canonical_json(["ratelimit", user_id, project_id])
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text).hexdigest()

@@ -89,7 +89,7 @@ def build_real_service(
     """The demo against the real providers: project ``demo`` is linked with the credentials the environment
     gives (the variables of ``integration-status check``); the other providers are disconnected."""
     from integration_status.adapters.defaults import provider_adapters
-    from integration_status.cli import adapter_urls_from_env, connections_from_env
+    from integration_status.adapters.env import adapter_urls_from_env, connections_from_env
 
     from_env = connections_from_env(env)
     linked = ProjectConnections(project_id="demo", providers=dict(from_env.providers))

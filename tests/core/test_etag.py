@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from integration_status.core.canonical import canonical_json
 from integration_status.core.etag import (
     EntityTag,
     IfNoneMatch,
-    canonical_json,
     compute_etag,
     format_etag,
     if_none_match_matches,

@@ -12,7 +12,6 @@ from integration_status.backends._memory_state import MemoryIdempotencyStore
 from integration_status.core.idempotency import (
     DEFAULT_LEASE,
     RETENTION,
-    STORABLE,
     IdempotencyGuard,
     fingerprint,
     is_storable,
@@ -176,7 +175,6 @@ def test_scope_key_resists_separator_tricks() -> None:
 def test_storable_statuses(status: int, stored: bool) -> None:
     """2xx and 5xx are kept for replay; 4xx refusals and others never are."""
     assert is_storable(status) is stored
-    assert STORABLE(status) is stored
 
 
 def test_constants() -> None:

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integration_status.core.ratelimit import (
-    ACTION_LIMIT,
     ACTION_WINDOW,
     decide,
     rate_key,
@@ -145,7 +144,7 @@ def test_headers_of_a_refusal() -> None:
 
 def test_headers_of_an_allowed_hit_have_no_retry_after() -> None:
     """An admitted action gets the RateLimit headers but no Retry-After."""
-    decision, _ = decide((), 0, limit=ACTION_LIMIT, window=ACTION_WINDOW)
+    decision, _ = decide((), 0, limit=5, window=ACTION_WINDOW)
     headers = rate_limit_headers(decision)
     assert headers == {"RateLimit-Policy": "5;w=60", "RateLimit": "limit=5, remaining=4, reset=60"}
     assert reset_seconds(decision) == math.ceil(decision.reset)
