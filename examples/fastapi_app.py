@@ -11,21 +11,21 @@ redirect to /metrics/).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-import integration_status.web
-from integration_status.core.clock import SYSTEM_CLOCK
-from integration_status.demo.simulated import World, simulated_adapters
-from integration_status.models import PROVIDERS
+from integration_status import (
+    PROVIDERS,
+    ProjectConnections,
+    ProviderConnection,
+    RequestInfo,
+    StatusService,
+    Viewer,
+)
+from integration_status.demo import World, simulated_adapters
 from integration_status.observability import PrometheusMetrics
-from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
-from integration_status.service import StatusService
+from integration_status.web import STATUS_BAR_DIR
 from integration_status.web.starlette import create_app
-
-STATIC = Path(integration_status.web.__file__).parent / "static"
 
 
 async def connections(project_id: str) -> ProjectConnections | None:
@@ -50,7 +50,7 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
 metrics = PrometheusMetrics()  # its own registry; scraped at /metrics
 service = StatusService(
     connections=connections,
-    adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
+    adapters=simulated_adapters(World()),
     authenticator=authenticate,
     metrics=metrics,
 )
@@ -59,7 +59,7 @@ app.mount("/api/integrations", create_app(service, prefix="", lifespan=False))
 app.add_route(
     "/metrics", metrics.asgi_app(), methods=["GET"]
 )  # a route, not a mount: no redirect to /metrics/
-app.mount("/", StaticFiles(directory=STATIC, html=True), name="status-bar")
+app.mount("/", StaticFiles(directory=STATUS_BAR_DIR, html=True), name="status-bar")
 
 if __name__ == "__main__":
     import uvicorn

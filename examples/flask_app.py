@@ -11,21 +11,21 @@ Prometheus metrics are served at /metrics.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Flask, redirect
 from flask.typing import ResponseReturnValue
 
-import integration_status.web
-from integration_status.core.clock import SYSTEM_CLOCK
-from integration_status.demo.simulated import World, simulated_adapters
-from integration_status.models import PROVIDERS
+from integration_status import (
+    PROVIDERS,
+    ProjectConnections,
+    ProviderConnection,
+    RequestInfo,
+    StatusService,
+    Viewer,
+)
+from integration_status.demo import World, simulated_adapters
 from integration_status.observability import PrometheusMetrics
-from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
-from integration_status.service import StatusService
+from integration_status.web import STATUS_BAR_DIR
 from integration_status.web.flask import IntegrationStatus
-
-STATIC = Path(integration_status.web.__file__).parent / "static"
 
 
 async def connections(project_id: str) -> ProjectConnections | None:
@@ -50,11 +50,11 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
 metrics = PrometheusMetrics()  # its own registry; scraped at /metrics
 service = StatusService(
     connections=connections,
-    adapters=simulated_adapters(World(clock=SYSTEM_CLOCK)),
+    adapters=simulated_adapters(World()),
     authenticator=authenticate,
     metrics=metrics,
 )
-app = Flask(__name__, static_folder=STATIC, static_url_path="/static")
+app = Flask(__name__, static_folder=STATUS_BAR_DIR, static_url_path="/static")
 app.config["INTEGRATION_STATUS_PREFIX"] = "/api/integrations"  # the default
 integration_status_ext = IntegrationStatus(app, service=service)
 app.add_url_rule("/metrics", view_func=metrics.flask_view())

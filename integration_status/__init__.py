@@ -2,12 +2,20 @@
 connections for workspace UIs.
 
 A host builds one :class:`StatusService` from its connections, viewers and roles, and mounts the endpoints
-(``integration_status.web.starlette`` or ``integration_status.web.flask``). Importing this package pulls in no
-web framework, Redis client or database driver.
+(``integration_status.web.starlette`` or ``integration_status.web.flask``). This module is the door for
+everything a host builds with; the other doors are ``integration_status.adapters`` (the provider adapters and
+their HTTP client), ``integration_status.backends`` (engines), ``integration_status.observability`` (metrics,
+health), ``integration_status.web.starlette``, ``integration_status.web.flask`` and ``integration_status.testing``.
+Importing this package pulls in no web framework, Redis client or database driver.
 """
 
-from integration_status.core.clock import SYSTEM_CLOCK, Clock, SystemClock
-from integration_status.core.policy import RolePolicy, RoleRule
+import importlib as _importlib
+from types import ModuleType as _ModuleType
+
+from integration_status.backends.memory import MemoryEngine
+from integration_status.core.breaker import BreakerConfig
+from integration_status.core.clock import SYSTEM_CLOCK, SystemClock, epoch_ms
+from integration_status.core.policy import DEFAULT_RULES, RolePolicy, RoleRule
 from integration_status.exceptions import (
     BackendUnavailable,
     ConfigurationError,
@@ -36,6 +44,7 @@ from integration_status.models import (
     GithubPush,
     IntegrationEvent,
     Problem,
+    ProviderKey,
     SanityWebhook,
     StatusEnvelope,
     StatusItem,
@@ -50,18 +59,25 @@ from integration_status.protocols import (
     Adapter,
     Authenticator,
     Authorizer,
+    Clock,
     ConnectionResolver,
+    Engine,
     FetchContext,
+    Metrics,
     Policy,
     ProjectConnections,
     ProviderConnection,
     RequestInfo,
     Secret,
     Viewer,
+    WebhookResolver,
+    WebhookTarget,
 )
+from integration_status.service.actions import ActionResult
 from integration_status.service.facade import StatusService
 from integration_status.service.render import StatusResult
 from integration_status.service.settings import Settings
+from integration_status.service.webhooks import WebhookResult, handle_webhook
 from integration_status.snapshot import (
     ActionState,
     Ago,
@@ -70,11 +86,13 @@ from integration_status.snapshot import (
     Sensitive,
     Visibility,
     default_actions,
+    render_summary,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RULES",
     "PROVIDERS",
     "SYSTEM_CLOCK",
     "Action",
@@ -82,17 +100,20 @@ __all__ = [
     "ActionHandler",
     "ActionOutcome",
     "ActionRequest",
+    "ActionResult",
     "ActionState",
     "Adapter",
     "Ago",
     "Authenticator",
     "Authorizer",
     "BackendUnavailable",
+    "BreakerConfig",
     "Clock",
     "ConfigurationError",
     "ConnectionResolver",
     "DeployFinished",
     "DeployStarted",
+    "Engine",
     "FetchContext",
     "Forbidden",
     "GithubPush",
@@ -102,6 +123,8 @@ __all__ = [
     "IntegrationStatusError",
     "InvalidModel",
     "InvalidRequest",
+    "MemoryEngine",
+    "Metrics",
     "NotFound",
     "Policy",
     "Problem",
@@ -109,6 +132,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderConnection",
     "ProviderError",
+    "ProviderKey",
     "ProviderRateLimited",
     "ProviderSnapshot",
     "ProviderTimeout",
@@ -133,7 +157,31 @@ __all__ = [
     "Unauthorized",
     "Viewer",
     "Visibility",
+    "WebhookResolver",
+    "WebhookResult",
+    "WebhookTarget",
     "__version__",
     "default_actions",
+    "epoch_ms",
     "event_from_json",
+    "handle_webhook",
+    "render_summary",
 ]
+
+# Importing the names above bound the submodules they came from as attributes of this package; the door
+# lists names, not modules. A submodule stays reachable as an attribute (``integration_status.models``),
+# imported on first use by ``__getattr__``.
+for _name, _value in list(globals().items()):
+    if isinstance(_value, _ModuleType) and not _name.startswith("_"):
+        del globals()[_name]
+del _name, _value
+
+
+def __getattr__(name: str) -> _ModuleType:
+    if not name.startswith("_"):
+        try:
+            return _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,12 +15,22 @@ from typing import Any
 
 import anyio
 
+from integration_status.core.webhooks import sign_github, sign_sanity, sign_vercel
 from integration_status.exceptions import ProviderError
 from integration_status.models import ProviderKey
 from integration_status.protocols import ActionHandler, FetchContext, ProjectConnections, ProviderConnection
 from integration_status.snapshot import ProviderSnapshot, Segment
 
-__all__ = ["FakeClock", "ScriptedAdapter", "StaticConnections", "hang_on", "snapshot"]
+__all__ = [
+    "FakeClock",
+    "ScriptedAdapter",
+    "StaticConnections",
+    "hang_on",
+    "sign_github",
+    "sign_sanity",
+    "sign_vercel",
+    "snapshot",
+]
 
 
 class FakeClock:

@@ -105,3 +105,28 @@ def test_not_run_marker_is_recognised(tmp_path: Path) -> None:
         ROOT = saved
     assert [b["not_run"] for b in found] == ["needs a server", None]
     assert found[1]["code"] == "x = 1\n"
+
+
+def _imported_modules(code: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m == "integration_status" or m.startswith("integration_status.")}
+
+
+def test_docs_and_examples_import_only_from_public_doors() -> None:
+    """README, docs/ and examples/ show hosts only the public doors, never an internal module."""
+    from tests.test_public_api import DOORS
+
+    offenders: list[str] = []
+    sources = [(str(b["file"]), int(b["line"]), str(b["code"])) for p in doc_files() for b in blocks(p)]
+    sources += [
+        (str(p.relative_to(ROOT)), 1, p.read_text()) for p in sorted((ROOT / "examples").glob("*.py"))
+    ]
+    for where, line, code in sources:
+        for module in sorted(_imported_modules(code) - set(DOORS)):
+            offenders.append(f"{where}:{line} imports {module}")
+    assert offenders == []

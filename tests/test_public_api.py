@@ -1,38 +1,110 @@
-"""The one public door: a sorted __all__, every name importable, and no optional dependency pulled in."""
+"""The public doors: each has a sorted ``__all__`` that is exactly its public names, every name resolves and
+is documented, the root lists names and not modules, and importing a door pulls in no optional dependency."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
+from types import ModuleType
+
+import pytest
 
 import integration_status
 
+#: Where hosts import from. Everything else is internal and may change between releases.
+DOORS = (
+    "integration_status",
+    "integration_status.adapters",
+    "integration_status.backends",
+    "integration_status.demo",
+    "integration_status.observability",
+    "integration_status.testing",
+    "integration_status.web",
+    "integration_status.web.flask",
+    "integration_status.web.starlette",
+)
+#: Doors that are also where their names are implemented: only the names they define themselves are checked.
+IMPLEMENTING = {
+    "integration_status.testing",
+    "integration_status.web.flask",
+    "integration_status.web.starlette",
+}
+#: Private names a door lists on purpose.
+LISTED_PRIVATE = {"__version__"}
 
-def test_all_is_sorted_and_complete() -> None:
-    """__all__ is sorted and every name in it exists on the package."""
-    names = integration_status.__all__
 
-    def isort_style(name: str) -> tuple[int, str]:  # constants, then classes, then functions (ruff RUF022)
-        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+def isort_style(name: str) -> tuple[int, str]:  # constants, then classes, then functions (ruff RUF022)
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
+
+def public_members(module: ModuleType) -> set[str]:
+    """The public names a door holds; for an implementing door, those it defines (its own classes and
+    functions, and its constants), not what it imported to do its work."""
+    names = {
+        name
+        for name, value in vars(module).items()
+        if (not name.startswith("_") or name in LISTED_PRIVATE) and not isinstance(value, ModuleType)
+    }
+    if module.__name__ in IMPLEMENTING:
+        names = {
+            name
+            for name in names
+            if getattr(vars(module)[name], "__module__", None) == module.__name__ or name.isupper()
+        }
+    return names
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_all_is_sorted_and_exactly_the_public_names(door: str) -> None:
+    """__all__ is sorted, every name resolves, and the door holds no public name it does not list."""
+    module = importlib.import_module(door)
+    names = module.__all__
     assert names == sorted(names, key=isort_style)
     for name in names:
-        assert hasattr(integration_status, name), name
+        getattr(module, name)  # a lazy door imports it now
+    if door in IMPLEMENTING:
+        assert public_members(module) <= set(names)  # and it may list names it re-exports
+    else:
+        assert public_members(module) == set(names)
 
 
-def test_public_names_are_documented() -> None:
+@pytest.mark.parametrize("door", DOORS)
+def test_public_names_are_documented(door: str) -> None:
     """Every exported class and function carries a docstring."""
-    objects = {n: getattr(integration_status, n) for n in integration_status.__all__}
+    module = importlib.import_module(door)
+    objects = {n: getattr(module, n) for n in module.__all__}
     public = {n: o for n, o in objects.items() if inspect.isclass(o) or inspect.isfunction(o)}
     missing = [n for n, o in public.items() if not (o.__doc__ or "").strip()]
     assert missing == []
 
 
-def test_import_pulls_in_no_framework_or_engine() -> None:
-    """`import integration_status` loads no starlette, flask, redis, psycopg or prometheus client."""
+def test_the_root_lists_names_not_modules() -> None:
+    """After ``import integration_status`` the package holds its public names and no submodule attribute;
+    a submodule is still reachable as an attribute on first use."""
     code = (
-        "import sys, integration_status, integration_status.testing; "
+        "import types, integration_status as m; "
+        "print(sorted(n for n, v in vars(m).items() if isinstance(v, types.ModuleType) and n[0] != '_')); "
+        "print(m.models.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "integration_status.models"]
+
+
+def test_a_missing_root_attribute_is_an_attribute_error() -> None:
+    """A name the package does not have raises AttributeError naming it (not an ImportError)."""
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        integration_status.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_import_pulls_in_no_framework_or_engine() -> None:
+    """`import integration_status` and the framework-free doors load no starlette, flask, redis, psycopg or
+    prometheus client."""
+    code = (
+        "import sys, integration_status, integration_status.testing, integration_status.backends, "
+        "integration_status.adapters, integration_status.observability, integration_status.web, "
+        "integration_status.demo; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'starlette', 'flask', 'redis', 'psycopg', 'prometheus_client', 'fastapi', 'uvicorn', 'werkzeug'}); "
         "print(','.join(bad))"
@@ -50,26 +122,3 @@ def test_core_imports_no_transport() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_layers_only_import_downward() -> None:
-    """core imports only core and the bottom layer; adapters and backends never import the service or web."""
-    import ast
-    from pathlib import Path
-
-    package = Path(integration_status.__file__).parent
-    bottom = {"models", "snapshot", "protocols", "exceptions"}
-    allowed = {
-        "core": bottom | {"core"},
-        "adapters": bottom | {"core", "adapters"},
-        "backends": bottom | {"core", "backends"},
-    }
-    offenders = []
-    for layer, may in allowed.items():
-        for path in (package / layer).glob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("integration_status."):
-                    first = node.module.split(".")[1]  # type: ignore[union-attr]
-                    if first not in may:
-                        offenders.append(f"{layer}/{path.name} imports {node.module}")
-    assert offenders == []

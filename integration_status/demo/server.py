@@ -12,7 +12,6 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,10 +25,11 @@ from integration_status.demo.simulated import Activity, World, simulated_adapter
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service.facade import StatusService
 from integration_status.service.settings import Settings
+from integration_status.web import STATUS_BAR_DIR
 from integration_status.web.starlette import routes as api_routes
 
 ROLES = ("owner", "admin", "member", "viewer")
-STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+STATIC = STATUS_BAR_DIR
 
 
 class DemoConnections:

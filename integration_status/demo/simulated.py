@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from integration_status.core.clock import Clock, epoch_ms
+from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.exceptions import ProviderRateLimited
 from integration_status.models import ProviderKey
 from integration_status.protocols import (
@@ -72,7 +72,7 @@ class Activity:
 class World:
     """The simulated state of one project's four providers."""
 
-    clock: Clock
+    clock: Clock = SYSTEM_CLOCK
     seed: int = 7
     activity: Activity = attrs.field(factory=Activity.lively)
     branch: str = "main"

@@ -21,8 +21,6 @@ families are built only when scraped. ``prometheus_client`` is imported the firs
 :class:`PrometheusMetrics` is made, never by ``import integration_status``.
 """
 
-from __future__ import annotations
-
 from integration_status.core.health import HealthReport, HealthThresholds
 from integration_status.core.metrics import (
     BreakerPhaseName,

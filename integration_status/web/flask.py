@@ -62,19 +62,19 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
-from integration_status.service.webhooks import DEFAULT_MAX_BODY
+from integration_status.service.webhooks import DEFAULT_MAX_BODY as _DEFAULT_MAX_BODY
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
 
-__all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "IntegrationStatus"]
+__all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "MAX_WEBHOOK_BODY", "IntegrationStatus"]
 
 DEFAULT_PREFIX: Final = "/api/integrations"
 #: The key of the extension's state in ``app.extensions``.
 EXTENSION_KEY: Final = "integration_status"
-MAX_WEBHOOK_BODY: Final = DEFAULT_MAX_BODY
+MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
 
 _log = structlog.get_logger("integration_status.web.flask")
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class IntegrationStatus:
@@ -176,7 +176,7 @@ class IntegrationStatus:
                 portal_cm.__exit__(None, None, None)
             _log.info("integration_status.flask.stopped")
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def call(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """Run ``await fn(*args)`` on the extension's event loop and return its result (blocking)."""
         return self.portal.call(fn, *args)
 

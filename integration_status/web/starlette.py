@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import anyio
 
@@ -32,15 +32,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from integration_status.exceptions import ConfigurationError
 from integration_status.service.facade import StatusService
+from integration_status.service.webhooks import DEFAULT_MAX_BODY as _DEFAULT_MAX_BODY
 from integration_status.web import handlers
 from integration_status.web._asgi import StatusEndpoint
 from integration_status.web.handlers import Response, Write
 
-DEFAULT_PREFIX = "/api/integrations"
-MAX_WEBHOOK_BODY = 1_048_576
+__all__ = ["DEFAULT_PREFIX", "MAX_WEBHOOK_BODY", "create_app", "routes"]
+
+DEFAULT_PREFIX: Final = "/api/integrations"
+MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
 
 
-Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
+_Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class _WriterResponse(StarletteResponse):
@@ -57,7 +60,7 @@ class _WriterResponse(StarletteResponse):
         writer: Callable[[Write], Awaitable[None]],
         status_code: int,
         headers: tuple[tuple[str, str], ...],
-        spawn: Spawn | None = None,
+        spawn: _Spawn | None = None,
     ) -> None:
         # Not Response.__init__: no ``body`` and no Content-Length (a stream).
         self.status_code = status_code
@@ -138,7 +141,7 @@ def _info(request: Request) -> Any:
     )
 
 
-def _to_starlette(response: Response, spawn: Spawn | None = None) -> StarletteResponse:
+def _to_starlette(response: Response, spawn: _Spawn | None = None) -> StarletteResponse:
     if response.writer is not None:
         return _WriterResponse(response.writer, response.status, response.headers, spawn)
     return StarletteResponse(
