@@ -159,7 +159,7 @@ class RequestError(IntegrationStatusError):
         self.retry_after = retry_after
 
     def to_json(self) -> dict[str, object]:
-        """The ``error`` object of SPEC.md."""
+        """The ``error`` object every endpoint answers with (``code``, ``message``, ``hint``, ``retryAfter``)."""
         out: dict[str, object] = {"code": self.code, "message": self.message}
         if self.hint is not None:
             out["hint"] = self.hint

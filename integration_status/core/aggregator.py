@@ -81,7 +81,7 @@ def error_snapshot(provider: ProviderKey, problem: Problem) -> ProviderSnapshot:
 
 @functools.lru_cache(maxsize=8)
 def placeholder_snapshot(provider: ProviderKey) -> ProviderSnapshot:
-    """A cold start whose first answer is not in yet (SPEC.md: warning, stale, problem timeout)."""
+    """A cold start whose first answer is not in yet (a warning, stale, with problem timeout)."""
     problem = Problem(code="timeout", hint="Try again")
     return ProviderSnapshot(
         provider=provider, status="warning", summary=(Segment(pieces=("Checking…",)),), problem=problem
@@ -95,7 +95,7 @@ def problem_of(exc: ProviderError) -> Problem:
 def fallback_view(
     provider: ProviderKey, entry: CacheEntry | None, problem: Problem | None, since: datetime
 ) -> ProviderView:
-    """The pure fallback rule of SPEC.md "Provider status rules" for a provider whose refresh did not succeed.
+    """The pure fallback rule for a provider whose refresh did not succeed.
 
     - access lost (``oauth_revoked``): ``status: error`` whatever was cached
     - any other failure with a last good value: that value, ``stale: true``, plus the problem

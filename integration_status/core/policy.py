@@ -85,7 +85,7 @@ def _ask(policy: Policy, viewer: Viewer, project_id: str, providers: tuple[Provi
 
 @attrs.frozen(kw_only=True)
 class RolePolicy:
-    """The shipped policy (SPEC.md "Default policy"): a role table; several roles add up; unknown roles grant
+    """The shipped policy: a role table; several roles add up; unknown roles grant
     nothing. ``Viewer.grants`` ("repo", "org", "urls") widen visibility beyond the role. ``rules`` is copied
     into a read-only mapping: the answers are memoised."""
 

@@ -224,7 +224,7 @@ class ActionRunner:
         if not isinstance(body, Mapping):
             raise InvalidRequest("body must be a JSON object")
         # The project first (400 for a bad id, 404 when unknown or hidden), then a role that may run nothing
-        # there is refused before anything else is looked at (SPEC: a viewer's POST is 403).
+        # there is refused before anything else is looked at (a viewer's POST is 403).
         connections = await service.project(body.get("projectId"), viewer)
         project_id = connections.project_id
         if not any(service.policy.allowed_actions(viewer, project_id, p) for p in PROVIDERS):

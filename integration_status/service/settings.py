@@ -11,7 +11,7 @@ __all__ = ["Settings"]
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """Tunables, with the defaults of SPEC.md. Times in seconds."""
+    """The service's tunables and their defaults. Times in seconds."""
 
     cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])

@@ -76,7 +76,7 @@ def json_response(status: int, data: Any, headers: tuple[tuple[str, str], ...] =
 def error_response(
     exc: RequestError, headers: tuple[tuple[str, str], ...] = (), *, envelope: bool = False
 ) -> Response:
-    """The SPEC.md error object; ``envelope=True`` wraps it as the actions endpoint does
+    """The error object every endpoint answers with; ``envelope=True`` wraps it as the actions endpoint does
     (``{"success": false, "error": {...}}``)."""
     body: dict[str, Any] = {"error": exc.to_json()}
     if envelope:
@@ -93,7 +93,7 @@ STORE_UNAVAILABLE: Final = "The shared store is unavailable"
 
 
 def store_unavailable(exc: BackendUnavailable, *, envelope: bool = False) -> Response:
-    """503 with the SPEC error object (code ``unknown``): state-changing requests fail closed while the store
+    """503 with the error object (code ``unknown``): state-changing requests fail closed while the store
     is down. The endpoint named in ``exc`` goes to the log only."""
     _log.warning("integration_status.web.store_unavailable", error=str(exc))
     body: dict[str, Any] = {"error": {"code": "unknown", "message": STORE_UNAVAILABLE, "hint": "Try again"}}

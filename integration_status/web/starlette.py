@@ -195,7 +195,7 @@ async def _http_error(request: Request, exc: Exception) -> StarletteResponse:
 def create_app(service: StatusService, *, prefix: str = DEFAULT_PREFIX, lifespan: bool = True) -> Starlette:
     """An ASGI app serving the endpoints under ``prefix``. With ``lifespan=True`` it starts and stops the service
     with the app (when mounted inside another app, pass ``lifespan=service.lifespan`` to the outer app). Unknown
-    paths and wrong methods answer 404 / 405 with the SPEC error object."""
+    paths and wrong methods answer 404 / 405 with the error object every endpoint uses."""
     return Starlette(
         routes=routes(service, prefix=prefix),
         lifespan=service.lifespan if lifespan else None,
