@@ -283,3 +283,34 @@ async def test_a_marker_is_collected_once_however_many_streams_are_open() -> Non
         service.streams.shutdown()
         await _until(lambda: len(service.streams) == 0)
         tg.cancel_scope.cancel()
+
+
+async def test_a_stream_whose_writes_stall_is_dropped_and_frees_its_slot() -> None:
+    """A client that stops reading (its writes never return) is ended after its heartbeats stop going out,
+    counted as dropped, and its slot is free again; a reading stream beside it carries on."""
+    clock = FakeClock()
+    service = github_service(clock)
+    stuck = anyio.Event()
+
+    async def stalled(frame: bytes) -> None:
+        if frame == HEARTBEAT:  # the socket buffer fills up once the stream is established
+            stuck.set()
+            await anyio.sleep_forever()
+
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        reader = _Writes()
+        tg.start_soon(service.open_stream(Viewer(user_id="slow", roles={"owner"}), connections), stalled)
+        tg.start_soon(service.open_stream(OWNER, connections), reader)
+        await _until(lambda: len(service.streams.hub) == 2 and len(reader.frames) == 2)
+        interval = service.settings.heartbeat
+        for beats in range(1, 4):  # the slow one never returns from its first heartbeat
+            await _until(lambda: clock.sleepers >= 1)
+            clock.advance(interval)
+            await _until(lambda beats=beats: reader.frames.count(HEARTBEAT) == beats)
+        assert stuck.is_set()
+        await _until(lambda: service.sse_connections.count_for("slow") == 0)
+        assert service.sse_connections.count == 1  # the reading stream is still open
+        service.streams.shutdown()
+        await _until(lambda: service.sse_connections.count == 0)
+        tg.cancel_scope.cancel()

@@ -95,12 +95,19 @@ _EPSILON = 1e-9
 
 class StreamBeat:
     """One stream's registration with the hub: whether a heartbeat is due, and the cancel scope the hub uses
-    to interrupt the stream's wait for its next event (heartbeat) or to end it (shutdown)."""
+    to interrupt the stream's wait for its next event (heartbeat) or to end it (shutdown, or a stall).
 
-    __slots__ = ("_hub", "_scope", "_waiting", "due", "open")
+    A stream is *stalled* when a heartbeat falls due while the previous one is still unwritten and the stream
+    is not waiting for an event: for a whole interval it has been stuck writing (a client that stopped
+    reading, whose socket buffer is full). It is then ended with :class:`SubscriberLagging`, which frees its
+    slot; the client resumes with ``Last-Event-ID``.
+    """
+
+    __slots__ = ("_hub", "_scope", "_waiting", "due", "open", "stalled")
 
     def __init__(self, hub: StreamHub) -> None:
         self.due = False
+        self.stalled = False
         self.open = True
         self._hub = hub
         self._waiting = False
@@ -123,6 +130,8 @@ class StreamBeat:
         """
         pending: StoredEvent | None = None
         while not self._hub.closed:
+            if self.stalled:
+                raise SubscriberLagging("the stream's writes made no progress for a heartbeat interval")
             self._scope = scope = anyio.CancelScope()
             with scope:
                 if self.due:
@@ -143,6 +152,11 @@ class StreamBeat:
                     await send(event)
 
     def _wake(self) -> None:
+        if self.due and not self._waiting:
+            self.stalled = True
+            if self._scope is not None:
+                self._scope.cancel()
+            return
         self.due = True
         if self._waiting and self._scope is not None:
             self._scope.cancel()
