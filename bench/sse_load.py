@@ -1,0 +1,517 @@
+"""Benchmark: event streams under webhook load, on the memory engine and on Redis, side by side.
+
+Thousands of clients (raw sockets, in separate processes) hold event streams of one project open on one uvicorn
+worker while signed GitHub push webhooks arrive at a steady rate. Each push becomes a ``github:push`` event, a
+refresh of the provider and a ``status:update`` marker, so every stream receives several frames per webhook.
+Meanwhile a poller measures the status endpoint. On Redis the commands the server sends per webhook are counted
+(``INFO commandstats``) at two stream counts: they must not grow with the number of streams.
+
+Bars: every reading stream gets every push (0 dropped), push delivery p99 < 250 ms, status p95 < 100 ms while
+it runs, memory < 30 KiB per stream, Redis commands per webhook independent of the stream count (within 25%).
+
+    python -m bench sse_load               # 2,000 streams, 20 webhooks/s for 60 s, memory then Redis
+    python -m bench.sse_load --serve ...   # the server (started by the benchmark)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from bench._common import (
+    ROOT,
+    Outcome,
+    free_port,
+    percentile,
+    raise_nofile,
+    read_response,
+    report,
+    request_bytes,
+    rss_kib,
+    skipped,
+)
+
+BAR_P99_MS = 250.0
+BAR_STATUS_P95_MS = 100.0
+BAR_KIB = 30.0
+BAR_COMMANDS_GROWTH = 1.25
+#: Seconds of webhooks alone (no status polls) whose Redis commands are counted.
+COUNT_SECONDS = 5.0
+SECRET = "bench-webhook-secret"
+REPOSITORY = "acme/storefront"
+EVENTS_PATH = "/api/integrations/events?projectId=demo"
+STATUS_PATH = "/api/integrations/status?projectId=demo"
+HOOK_PATH = "/api/integrations/webhooks/github"
+#: A Redis of the benchmark's own (started from ``redis-server`` on a free loopback port), so that the commands
+#: counted are the server's alone; ``BENCH_REDIS_URL`` names another one instead.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
+
+
+# --- the server ---------------------------------------------------------------------------------------------
+
+
+def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
+    import logging
+
+    import structlog
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from bench._server import header_viewer, server_options
+    from integration_status import Secret, Settings, StatusService, WebhookTarget
+    from integration_status.demo import World, simulated_adapters
+    from integration_status.demo.server import DemoConnections
+    from integration_status.web.starlette import routes
+
+    raise_nofile(65_536)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    engine: Any = None
+    if engine_name == "redis":
+        from integration_status.backends import RedisEngine
+
+        engine = RedisEngine.from_url(redis_url, prefix=prefix)
+
+    async def resolve(provider: str, headers: Mapping[str, str], payload: Any) -> WebhookTarget | None:
+        if provider == "github" and payload.get("repository", {}).get("full_name") == REPOSITORY:
+            return WebhookTarget(project_id="demo", secret=Secret(SECRET))
+        return None
+
+    service = StatusService(
+        connections=DemoConnections(),
+        adapters=simulated_adapters(World(seed=11)),
+        authenticator=header_viewer,
+        engine=engine,
+        webhooks=resolve,
+        settings=Settings(sse_per_viewer=100_000, sse_per_process=100_000, heartbeat=30.0),
+    )
+
+    async def stats(request: Request) -> Response:
+        sse = service.health.snapshot().sse
+        body = {"streams": service.sse_connections.count, "dropped": sse.dropped, "ended": sse.ended}
+        return Response(content=json.dumps(body), media_type="application/json")
+
+    app = Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+        timeout_graceful_shutdown=1,
+        **server_options(),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        print("ready", flush=True)
+        await task
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run())
+
+
+@contextlib.contextmanager
+def server(engine: str, prefix: str, redis_url: str) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "bench.sse_load", "--serve", "--port", str(port), "--engine", engine]
+    cmd += ["--prefix", prefix, "--redis-url", redis_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "ready" not in line:
+            raise RuntimeError(f"sse_load server ({engine}) did not start: {line!r}")
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if engine == "redis":
+            _drop_prefix(redis_url, prefix)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str | None]:
+    """The URL of a Redis for the runs: ``BENCH_REDIS_URL``, else one started here (nothing kept on disk),
+    else None."""
+    import shutil
+
+    if REDIS_URL:
+        yield REDIS_URL
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while _redis_calls(url) is None:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                yield None
+                return
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _drop_prefix(redis_url: str, prefix: str) -> None:
+    """Delete the keys the run left under its prefix."""
+    with contextlib.suppress(Exception):
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=2)
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+# --- the clients --------------------------------------------------------------------------------------------
+
+
+def _clients(port: int, first: int, count: int, queue: Any, stop_after: float) -> None:
+    """One client process: open ``count`` streams, say ready, then note when each push (by sha) arrives."""
+    raise_nofile(count + 64)
+
+    async def run() -> tuple[list[dict[str, float]], int]:
+        arrivals: list[dict[str, float]] = [{} for _ in range(count)]
+        ready = 0
+        ended_early = 0
+        all_ready = asyncio.Event()
+        done = asyncio.Event()
+
+        async def stream(i: int) -> None:
+            nonlocal ready, ended_early
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request_bytes(EVENTS_PATH, {"X-User": f"u{first + i}"}))
+            buffer, counted = b"", False
+            try:
+                while not done.is_set():
+                    read = asyncio.ensure_future(reader.read(65536))
+                    stopped = asyncio.ensure_future(done.wait())
+                    await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not read.done():
+                        read.cancel()
+                        return
+                    stopped.cancel()
+                    chunk = read.result()
+                    if not chunk:
+                        ended_early += 1
+                        return
+                    arrived = time.time()
+                    buffer += chunk
+                    *frames, buffer = buffer.split(b"\n\n")
+                    for frame in frames:
+                        if not counted and b"event: status:update" in frame:
+                            counted = True
+                            ready += 1
+                            if ready == count:
+                                all_ready.set()
+                        elif b"event: github:push" in frame:
+                            data = next(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
+                            arrivals[i].setdefault(json.loads(data)["sha"], arrived)
+            finally:
+                writer.close()
+
+        tasks = [asyncio.create_task(stream(i)) for i in range(count)]
+        await asyncio.wait_for(all_ready.wait(), 120)
+        queue.put(("ready", count))
+        await asyncio.sleep(stop_after)
+        done.set()
+        await asyncio.gather(*tasks)
+        return arrivals, ended_early
+
+    try:
+        queue.put(("done", asyncio.run(run())))
+    except Exception as exc:
+        queue.put(("error", repr(exc)))
+
+
+async def _status_poller(port: int, seconds: float, connections: int) -> list[float]:
+    """Closed-loop status requests (with If-None-Match, as the status bar polls) on keep-alive connections."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def one(n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        etag = ""
+        try:
+            while time.perf_counter() < stop:
+                headers = {"X-User": f"poller{n}", **({"If-None-Match": etag} if etag else {})}
+                started = time.perf_counter()
+                writer.write(request_bytes(STATUS_PATH, headers))
+                status, got, _ = await read_response(reader)
+                latencies.append((time.perf_counter() - started) * 1000)
+                etag = got.get("etag", etag)
+                if status not in (200, 304):
+                    raise RuntimeError(f"status answered {status}")
+                await asyncio.sleep(0.05)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(n) for n in range(connections)))
+    return latencies
+
+
+async def _webhooks(port: int, rate: float, seconds: float) -> dict[str, float]:
+    """Signed push deliveries at ``rate`` per second; the send time of each sha."""
+    from integration_status.testing import sign_github
+
+    sent: dict[str, float] = {}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.perf_counter()
+    n = 0
+    try:
+        while (elapsed := time.perf_counter() - started) < seconds:
+            due = n / rate
+            if due > elapsed:
+                await asyncio.sleep(due - elapsed)
+            sha = secrets.token_hex(20)
+            body = json.dumps(
+                {
+                    "ref": "refs/heads/main",
+                    "after": sha,
+                    "deleted": False,
+                    "repository": {"full_name": REPOSITORY},
+                }
+            ).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": f"bench-{sha}",
+                **sign_github(SECRET, body),
+            }
+            sent[sha] = time.time()
+            writer.write(request_bytes(HOOK_PATH, headers, method="POST", body=body))
+            status, _, _ = await read_response(reader)
+            if status != 200:
+                raise RuntimeError(f"webhook answered {status}")
+            n += 1
+    finally:
+        writer.close()
+    return sent
+
+
+def _redis_calls(url: str) -> int | None:
+    """Commands Redis has executed so far (all clients), or None when Redis cannot be reached."""
+    try:
+        import redis
+    except ImportError:
+        return None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        stats = client.info("commandstats")
+        client.close()
+    except Exception:
+        return None
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def one_run(
+    engine: str,
+    streams: int,
+    rate: float,
+    seconds: float,
+    processes: int,
+    redis_url: str = "",
+    count_seconds: float = COUNT_SECONDS,
+) -> dict[str, Any]:
+    """Streams open, then webhooks and status polls for ``seconds``; the figures of that run."""
+    raise_nofile(streams + 256)
+    prefix = f"bench-sse-{secrets.token_hex(4)}"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with server(engine, prefix, redis_url) as (port, pid):
+        asyncio.run(_status_poller(port, 0.5, 1))  # warm: the cache filled, the code loaded
+        time.sleep(0.5)
+        before = rss_kib(pid)
+        share = streams // processes
+        workers = [
+            ctx.Process(target=_clients, args=(port, i * share, share, queue, seconds + count_seconds + 5.0))
+            for i in range(processes)
+        ]
+        for w in workers:
+            w.start()
+        for _ in workers:
+            kind, value = queue.get(timeout=180)
+            if kind != "ready":
+                raise RuntimeError(f"SSE clients failed: {value}")
+        time.sleep(1.0)
+        during = rss_kib(pid)
+
+        async def load() -> tuple[dict[str, float], list[float]]:
+            sent, polled = await asyncio.gather(
+                _webhooks(port, rate, seconds), _status_poller(port, seconds, 10)
+            )
+            return sent, polled
+
+        sent, polled = asyncio.run(load())
+        # Then webhooks alone, for the Redis commands they cost (the status poller reads Redis too).
+        calls_before = _redis_calls(redis_url) if engine == "redis" else None
+        counted = asyncio.run(_webhooks(port, rate, count_seconds))
+        calls_after = _redis_calls(redis_url) if engine == "redis" else None
+        sent.update(counted)
+        arrivals: list[dict[str, float]] = []
+        ended_early = 0
+        for _ in workers:
+            kind, value = queue.get(timeout=120)
+            if kind != "done":
+                raise RuntimeError(f"SSE clients failed: {value}")
+            arrivals += value[0]
+            ended_early += value[1]
+        for w in workers:
+            w.join(30)
+        with contextlib.suppress(Exception):
+            from bench._common import fetch
+
+            stats = json.loads(asyncio.run(fetch(port, "/bench/stats"))[2])
+    latencies = [(got[sha] - at) * 1000 for got in arrivals for sha, at in sent.items() if sha in got]
+    missing = sum(1 for got in arrivals for sha in sent if sha not in got)
+    incomplete = sum(1 for got in arrivals if any(sha not in got for sha in sent))
+    commands = None
+    if calls_before is not None and calls_after is not None:
+        commands = (calls_after - calls_before) / max(1, len(counted))
+    return {
+        "engine": engine,
+        "streams": streams,
+        "webhooks": len(sent),
+        "deliveries": len(latencies),
+        "missing": missing,
+        "incomplete_streams": incomplete,
+        "ended_early": ended_early,
+        "server_dropped": stats.get("dropped", -1) if "stats" in locals() else -1,
+        "p50": percentile(latencies, 50) if latencies else float("inf"),
+        "p99": percentile(latencies, 99) if latencies else float("inf"),
+        "status_p95": percentile(polled, 95) if polled else float("inf"),
+        "kib_per_stream": (during - before) / streams,
+        "commands_per_webhook": commands,
+    }
+
+
+def _print(figures: Mapping[str, Any]) -> None:
+    commands = figures["commands_per_webhook"]
+    redis_part = "" if commands is None else f"; {commands:.1f} Redis commands per webhook"
+    print(
+        f"[sse_load] {figures['engine']}: {figures['streams']} streams, {figures['webhooks']} webhooks, "
+        f"{figures['deliveries']} push deliveries ({figures['missing']} missing, {figures['incomplete_streams']} "
+        f"streams incomplete, {figures['server_dropped']} dropped by the server): p50 {figures['p50']:.0f} ms, "
+        f"p99 {figures['p99']:.0f} ms; status p95 {figures['status_p95']:.1f} ms; "
+        f"{figures['kib_per_stream']:.1f} KiB per stream{redis_part}",
+        flush=True,
+    )
+
+
+def run(smoke: bool = False) -> list[Outcome]:
+    with private_redis() as redis_url:
+        return _run(smoke, redis_url)
+
+
+def _run(smoke: bool, redis_url: str | None) -> list[Outcome]:
+    streams, processes, rate, seconds = (30, 1, 5.0, 2.0) if smoke else (2000, 4, 20.0, 60.0)
+    count = 1.0 if smoke else COUNT_SECONDS
+    few = max(10, streams // 10)
+    outcomes: list[Outcome] = []
+    engines = ["memory"]
+    if redis_url is not None:
+        engines.append("redis")
+    else:
+        outcomes.append(skipped("sse_load_redis", "no Redis: set BENCH_REDIS_URL or install redis-server"))
+    results = {}
+    for engine in engines:
+        results[engine] = figures = one_run(engine, streams, rate, seconds, processes, redis_url or "", count)
+        _print(figures)
+        ok_delivery = figures["missing"] == 0 and figures["server_dropped"] == 0
+        outcomes += [
+            report(
+                f"sse_load_{engine}_dropped", figures["incomplete_streams"], "== 0", ok_delivery, fmt="{:.0f}"
+            ),
+            report(
+                f"sse_load_{engine}_p99_ms", figures["p99"], f"< {BAR_P99_MS:g}", figures["p99"] < BAR_P99_MS
+            ),
+            report(
+                f"sse_load_{engine}_status_p95_ms",
+                figures["status_p95"],
+                f"< {BAR_STATUS_P95_MS:g}",
+                figures["status_p95"] < BAR_STATUS_P95_MS,
+            ),
+            report(
+                f"sse_load_{engine}_kib_per_stream",
+                figures["kib_per_stream"],
+                f"< {BAR_KIB:g}",
+                figures["kib_per_stream"] < BAR_KIB,
+                fmt="{:.1f}",
+            ),
+        ]
+    if redis_url is not None:
+        small = one_run("redis", few, rate, min(seconds, 15.0), 1, redis_url, count)
+        _print(small)
+        many, fewer = results["redis"]["commands_per_webhook"], small["commands_per_webhook"]
+        growth = many / max(fewer, 1e-9)
+        print(
+            f"[sse_load] Redis commands per webhook: {fewer:.1f} with {few} streams, {many:.1f} with {streams}",
+            flush=True,
+        )
+        outcomes.append(
+            report(
+                "sse_load_redis_commands_growth",
+                growth,
+                f"<= {BAR_COMMANDS_GROWTH:g}x",
+                growth <= BAR_COMMANDS_GROWTH,
+            )
+        )
+    return outcomes
+
+
+def _serve_main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--engine", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--prefix", default="bench-sse")
+    parser.add_argument("--redis-url", default="")
+    args = parser.parse_args()
+    serve(args.port, args.engine, args.prefix, args.redis_url)
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:
+        _serve_main()
+    else:
+        run()
