@@ -16,7 +16,15 @@ import structlog
 
 from bench._common import Outcome
 
-BENCHMARKS = ("throughput", "deadline", "coalescing", "etag_hits", "sse_fanout", "actions")
+BENCHMARKS = (
+    "throughput",
+    "deadline",
+    "coalescing",
+    "etag_hits",
+    "sse_fanout",
+    "actions",
+    "header_flood",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

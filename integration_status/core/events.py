@@ -34,6 +34,7 @@ __all__ = [
     "next_event_id",
     "parse_event_id",
     "redact_event",
+    "resume_event_id",
 ]
 
 _ID = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})")
@@ -55,6 +56,22 @@ def parse_event_id(value: object) -> tuple[int, int] | None:
     if ms > _MAX_PART or seq > _MAX_PART:
         return None
     return ms, seq
+
+
+#: Longest ``Last-Event-ID`` a client may resume from: two 20-digit parts and a dash.
+MAX_EVENT_ID_LENGTH: Final = 41
+
+
+def resume_event_id(value: str | None) -> str | None:
+    """The ``Last-Event-ID`` a stream resumes from, or None (a fresh snapshot) when it is absent, empty, or
+    too long to be an event id: an engine never parses an oversized client value, and it is never an error.
+
+    >>> resume_event_id("12-0"), resume_event_id(""), resume_event_id("9" * 5000)
+    ('12-0', None, None)
+    """
+    if not value or len(value) > MAX_EVENT_ID_LENGTH:
+        return None
+    return value
 
 
 def format_event_id(parts: tuple[int, int]) -> str:

@@ -43,6 +43,8 @@ SANITY_SIGNATURE_HEADER: Final = "sanity-webhook-signature"
 # Same grammar as @sanity/webhook's decoder: "t=<digits>" then "," and/or spaces, then "v1=<value>".
 _SANITY_HEADER = re.compile(r"t=(\d{1,16})[, ]+v1=([^, ]+)")
 _HEX = re.compile(r"[0-9a-fA-F]+")
+#: Longest signature header value that is parsed; real ones are under 80 characters. Longer is malformed.
+MAX_SIGNATURE_HEADER: Final = 512
 
 # Vercel deployment event types and what they mean for a deploy.
 _VERCEL_STARTED: Final = frozenset({"deployment.created"})
@@ -103,6 +105,8 @@ def check_github_signature(secret: str, headers: Mapping[str, str], body: bytes)
     value = headers.get(GITHUB_SIGNATURE_HEADER)
     if not value:
         return "missing_signature"
+    if len(value) > MAX_SIGNATURE_HEADER:
+        return "malformed_signature"
     scheme, sep, digest = value.strip().partition("=")
     if not sep or scheme != "sha256" or len(digest) != 64 or not _HEX.fullmatch(digest):
         return "malformed_signature"
@@ -116,7 +120,7 @@ def check_vercel_signature(secret: str, headers: Mapping[str, str], body: bytes)
     value = headers.get(VERCEL_SIGNATURE_HEADER)
     if not value:
         return "missing_signature"
-    digest = value.strip()
+    digest = value.strip() if len(value) <= MAX_SIGNATURE_HEADER else ""
     if len(digest) != 40 or not _HEX.fullmatch(digest):
         return "malformed_signature"
     if not _usable(secret):
@@ -130,6 +134,8 @@ def parse_sanity_signature(value: str) -> tuple[int, str] | None:
     >>> parse_sanity_signature("t=1633470609222, v1=7kTYPaw6SmCoN2VJzFL24oEjV-ac7lRwbljOkh7d13A")[0]
     1633470609222
     """
+    if len(value) > MAX_SIGNATURE_HEADER:
+        return None
     match = _SANITY_HEADER.fullmatch(value.strip())
     if match is None:
         return None

@@ -12,6 +12,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 import attrs
 import structlog
 
+from integration_status.core.events import resume_event_id
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
 from integration_status.protocols import RequestInfo, StoredEvent
@@ -228,7 +229,7 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         connections = await service.project(request.query.get("projectId"), viewer)
     except RequestError as exc:
         return error_response(exc)
-    last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
+    last_event_id = resume_event_id(request.headers.get("last-event-id") or request.query.get("lastEventId"))
     headers = _SSE_HEADERS
 
     if not service.sse_connections.acquire(viewer.user_id):

@@ -228,3 +228,43 @@ def test_a_malformed_element_poisons_the_whole_header(good: list[str], current: 
     header = ", ".join([*(f'"{t}"' for t in good), f'"{current}"', bad])
     assert parse_if_none_match(header) is None
     assert not if_none_match_matches(header, current)
+
+
+# --- bounds against hostile headers --------------------------------------------------------------------------
+
+
+def test_if_none_match_longer_than_the_bound_is_no_match() -> None:
+    """A value over MAX_IF_NONE_MATCH_LENGTH is "no match" even when it lists the current tag."""
+    from integration_status.core.etag import MAX_IF_NONE_MATCH_LENGTH
+
+    padded = f'"abc",{" " * MAX_IF_NONE_MATCH_LENGTH}'
+    assert parse_if_none_match(padded) is None
+    assert not if_none_match_matches(padded, "abc")
+    assert if_none_match_matches(padded[:MAX_IF_NONE_MATCH_LENGTH], "abc")
+
+
+def test_if_none_match_with_too_many_tags_is_no_match() -> None:
+    """More than MAX_IF_NONE_MATCH_TAGS entity-tags is "no match"; exactly the bound still parses."""
+    from integration_status.core.etag import MAX_IF_NONE_MATCH_TAGS
+
+    at_bound = ", ".join(f'"t{i}"' for i in range(MAX_IF_NONE_MATCH_TAGS))
+    assert if_none_match_matches(at_bound, f"t{MAX_IF_NONE_MATCH_TAGS - 1}")
+    assert parse_if_none_match(at_bound + ', "abc"') is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"a" "b"', '"a",W/', 'w/"a"', '"a"x', '"' + "a" * 4000, "\x00", '"a",\x7f"b"', '"é\u0100"'],
+)
+def test_if_none_match_malformed_near_the_bound_is_none(value: str) -> None:
+    """Malformed lists (no comma, lower-case w/, garbage, unterminated, non-latin-1) parse to None."""
+    assert parse_if_none_match(value) is None
+
+
+@given(st.lists(st.tuples(st.booleans(), etagc_text), min_size=1, max_size=10), OWS, OWS)
+def test_regex_parser_keeps_every_tag_in_order(tags: list[tuple[bool, str]], left: str, right: str) -> None:
+    """Any list of legal tags joined by commas with optional whitespace parses back to the same tags."""
+    text = ",".join(f'{left}{"W/" if weak else ""}"{opaque}"{right}' for weak, opaque in tags)
+    parsed = parse_if_none_match(text)
+    assert parsed is not None
+    assert parsed.tags == tuple(EntityTag(opaque=o, weak=w) for w, o in tags)
