@@ -24,6 +24,7 @@ BENCHMARKS = (
     "sse_fanout",
     "actions",
     "header_flood",
+    "replay_flood",
 )
 
 
