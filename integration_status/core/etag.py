@@ -1,11 +1,15 @@
-"""ETags for the status envelope: a stable content hash, its header form, and ``If-None-Match`` matching.
+"""ETags for the status envelope: a keyed content hash, its header form, and ``If-None-Match`` matching.
 
-The hash is taken over canonical JSON (sorted keys, no whitespace, UTF-8), so the same content gives the same
-tag in every process and on every machine. ``If-None-Match`` follows the entity-tag grammar of RFC 9110
+The tag is an HMAC-SHA256 under a per-deployment key over canonical JSON (sorted keys, no whitespace, UTF-8), so
+the same content gives the same tag in every process that holds the key. Keyed, because an owner's tag travels
+(proxies, logs, screenshots of devtools): with a plain hash, anyone holding it could confirm a guess of the
+names it hides offline, starting from their own redacted envelope. Without the key no guess can be checked.
+See :func:`etag_key` for where the key comes from. ``If-None-Match`` follows the entity-tag grammar of RFC 9110
 (sections 8.8.3 and 13.1.2) with weak comparison; anything that does not parse is treated as "no match" (the
 client gets a normal 200).
 
->>> tag = compute_etag({"projectId": "p1", "items": []})
+>>> key = etag_key(b"a per-deployment secret")
+>>> tag = compute_etag({"projectId": "p1", "items": []}, key=key)
 >>> if_none_match_matches(f'W/"zzz", {format_etag(tag)}', tag)
 True
 >>> if_none_match_matches("not-quoted", tag)
@@ -15,8 +19,10 @@ False
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -29,9 +35,11 @@ __all__ = [
     "IfNoneMatch",
     "canonical_json",
     "compute_etag",
+    "etag_key",
     "format_etag",
     "if_none_match_matches",
     "parse_if_none_match",
+    "random_etag_key",
 ]
 
 #: Hex characters of the hash: 128 bits is plenty to tell envelopes apart and keeps the header short.
@@ -48,13 +56,40 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def compute_etag(envelope_json_without_hash: Mapping[str, Any]) -> str:
-    """The content hash of an envelope's JSON (without its ``hash`` field): 32 lower-case hex characters.
+#: Bytes of a derived ETag key.
+KEY_LENGTH: Final = 32
+_KEY_LABEL: Final = b"integration-status etag v1"
+
+
+def etag_key(secret: str | bytes) -> bytes:
+    """The ETag key derived from a deployment secret (HMAC of a fixed label), so the secret itself never keys
+    anything else the host may use it for. Every worker given the same secret computes the same tags; changing
+    it changes every tag once (each client gets one 200, then 304s again).
+
+    >>> len(etag_key("s3cret")), etag_key("s3cret") == etag_key(b"s3cret")
+    (32, True)
+    """
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise ValueError("an ETag secret may not be empty")
+    return hmac.new(raw, _KEY_LABEL, hashlib.sha256).digest()
+
+
+def random_etag_key() -> bytes:
+    """A fresh random key: the default of one process without a configured secret (its tags change on restart)."""
+    return secrets.token_bytes(KEY_LENGTH)
+
+
+def compute_etag(envelope_json_without_hash: Mapping[str, Any], *, key: bytes) -> str:
+    """The keyed hash of an envelope's JSON (without its ``hash`` field): 32 lower-case hex characters of
+    HMAC-SHA256(``key``, canonical JSON).
 
     A top-level ``hash`` key, if present anyway, is ignored so that the hash never depends on itself.
     """
+    if len(key) < 16:
+        raise ValueError("an ETag key needs at least 16 bytes (see etag_key)")
     body = {k: v for k, v in envelope_json_without_hash.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body)).hexdigest()[:HASH_LENGTH]
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()[:HASH_LENGTH]
 
 
 def _is_etagc(ch: str) -> bool:

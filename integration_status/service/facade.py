@@ -20,6 +20,7 @@ from integration_status.core.aggregator import Aggregator, AggregatorConfig, cac
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
 from integration_status.core.connections import ConnectionLimiter
+from integration_status.core.etag import etag_key
 from integration_status.core.events import redact_event
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
@@ -145,7 +146,10 @@ class StatusService:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
-        self._envelopes = EnvelopeCache(clock=clock)
+        secret = self.settings.etag_secret
+        self._envelopes = EnvelopeCache(
+            clock=clock, key=None if secret is None else etag_key(secret.reveal())
+        )
         #: Heartbeats and shutdown of every event stream, and the frames they share (see ``fanout``).
         self.streams = StreamHub(clock=clock, interval=self.settings.heartbeat, spawn=self._spawn)
         self._status_frames = StatusFrames(clock=clock, bucket=RENDER_BUCKET)
@@ -161,6 +165,8 @@ class StatusService:
         await stack.__aenter__()
         try:
             await stack.enter_async_context(self.engine)
+            if self.settings.etag_secret is None and hasattr(self.engine, "shared_etag_key"):
+                self._envelopes.use_key(await self.engine.shared_etag_key())  # workers agree on tags
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             self._users -= 1

@@ -16,7 +16,7 @@ import attrs
 from cachetools import LRUCache
 
 from integration_status.core.clock import Clock, utcnow
-from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
+from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches, random_etag_key
 from integration_status.core.policy import Grants, ProviderView, view_item
 from integration_status.exceptions import InvalidRequest
 from integration_status.models import StatusEnvelope
@@ -82,12 +82,19 @@ def validate_project_id(project_id: object) -> str:
 class EnvelopeCache:
     """Rendered envelopes and their two answers (200 and 304), reused while nothing they show changed."""
 
-    def __init__(self, *, clock: Clock, size: int = RENDER_CACHE_SIZE) -> None:
+    def __init__(self, *, clock: Clock, size: int = RENDER_CACHE_SIZE, key: bytes | None = None) -> None:
         self._clock = clock
+        self._key = key or random_etag_key()  # see core.etag: the tags are keyed
         self._size = size
         self._rendered: LRUCache[tuple[Any, ...], _Rendered] = LRUCache(maxsize=size)
         # Per project: (views, grants, time bucket, envelope) of the last status answer, checked by identity.
         self._last_rendered: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendered]] = {}
+
+    def use_key(self, key: bytes) -> None:
+        """Key every later tag with ``key`` (e.g. the one the workers share); envelopes rendered before go."""
+        self._key = key
+        self._rendered.clear()
+        self._last_rendered.clear()
 
     def answer(
         self, project_id: str, views: Sequence[ProviderView], grants: Grants, if_none_match: str | None
@@ -139,7 +146,7 @@ class EnvelopeCache:
                 for view, (allowed, visibility) in zip(views, grants, strict=True)
             )
             body = StatusEnvelope(project_id=project_id, items=items)
-            digest = compute_etag(body.to_json(with_hash=False))
+            digest = compute_etag(body.to_json(with_hash=False), key=self._key)
             envelope = attrs.evolve(body, hash=digest)
             etag = format_etag(digest)
             encoded = _envelope_body(envelope)
