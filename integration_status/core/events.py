@@ -151,11 +151,16 @@ def _hidden(key: str, visibility: Visibility) -> bool:
     return False
 
 
+def _hidden_url(key: str, item: Any, visibility: Visibility) -> bool:
+    # A URL the viewer may see in general can still embed a name they may not (a preview host's branch).
+    return isinstance(item, str) and _norm(key).endswith("url") and not visibility.allows_url(item)
+
+
 def _redact(value: Any, visibility: Visibility, blank: frozenset[str]) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and _hidden(key, visibility):
+            if isinstance(key, str) and (_hidden(key, visibility) or _hidden_url(key, item, visibility)):
                 if key in blank:
                     out[key] = ""
                 continue
@@ -171,7 +176,8 @@ def redact_event(event: Mapping[str, Any], visibility: Visibility) -> Mapping[st
 
     - ``github:push`` without repository visibility keeps its ``branch`` and ``sha`` keys, as ``""``;
     - any other sensitive key (see the module docstring) the viewer may not see is removed, at any depth - so
-      ``deploy:finished`` loses ``url`` unless ``visibility.urls``;
+      ``deploy:finished`` loses ``url`` unless ``visibility.urls`` and :meth:`Visibility.allows_url` (a preview
+      URL embedding a branch or team needs repository or organisation visibility too);
     - ``status:update`` events on the bus are markers (``type``, ``projectId``, ``ts``) that the web layer
       renders per viewer; they have no sensitive keys and come back unchanged.
 
