@@ -26,6 +26,7 @@ from integration_status.demo.simulated import Activity, World, simulated_adapter
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service.facade import StatusService
 from integration_status.service.settings import Settings
+from integration_status.web.starlette import ERROR_HANDLERS
 from integration_status.web.starlette import routes as api_routes
 
 ROLES = ("owner", "admin", "member", "viewer")
@@ -53,6 +54,11 @@ class DemoConnections:
         return self._PROJECTS.get(project_id)
 
 
+async def demo_health_authorizer(viewer: Viewer) -> bool:
+    """Demo only: owners and admins read the detailed health checks; everyone else gets the liveness answer."""
+    return bool(viewer.roles & {"owner", "admin"})
+
+
 async def demo_authenticator(request: RequestInfo) -> Viewer | None:
     """Demo only: trust the X-User / X-Role headers (or ``user`` / ``role`` query parameters)."""
     user = request.headers.get("x-user") or request.query.get("user") or "demo"
@@ -76,6 +82,7 @@ def build_service(
         connections=DemoConnections(),
         adapters=simulated_adapters(world, deploy_seconds=deploy_seconds),
         authenticator=demo_authenticator,
+        health_authorizer=demo_health_authorizer,
         settings=Settings(),
         engine=engine,
         clock=clock,
@@ -102,6 +109,7 @@ def build_real_service(
         connections=connections,
         adapters=provider_adapters(http, urls=adapter_urls_from_env(env)),
         authenticator=demo_authenticator,
+        health_authorizer=demo_health_authorizer,
         engine=engine,
         clock=clock,
     )
@@ -167,6 +175,8 @@ def build_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=lifespan,
+        # Unknown paths, wrong methods and failures answer with the error object, like the API's own routes.
+        exception_handlers=dict(ERROR_HANDLERS),
     )
     app.state.service = service
     app.state.world = world  # None with the real providers

@@ -22,6 +22,7 @@ from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.etag import etag_key
 from integration_status.core.events import redact_event
+from integration_status.core.health import HealthAuthorizer
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Policy, ProviderView, RolePolicy, grants_for, view_item
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
@@ -88,6 +89,7 @@ class StatusService:
         webhooks: WebhookResolver | None = None,
         metrics: Metrics | None = None,
         health: HealthRecorder | None = None,
+        health_authorizer: HealthAuthorizer | None = None,
     ) -> None:
         from integration_status.backends.memory import MemoryEngine
         from integration_status.service.actions import ActionRunner
@@ -96,6 +98,8 @@ class StatusService:
         self.clock = clock
         # Health statistics are always kept; ``metrics`` (e.g. PrometheusMetrics) gets the same reports.
         self.health = health if health is not None else HealthRecorder(clock=clock)
+        #: Who may read the detailed health checks (None: nobody; everyone gets the liveness answer).
+        self.health_authorizer = health_authorizer
         self.metrics: Metrics = combine(self.health, metrics)
         self._connections = connections
         self._authenticator = authenticator
