@@ -26,6 +26,7 @@ from integration_status.demo.simulated import Activity, World, simulated_adapter
 from integration_status.protocols import ProjectConnections, ProviderConnection, RequestInfo, Viewer
 from integration_status.service.facade import StatusService
 from integration_status.service.settings import Settings
+from integration_status.web.serving import ServerLimits, raise_fd_limit, uvicorn_options
 from integration_status.web.starlette import ERROR_HANDLERS
 from integration_status.web.starlette import routes as api_routes
 
@@ -190,8 +191,10 @@ def run(
     redis_url: str | None = None,
     redis_prefix: str = "integration-status",
     providers: str = "simulated",
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Serve the demo with uvicorn until interrupted."""
+    """Serve the demo with uvicorn until interrupted, with the protective server settings of ``limits`` (head
+    and body deadlines, head size, connection and request bounds: see :mod:`integration_status.web.serving`)."""
     import logging
 
     import structlog
@@ -202,9 +205,12 @@ def run(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
+    limits = limits or ServerLimits()
+    # Every allowed connection needs a descriptor, plus some for Redis, providers and the files served.
+    raise_fd_limit(limits.max_connections + 256)
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(
         f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"
     )
-    # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    # Event streams never end by themselves: uvicorn_options gives them a second to close on Ctrl-C.
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options(limits))
