@@ -25,6 +25,7 @@ BENCHMARKS = (
     "actions",
     "header_flood",
     "replay_flood",
+    "slow_clients",
 )
 
 
