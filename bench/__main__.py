@@ -16,7 +16,18 @@ import structlog
 
 from bench._common import Outcome
 
-BENCHMARKS = ("throughput", "deadline", "coalescing", "etag_hits", "sse_fanout", "sse_load", "actions")
+BENCHMARKS = (
+    "throughput",
+    "deadline",
+    "coalescing",
+    "etag_hits",
+    "sse_fanout",
+    "sse_load",
+    "actions",
+    "header_flood",
+    "replay_flood",
+    "slow_clients",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

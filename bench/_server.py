@@ -5,6 +5,7 @@ Kinds:
 - ``throughput``: the status endpoint on a warm cache (simulated providers, long TTL) beside ``/bare`` and
   ``/bare304``, bare Starlette endpoints answering the very bytes and headers the status endpoint answers.
 - ``deadline``: github hangs forever, vercel answers in 2 s, the others at once.
+- ``demo``: the demo app with the server settings ``integration-status demo`` uses (``web.serving``).
 - ``sse``: the events endpoint plus ``POST /bench/publish`` (publishes a ``github:push`` stamped with the wall
   time) and ``GET /bench/stats`` (open streams, asyncio tasks).
 
@@ -162,13 +163,20 @@ def sse_app() -> Starlette:
     )
 
 
-APPS = {"throughput": throughput_app, "deadline": deadline_app, "sse": sse_app}
+def demo_app() -> Starlette:
+    from integration_status.demo.server import build_app
+
+    return build_app()
+
+
+APPS = {"throughput": throughput_app, "deadline": deadline_app, "sse": sse_app, "demo": demo_app}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=sorted(APPS))
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--header-timeout", type=float, default=None, help="demo only: the head deadline")
     args = parser.parse_args()
     from bench._common import raise_nofile
 
@@ -181,14 +189,19 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
-    config = uvicorn.Config(
-        APPS[args.kind](),
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-        timeout_graceful_shutdown=1,
-        **server_options(),  # type: ignore[arg-type]
-    )
+    if args.kind == "demo":
+        # The demo as `integration-status demo` serves it: the protective settings of web.serving.
+        from integration_status.web.serving import ServerLimits, uvicorn_options
+
+        limits = (
+            ServerLimits()
+            if args.header_timeout is None
+            else ServerLimits(header_timeout=args.header_timeout)
+        )
+        options: dict[str, Any] = {"loop": server_options()["loop"], **uvicorn_options(limits)}
+    else:
+        options = {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()}
+    config = uvicorn.Config(APPS[args.kind](), log_level="warning", access_log=False, **options)
     server = uvicorn.Server(config)
 
     async def run() -> None:

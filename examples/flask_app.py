@@ -67,4 +67,6 @@ def index() -> ResponseReturnValue:
 
 
 if __name__ == "__main__":
+    # The development server only: it has no head or body deadlines. In production run gunicorn with the
+    # settings in docs/operations.md ("Hardening"), behind a proxy that bounds slow clients.
     app.run(host="127.0.0.1", port=8000, threaded=True)

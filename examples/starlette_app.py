@@ -72,4 +72,7 @@ app.mount("/status-bar", StaticFiles(directory=STATUS_BAR_DIR, html=True), name=
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    from integration_status.web.serving import uvicorn_options
+
+    # Head and body deadlines, bounded head size, connections and requests (docs/operations.md, "Hardening").
+    uvicorn.run(app, host="127.0.0.1", port=8000, **uvicorn_options())

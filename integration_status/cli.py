@@ -116,6 +116,26 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000000")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -156,6 +176,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(project id `demo`) (default: %(default)s)",
     )
 
+    demo.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a request head may take before the connection is closed (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=5.0,
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--max-connections",
+        type=_count,
+        default=8192,
+        help="open connections beyond which new ones are closed at once (default: %(default)s)",
+    )
+
     check = commands.add_parser(
         "check",
         help="ask the real providers using credentials from environment variables",
@@ -180,12 +219,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = parser.parse_args(argv)
     if args.command == "demo":
         server = importlib.import_module("integration_status.demo.server")
+        serving = importlib.import_module("integration_status.web.serving")
+        limits = serving.ServerLimits(
+            header_timeout=args.header_timeout,
+            keep_alive=args.keep_alive,
+            max_connections=args.max_connections,
+        )
         server.run(
             host=args.host,
             port=args.port,
             redis_url=args.redis,
             redis_prefix=args.prefix,
             providers=args.providers,
+            limits=limits,
         )
         return 0
     if args.command == "check":

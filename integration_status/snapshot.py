@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from integration_status._urls import url_reveals
 from integration_status.exceptions import InvalidModel
 from integration_status.models import (
     PROBLEM_CODES,
@@ -53,10 +54,14 @@ class Visibility:
     repo: bool = False  # repository names, branch names, commit SHAs
     org: bool = False  # organisation / team names
     urls: bool = False  # deployment URLs
+    #: URLs whose host or path embeds names (see :func:`~integration_status._urls.url_reveals`), also
+    #: without ``repo``/``org`` visibility. Off by default: a host policy that wants members to see preview
+    #: URLs turns it on.
+    named_urls: bool = False
 
     @classmethod
     def full(cls) -> Visibility:
-        return cls(repo=True, org=True, urls=True)
+        return cls(repo=True, org=True, urls=True, named_urls=True)
 
     @classmethod
     def none(cls) -> Visibility:
@@ -68,6 +73,28 @@ class Visibility:
         if kind == "org":
             return self.org
         return self.urls
+
+    def allows_url(self, url: str) -> bool:
+        """Whether this viewer may see ``url``: URL visibility, and also visibility of every name it embeds
+        (a branch or repository needs ``repo``, an organisation, team or Studio name needs ``org``), unless
+        ``named_urls`` is set.
+
+        >>> member = Visibility(urls=True)
+        >>> member.allows_url("https://shop.vercel.app"), member.allows_url("https://shop-git-fix-acme.vercel.app")
+        (True, False)
+        """
+        if not self.urls:
+            return False
+        if self.named_urls:
+            return True
+        reveals = url_reveals(url)
+        if ("repo" in reveals or "branch" in reveals) and not self.repo:
+            return False
+        return self.org or "org" not in reveals
+
+    def permits(self, piece: Sensitive) -> bool:
+        """Whether this viewer may see one sensitive piece (a URL by what it embeds)."""
+        return self.allows_url(piece.value) if piece.kind == "url" else self.allows(piece.kind)
 
 
 @attrs.frozen(kw_only=True)
@@ -283,7 +310,7 @@ def render_summary(summary: tuple[Segment, ...], visibility: Visibility, now: da
     """Render a summary for one viewer; None when nothing is left to say."""
     parts: list[str] = []
     for seg in summary:
-        if any(isinstance(p, Sensitive) and not visibility.allows(p.kind) for p in seg.pieces):
+        if any(isinstance(p, Sensitive) and not visibility.permits(p) for p in seg.pieces):
             if seg.redacted:
                 parts.append(seg.redacted)
             continue

@@ -22,6 +22,12 @@ EXPECTED = (
     "sse_load_memory_status_p95_ms",
     "actions_memory_one_key_executions",
     "actions_memory_distinct_admitted",
+    "header_flood_p95_ms",
+    "header_flood_guarded_p95_ms",
+    "replay_memory_accepted",
+    "replay_memory_entries_added",
+    "slow_clients_idle_closed_s",
+    "slow_clients_status_failures",
 )
 
 

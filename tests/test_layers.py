@@ -17,7 +17,7 @@ PACKAGE = Path(integration_status.__file__).parent
 
 #: Layers from the bottom up: a module may import modules of lower layers and of its own folder.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"_lazy", "exceptions"}),
+    frozenset({"_lazy", "_urls", "exceptions"}),
     frozenset({"models"}),
     frozenset({"snapshot"}),
     frozenset({"protocols"}),

@@ -23,12 +23,14 @@ DOORS = (
     "integration_status.testing",
     "integration_status.web",
     "integration_status.web.flask",
+    "integration_status.web.serving",
     "integration_status.web.starlette",
 )
 #: Doors that are also where their names are implemented: only the names they define themselves are checked.
 IMPLEMENTING = {
     "integration_status.testing",
     "integration_status.web.flask",
+    "integration_status.web.serving",
     "integration_status.web.starlette",
 }
 #: Private names a door lists on purpose.

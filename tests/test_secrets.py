@@ -102,6 +102,11 @@ async def owner(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id="u1", roles={"owner"})
 
 
+async def everyone(viewer: Viewer) -> bool:
+    """The detailed health checks for every viewer: they must carry no secret either."""
+    return True
+
+
 async def resolve(provider: str, headers: Mapping[str, str], payload: Any) -> WebhookTarget | None:
     return WebhookTarget(project_id="p", secret=Secret(WEBHOOK_SECRET))
 
@@ -131,6 +136,7 @@ async def service() -> AsyncIterator[StatusService]:
         connections=StaticConnections({"p": connections()}),
         adapters=provider_adapters(http, urls=URLS),
         authenticator=owner,
+        health_authorizer=everyone,
         webhooks=resolve,
         # A deadline longer than every failure, so each provider's real error path runs inside the request.
         settings=Settings(deadline=6.0, adapter_timeout=4.0, action_timeout=5.0),

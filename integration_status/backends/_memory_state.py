@@ -19,6 +19,7 @@ from cachetools import TLRUCache
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.core.ratelimit import decide
+from integration_status.exceptions import BackendUnavailable
 from integration_status.protocols import BeginResult, RateDecision, StoredResponse
 
 __all__ = ["MemoryDeliveryLog", "MemoryIdempotencyStore", "MemoryRateLimiter"]
@@ -157,8 +158,11 @@ class MemoryRateLimiter:
 class MemoryDeliveryLog:
     """A bounded in-process :class:`DeliveryLog` on the injected clock.
 
-    When more than ``maxsize`` ids are live, the least recently seen is forgotten first, so memory stays
-    bounded under a flood at the price of a shorter replay window for the oldest ids.
+    At most ``maxsize`` live entries. A live entry is never evicted early (that would let its delivery in
+    again): when the log is full of live entries, :meth:`first_seen` raises :class:`BackendUnavailable`, the
+    webhook answers 503 and the provider retries once entries have expired. Keys are fixed-length digests
+    (see :func:`~integration_status.core.webhooks.delivery_keys`), so an entry costs about 200 bytes and the
+    default bound about 20 MB at most; only authentic deliveries with new content write entries.
     """
 
     def __init__(self, *, clock: Clock, maxsize: int = 100_000) -> None:
@@ -171,6 +175,11 @@ class MemoryDeliveryLog:
     async def first_seen(self, delivery_id: str, ttl: float) -> bool:
         if delivery_id in self._seen:
             return False
+        if len(self._seen) >= self._seen.maxsize:
+            self._seen.expire()
+            if len(self._seen) >= self._seen.maxsize:
+                structlog.get_logger().warning("integration_status.webhook.delivery_log_full")
+                raise BackendUnavailable("the webhook delivery log is full")
         self._seen[delivery_id] = self._clock.time() + ttl
         return True
 

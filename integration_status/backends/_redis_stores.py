@@ -282,7 +282,9 @@ class RedisRateLimiter:
 
 
 class RedisDeliveryLog:
-    """Webhook replay protection shared by all workers: ``{prefix}:delivery:{id}``."""
+    """Webhook replay protection shared by all workers: ``{prefix}:delivery:{id}``, one ``SET NX`` with the
+    TTL per key. Keys are fixed-length digests and only authentic deliveries with new content write one (a
+    replay writes nothing), so the log holds at most one small key per provider delivery per TTL."""
 
     def __init__(self, shared: Shared) -> None:
         self._s = shared

@@ -28,6 +28,7 @@ import anyio
 import structlog
 
 from integration_status.backends._redis_base import Shared, describe_endpoint
+from integration_status.backends._redis_etag import shared_etag_key
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
 from integration_status.backends._redis_stores import (
     RedisCacheStore,
@@ -160,6 +161,10 @@ class RedisEngine:
     @property
     def prefix(self) -> str:
         return self._s.prefix
+
+    async def shared_etag_key(self) -> bytes:
+        """The ETag key all workers on this Redis and prefix share (``{prefix}:etag-key``, set once)."""
+        return await shared_etag_key(self._s)
 
     # --- lifecycle ---
 

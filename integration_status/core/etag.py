@@ -1,11 +1,15 @@
-"""ETags for the status envelope: a stable content hash, its header form, and ``If-None-Match`` matching.
+"""ETags for the status envelope: a keyed content hash, its header form, and ``If-None-Match`` matching.
 
-The hash is taken over canonical JSON (sorted keys, no whitespace, UTF-8), so the same content gives the same
-tag in every process and on every machine. ``If-None-Match`` follows the entity-tag grammar of RFC 9110
+The tag is an HMAC-SHA256 under a per-deployment key over canonical JSON (sorted keys, no whitespace, UTF-8), so
+the same content gives the same tag in every process that holds the key. Keyed, because an owner's tag travels
+(proxies, logs, screenshots of devtools): with a plain hash, anyone holding it could confirm a guess of the
+names it hides offline, starting from their own redacted envelope. Without the key no guess can be checked.
+See :func:`etag_key` for where the key comes from. ``If-None-Match`` follows the entity-tag grammar of RFC 9110
 (sections 8.8.3 and 13.1.2) with weak comparison; anything that does not parse is treated as "no match" (the
 client gets a normal 200).
 
->>> tag = compute_etag({"projectId": "p1", "items": []})
+>>> key = etag_key(b"a per-deployment secret")
+>>> tag = compute_etag({"projectId": "p1", "items": []}, key=key)
 >>> if_none_match_matches(f'W/"zzz", {format_etag(tag)}', tag)
 True
 >>> if_none_match_matches("not-quoted", tag)
@@ -15,6 +19,9 @@ False
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -23,12 +30,16 @@ import attrs
 from integration_status.core.canonical import canonical_json
 
 __all__ = [
+    "MAX_IF_NONE_MATCH_LENGTH",
+    "MAX_IF_NONE_MATCH_TAGS",
     "EntityTag",
     "IfNoneMatch",
     "compute_etag",
+    "etag_key",
     "format_etag",
     "if_none_match_matches",
     "parse_if_none_match",
+    "random_etag_key",
 ]
 
 #: Hex characters of the hash: 128 bits is plenty to tell envelopes apart and keeps the header short.
@@ -36,13 +47,40 @@ HASH_LENGTH: Final = 32
 _OWS: Final = " \t"
 
 
-def compute_etag(envelope_json_without_hash: Mapping[str, Any]) -> str:
-    """The content hash of an envelope's JSON (without its ``hash`` field): 32 lower-case hex characters.
+#: Bytes of a derived ETag key.
+KEY_LENGTH: Final = 32
+_KEY_LABEL: Final = b"integration-status etag v1"
+
+
+def etag_key(secret: str | bytes) -> bytes:
+    """The ETag key derived from a deployment secret (HMAC of a fixed label), so the secret itself never keys
+    anything else the host may use it for. Every worker given the same secret computes the same tags; changing
+    it changes every tag once (each client gets one 200, then 304s again).
+
+    >>> len(etag_key("s3cret")), etag_key("s3cret") == etag_key(b"s3cret")
+    (32, True)
+    """
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise ValueError("an ETag secret may not be empty")
+    return hmac.new(raw, _KEY_LABEL, hashlib.sha256).digest()
+
+
+def random_etag_key() -> bytes:
+    """A fresh random key: the default of one process without a configured secret (its tags change on restart)."""
+    return secrets.token_bytes(KEY_LENGTH)
+
+
+def compute_etag(envelope_json_without_hash: Mapping[str, Any], *, key: bytes) -> str:
+    """The keyed hash of an envelope's JSON (without its ``hash`` field): 32 lower-case hex characters of
+    HMAC-SHA256(``key``, canonical JSON).
 
     A top-level ``hash`` key, if present anyway, is ignored so that the hash never depends on itself.
     """
+    if len(key) < 16:
+        raise ValueError("an ETag key needs at least 16 bytes (see etag_key)")
     body = {k: v for k, v in envelope_json_without_hash.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body)).hexdigest()[:HASH_LENGTH]
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()[:HASH_LENGTH]
 
 
 def _is_etagc(ch: str) -> bool:
@@ -82,31 +120,25 @@ class IfNoneMatch:
         return self.any_tag or any(tag.opaque == current_hash for tag in self.tags)
 
 
-def _skip_ows(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _OWS:
-        i += 1
-    return i
+#: Longest ``If-None-Match`` value that is parsed (characters). A client revalidates with the one tag it got
+#: (34 characters); a longer value is treated as "no match": the client gets a normal 200, never an error, and
+#: a hostile megabyte costs one length check instead of a parse.
+MAX_IF_NONE_MATCH_LENGTH: Final = 4096
+#: Most entity-tags one ``If-None-Match`` may list; more is treated as "no match" as well.
+MAX_IF_NONE_MATCH_TAGS: Final = 64
 
-
-def _parse_tag(text: str, i: int) -> tuple[EntityTag, int] | None:
-    """Parse ``[W/] DQUOTE *etagc DQUOTE`` at ``i``; the tag and the index after it, or None."""
-    weak = text.startswith("W/", i)  # the weak indicator is case-sensitive
-    if weak:
-        i += 2
-    if i >= len(text) or text[i] != '"':
-        return None
-    end = i + 1
-    while end < len(text) and text[end] != '"':
-        if not _is_etagc(text[end]):
-            return None
-        end += 1
-    if end >= len(text):  # unterminated quote
-        return None
-    return EntityTag(opaque=text[i + 1 : end], weak=weak), end + 1
+# etagc = %x21 / %x23-7E / obs-text (%x80-FF); header values arrive decoded as latin-1.
+_ETAGC: Final = r"[\x21\x23-\x7e\x80-\xff]"
+_ELEMENT: Final = rf'[ \t]*(?:(?:W/)?"{_ETAGC}*"[ \t]*)?'
+# The whole list, empty elements allowed (RFC 9110 5.6.1). Every character is consumed by exactly one part of
+# the pattern (an etagc never is a quote, OWS never is a comma), so matching is linear in the length.
+_LIST: Final = re.compile(rf"{_ELEMENT}(?:,{_ELEMENT})*")
+_TAG: Final = re.compile(rf'(W/)?"({_ETAGC}*)"')
 
 
 def parse_if_none_match(header: str | None) -> IfNoneMatch | None:
-    """Parse an ``If-None-Match`` value; None when it is absent, empty or malformed (it never raises).
+    """Parse an ``If-None-Match`` value; None when it is absent, empty, malformed, longer than
+    :data:`MAX_IF_NONE_MATCH_LENGTH` or listing more than :data:`MAX_IF_NONE_MATCH_TAGS` tags (it never raises).
 
     Empty list elements (``"a", , "b"``) are allowed, as RFC 9110 5.6.1 asks recipients to accept them.
 
@@ -117,30 +149,19 @@ def parse_if_none_match(header: str | None) -> IfNoneMatch | None:
     >>> parse_if_none_match('"unterminated') is None
     True
     """
-    if not isinstance(header, str):
+    if not isinstance(header, str) or len(header) > MAX_IF_NONE_MATCH_LENGTH:
         return None
     text = header.strip(_OWS)
     if not text:
         return None
     if text == "*":
         return IfNoneMatch(any_tag=True)
-    tags: list[EntityTag] = []
-    i = 0
-    while True:
-        i = _skip_ows(text, i)
-        if i < len(text) and text[i] != ",":
-            parsed = _parse_tag(text, i)
-            if parsed is None:
-                return None
-            tag, i = parsed
-            tags.append(tag)
-            i = _skip_ows(text, i)
-        if i >= len(text):
-            break
-        if text[i] != ",":  # two tags without a comma, or trailing garbage after a tag
-            return None
-        i += 1
-    return IfNoneMatch(tags=tuple(tags)) if tags else None
+    if _LIST.fullmatch(text) is None:  # two tags without a comma, an unterminated quote, a stray character
+        return None
+    tags = tuple(EntityTag(opaque=m[2], weak=m[1] is not None) for m in _TAG.finditer(text))
+    if not tags or len(tags) > MAX_IF_NONE_MATCH_TAGS:
+        return None
+    return IfNoneMatch(tags=tags)
 
 
 def if_none_match_matches(header: str | None, current_hash: str) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "next_event_id",
     "parse_event_id",
     "redact_event",
+    "resume_event_id",
 ]
 
 _ID = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})")
@@ -55,6 +56,22 @@ def parse_event_id(value: object) -> tuple[int, int] | None:
     if ms > _MAX_PART or seq > _MAX_PART:
         return None
     return ms, seq
+
+
+#: Longest ``Last-Event-ID`` a client may resume from: two 20-digit parts and a dash.
+MAX_EVENT_ID_LENGTH: Final = 41
+
+
+def resume_event_id(value: str | None) -> str | None:
+    """The ``Last-Event-ID`` a stream resumes from, or None (a fresh snapshot) when it is absent, empty, or
+    too long to be an event id: an engine never parses an oversized client value, and it is never an error.
+
+    >>> resume_event_id("12-0"), resume_event_id(""), resume_event_id("9" * 5000)
+    ('12-0', None, None)
+    """
+    if not value or len(value) > MAX_EVENT_ID_LENGTH:
+        return None
+    return value
 
 
 def format_event_id(parts: tuple[int, int]) -> str:
@@ -134,11 +151,16 @@ def _hidden(key: str, visibility: Visibility) -> bool:
     return False
 
 
+def _hidden_url(key: str, item: Any, visibility: Visibility) -> bool:
+    # A URL the viewer may see in general can still embed a name they may not (a preview host's branch).
+    return isinstance(item, str) and _norm(key).endswith("url") and not visibility.allows_url(item)
+
+
 def _redact(value: Any, visibility: Visibility, blank: frozenset[str]) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and _hidden(key, visibility):
+            if isinstance(key, str) and (_hidden(key, visibility) or _hidden_url(key, item, visibility)):
                 if key in blank:
                     out[key] = ""
                 continue
@@ -154,7 +176,8 @@ def redact_event(event: Mapping[str, Any], visibility: Visibility) -> Mapping[st
 
     - ``github:push`` without repository visibility keeps its ``branch`` and ``sha`` keys, as ``""``;
     - any other sensitive key (see the module docstring) the viewer may not see is removed, at any depth - so
-      ``deploy:finished`` loses ``url`` unless ``visibility.urls``;
+      ``deploy:finished`` loses ``url`` unless ``visibility.urls`` and :meth:`Visibility.allows_url` (a preview
+      URL embedding a branch or team needs repository or organisation visibility too);
     - ``status:update`` events on the bus are markers (``type``, ``projectId``, ``ts``) that the web layer
       renders per viewer; they have no sensitive keys and come back unchanged.
 

@@ -14,13 +14,17 @@ The thresholds are the ones of the requirements' "Health Checks": each adapter's
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeAlias
 
 import attrs
 
+from integration_status.protocols import Viewer
+
 __all__ = [
+    "LIVENESS",
     "AdapterStats",
+    "HealthAuthorizer",
     "HealthCheck",
     "HealthReport",
     "HealthSnapshot",
@@ -199,3 +203,12 @@ def evaluate(snapshot: HealthSnapshot, thresholds: HealthThresholds | None = Non
         )
     )
     return HealthReport(checks=tuple(checks), window=snapshot.window)
+
+
+#: ``viewer -> may they read the detailed checks?`` (the host decides, e.g. staff only). The checks name providers
+#: and their error rates, which tell an outsider which integrations a deployment has and how they are doing.
+HealthAuthorizer: TypeAlias = Callable[[Viewer], Awaitable[bool]]
+
+#: The health answer for everyone else: the process is up and serving. Always 200: a provider's outage must not
+#: take the instances out of a load balancer's rotation.
+LIVENESS: Final = {"status": "ok"}

@@ -99,8 +99,9 @@ def _unquote_sf_string(value: str) -> str | None:
 def parse_idempotency_key(header: str | None) -> str:
     """The key from an ``Idempotency-Key`` header value, or :class:`InvalidRequest` (400).
 
-    A key is 1-255 printable ASCII characters (0x20-0x7E) that neither starts nor ends with a space. The
-    header may also carry it as an RFC 8941 structured-field string (``"key"``, escapes ``\\"`` and
+    A key is 1-255 printable ASCII characters (0x20-0x7E) that neither starts nor ends with a space; a comma
+    only in the quoted form, since a bare one is what two joined header lines look like. The header may also
+    carry it as an RFC 8941 structured-field string (``"key"``, escapes ``\\"`` and
     ``\\\\``), the form of draft-ietf-httpapi-idempotency-key-header; it is unquoted. Surrounding spaces
     and tabs are optional whitespace in HTTP (RFC 9110 section 5.5), not part of the value, and are ignored.
 
@@ -119,6 +120,9 @@ def parse_idempotency_key(header: str | None) -> str:
     key: str | None = value
     if value.startswith('"'):
         key = _unquote_sf_string(value)
+    elif "," in value:
+        # Two header lines joined (RFC 9110 5.3) look exactly like this: which key was meant is unknowable.
+        raise InvalidRequest(f"The {HEADER} header must be sent once (a comma needs the quoted form)")
     if key is None or not _key_is_valid(key):
         raise InvalidRequest(
             f"The {HEADER} header must be 1-{MAX_KEY_LENGTH} printable ASCII characters "

@@ -9,7 +9,19 @@ and a ``reason``.
 >>> sorted(policy.allowed_actions(Viewer(user_id="u", roles={"member"}), "p", "vercel"))
 ['deploy', 'open-studio', 'sync', 'test-connection']
 >>> policy.visibility(Viewer(user_id="u", roles={"member"}), "p", "github")
-Visibility(repo=False, org=False, urls=True)
+Visibility(repo=False, org=False, urls=True, named_urls=False)
+
+**URLs are judged by what they reveal** (:func:`~integration_status._urls.url_reveals`). A member sees
+URLs, but only those that embed no name hidden from them: a viewer without repository access sees no URL that
+embeds a branch or repository (Vercel preview hosts ``<project>-git-<branch>-<team>.vercel.app``), and one who
+is not an organisation member (``org`` visibility: owners and admins) no URL that embeds the organisation, team
+or a project name it chose (Vercel deployment hosts ``<project>-<hash>-<team>.vercel.app``, Studio hosts
+``<name>.sanity.studio``). Production aliases (``<project>.vercel.app``) and custom domains stay visible. A host
+policy lifts this with ``Visibility(named_urls=True)`` (a role rule, or the viewer grant ``"named-urls"``).
+
+>>> member = policy.visibility(Viewer(user_id="u", roles={"member"}), "p", "vercel")
+>>> member.allows_url("https://docs.example.com"), member.allows_url("https://shop-git-main-acme.vercel.app")
+(True, False)
 """
 
 from __future__ import annotations
@@ -86,8 +98,8 @@ def _ask(policy: Policy, viewer: Viewer, project_id: str, providers: tuple[Provi
 @attrs.frozen(kw_only=True)
 class RolePolicy:
     """The shipped policy: a role table; several roles add up; unknown roles grant
-    nothing. ``Viewer.grants`` ("repo", "org", "urls") widen visibility beyond the role. ``rules`` is copied
-    into a read-only mapping: the answers are memoised."""
+    nothing. ``Viewer.grants`` ("repo", "org", "urls", "named-urls") widen visibility beyond the role. ``rules``
+    is copied into a read-only mapping: the answers are memoised."""
 
     rules: Mapping[str, RoleRule] = attrs.field(factory=lambda: dict(DEFAULT_RULES), converter=_read_only)
     # (roles, grants, providers) -> the answers of grants_for: they depend on nothing else, and a status
@@ -120,17 +132,19 @@ class RolePolicy:
         return allowed
 
     def visibility(self, viewer: Viewer, project_id: str, provider: ProviderKey) -> Visibility:
-        repo = org = urls = False
+        repo = org = urls = named_urls = False
         for role in viewer.roles_for(project_id):
             rule = self.rules.get(role)
             if rule is not None:
                 repo |= rule.visibility.repo
                 org |= rule.visibility.org
                 urls |= rule.visibility.urls
+                named_urls |= rule.visibility.named_urls
         return Visibility(
             repo=repo or "repo" in viewer.grants,
             org=org or "org" in viewer.grants,
             urls=urls or "urls" in viewer.grants,
+            named_urls=named_urls or "named-urls" in viewer.grants,
         )
 
 

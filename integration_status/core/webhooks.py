@@ -43,6 +43,8 @@ SANITY_SIGNATURE_HEADER: Final = "sanity-webhook-signature"
 # Same grammar as @sanity/webhook's decoder: "t=<digits>" then "," and/or spaces, then "v1=<value>".
 _SANITY_HEADER = re.compile(r"t=(\d{1,16})[, ]+v1=([^, ]+)")
 _HEX = re.compile(r"[0-9a-fA-F]+")
+#: Longest signature header value that is parsed; real ones are under 80 characters. Longer is malformed.
+MAX_SIGNATURE_HEADER: Final = 512
 
 # Vercel deployment event types and what they mean for a deploy.
 _VERCEL_STARTED: Final = frozenset({"deployment.created"})
@@ -103,6 +105,8 @@ def check_github_signature(secret: str, headers: Mapping[str, str], body: bytes)
     value = headers.get(GITHUB_SIGNATURE_HEADER)
     if not value:
         return "missing_signature"
+    if len(value) > MAX_SIGNATURE_HEADER:
+        return "malformed_signature"
     scheme, sep, digest = value.strip().partition("=")
     if not sep or scheme != "sha256" or len(digest) != 64 or not _HEX.fullmatch(digest):
         return "malformed_signature"
@@ -116,7 +120,7 @@ def check_vercel_signature(secret: str, headers: Mapping[str, str], body: bytes)
     value = headers.get(VERCEL_SIGNATURE_HEADER)
     if not value:
         return "missing_signature"
-    digest = value.strip()
+    digest = value.strip() if len(value) <= MAX_SIGNATURE_HEADER else ""
     if len(digest) != 40 or not _HEX.fullmatch(digest):
         return "malformed_signature"
     if not _usable(secret):
@@ -130,6 +134,8 @@ def parse_sanity_signature(value: str) -> tuple[int, str] | None:
     >>> parse_sanity_signature("t=1633470609222, v1=7kTYPaw6SmCoN2VJzFL24oEjV-ac7lRwbljOkh7d13A")[0]
     1633470609222
     """
+    if len(value) > MAX_SIGNATURE_HEADER:
+        return None
     match = _SANITY_HEADER.fullmatch(value.strip())
     if match is None:
         return None
@@ -203,29 +209,67 @@ def delivery_id(provider: WebhookProvider, headers: Mapping[str, str], payload: 
     return f"sig:{signature.strip()}" if signature else None
 
 
+#: Longest provider delivery id accepted (GitHub's GUIDs have 36 characters, Vercel's ids about 30, Sanity's
+#: transaction and document ids together at most about 150); a longer one makes the delivery malformed (400).
+MAX_DELIVERY_ID_LENGTH: Final = 256
+
+
+def _digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()
+
+
 def delivery_keys(
     provider: WebhookProvider, headers: Mapping[str, str], payload: Any, body: bytes
 ) -> tuple[str, ...] | None:
-    """What replay protection records for one verified delivery; it is a duplicate when any key was seen.
+    """What replay protection records for one verified delivery, signed content first; None when the
+    provider's delivery id is missing (the request is malformed). Raises :class:`InvalidModel` for a delivery
+    id longer than :data:`MAX_DELIVERY_ID_LENGTH`.
 
     The first key covers only signed content, so a captured delivery resent with a forged delivery-id header
-    is still caught: GitHub signs the body (its redeliveries repeat it byte for byte), Sanity signs
+    is caught by it: GitHub signs the body (its redeliveries repeat it byte for byte), Sanity signs
     ``"<t>.<body>"``, Vercel's delivery ``id`` is inside the signed body. The second, the provider's delivery
     id (:func:`delivery_id`), catches retries that are re-signed (Sanity signs each retry with a new ``t``).
-    None when the provider's delivery id is missing (the request is malformed).
+    Every key is a fixed-length digest, so an entry costs the same whatever the client sent.
     """
     named = delivery_id(provider, headers, payload)
     if named is None:
         return None
+    if len(named) > MAX_DELIVERY_ID_LENGTH:
+        raise InvalidModel(f"the delivery id is longer than {MAX_DELIVERY_ID_LENGTH} characters", field="id")
+    by_id = f"id:{_digest(named.encode('utf-8', 'surrogatepass'))}"
     if provider == "vercel":
-        return (f"id:{named}",)
+        return (by_id,)
     if provider == "github":
-        signed = hashlib.sha256(body).hexdigest()
+        signed = _digest(body)
     else:
         parsed = parse_sanity_signature(headers.get(SANITY_SIGNATURE_HEADER, ""))
         stamp = parsed[0] if parsed is not None else ""
-        signed = hashlib.sha256(f"{stamp}.".encode() + body).hexdigest()
-    return (f"signed:{signed}", f"id:{named}")
+        signed = _digest(f"{stamp}.".encode() + body)
+    return (f"signed:{signed}", by_id)
+
+
+def signed_at(provider: WebhookProvider, headers: Mapping[str, str], payload: Any) -> float | None:
+    """When the provider says it sent this delivery (epoch seconds), from signed content only; None when the
+    delivery carries no such time.
+
+    Sanity: the signature's ``t``. Vercel: the body's ``createdAt`` (epoch ms). GitHub: a push's
+    ``repository.pushed_at`` (epoch seconds; other events carry no reliable send time).
+
+    >>> signed_at("vercel", {}, {"createdAt": 1764136790000})
+    1764136790.0
+    """
+    if provider == "sanity":
+        parsed = parse_sanity_signature(headers.get(SANITY_SIGNATURE_HEADER, ""))
+        return None if parsed is None else parsed[0] / 1000.0
+    if provider == "vercel":
+        value = _get(payload, "createdAt")
+        scale = 1000.0
+    else:
+        value = _get(payload, "repository", "pushed_at")
+        scale = 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value / scale
 
 
 # --- translation --------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from integration_status.protocols import ProjectConnections, ProviderConnection,
 from integration_status.service.facade import StatusService
 from integration_status.service.settings import Settings
 from integration_status.web import STATUS_BAR_DIR
+from integration_status.web.serving import ServerLimits, raise_fd_limit, uvicorn_options
+from integration_status.web.starlette import ERROR_HANDLERS
 from integration_status.web.starlette import routes as api_routes
 
 ROLES = ("owner", "admin", "member", "viewer")
@@ -53,6 +55,11 @@ class DemoConnections:
         return self._PROJECTS.get(project_id)
 
 
+async def demo_health_authorizer(viewer: Viewer) -> bool:
+    """Demo only: owners and admins read the detailed health checks; everyone else gets the liveness answer."""
+    return bool(viewer.roles & {"owner", "admin"})
+
+
 async def demo_authenticator(request: RequestInfo) -> Viewer | None:
     """Demo only: trust the X-User / X-Role headers (or ``user`` / ``role`` query parameters)."""
     user = request.headers.get("x-user") or request.query.get("user") or "demo"
@@ -76,6 +83,7 @@ def build_service(
         connections=DemoConnections(),
         adapters=simulated_adapters(world, deploy_seconds=deploy_seconds),
         authenticator=demo_authenticator,
+        health_authorizer=demo_health_authorizer,
         settings=Settings(),
         engine=engine,
         clock=clock,
@@ -102,6 +110,7 @@ def build_real_service(
         connections=connections,
         adapters=provider_adapters(http, urls=adapter_urls_from_env(env)),
         authenticator=demo_authenticator,
+        health_authorizer=demo_health_authorizer,
         engine=engine,
         clock=clock,
     )
@@ -167,6 +176,8 @@ def build_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=lifespan,
+        # Unknown paths, wrong methods and failures answer with the error object, like the API's own routes.
+        exception_handlers=dict(ERROR_HANDLERS),
     )
     app.state.service = service
     app.state.world = world  # None with the real providers
@@ -180,8 +191,10 @@ def run(
     redis_url: str | None = None,
     redis_prefix: str = "integration-status",
     providers: str = "simulated",
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Serve the demo with uvicorn until interrupted."""
+    """Serve the demo with uvicorn until interrupted, with the protective server settings of ``limits`` (head
+    and body deadlines, head size, connection and request bounds: see :mod:`integration_status.web.serving`)."""
     import logging
 
     import structlog
@@ -192,9 +205,12 @@ def run(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
+    limits = limits or ServerLimits()
+    # Every allowed connection needs a descriptor, plus some for Redis, providers and the files served.
+    raise_fd_limit(limits.max_connections + 256)
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(
         f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"
     )
-    # Event streams never end by themselves: give them a second to close on Ctrl-C, then stop.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    # Event streams never end by themselves: uvicorn_options gives them a second to close on Ctrl-C.
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options(limits))

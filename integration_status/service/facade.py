@@ -21,6 +21,8 @@ from integration_status.core.aggregator import Aggregator, AggregatorConfig, cac
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.connections import ConnectionLimiter
+from integration_status.core.etag import etag_key
+from integration_status.core.health import HealthAuthorizer
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Grants, ProviderView, RolePolicy, grants_for
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
@@ -84,12 +86,15 @@ class StatusService:
         webhooks: WebhookResolver | None = None,
         metrics: Metrics | None = None,
         health: HealthRecorder | None = None,
+        health_authorizer: HealthAuthorizer | None = None,
     ) -> None:
 
         self.settings = settings or Settings()
         self.clock = clock
         # Health statistics are always kept; ``metrics`` (e.g. PrometheusMetrics) gets the same reports.
         self.health = health if health is not None else HealthRecorder(clock=clock)
+        #: Who may read the detailed health checks (None: nobody; everyone gets the liveness answer).
+        self.health_authorizer = health_authorizer
         self.metrics: Metrics = combine(self.health, metrics)
         self._connections = connections
         self._authenticator = authenticator
@@ -137,8 +142,9 @@ class StatusService:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
+        secret = self.settings.etag_secret
         #: The one render cache: envelopes, ETags and frames, shared by viewers of one class.
-        self.renderer = Renderer(clock=clock)
+        self.renderer = Renderer(clock=clock, key=None if secret is None else etag_key(secret.reveal()))
         #: Every event stream of this service (caps, snapshot, replay, fan-out, heartbeats, shutdown).
         self.streams = EventStreams(
             self,
@@ -161,6 +167,8 @@ class StatusService:
         await stack.__aenter__()
         try:
             await stack.enter_async_context(self.engine)
+            if self.settings.etag_secret is None and hasattr(self.engine, "shared_etag_key"):
+                self.renderer.use_key(await self.engine.shared_etag_key())  # workers agree on tags
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             self._users -= 1

@@ -21,7 +21,7 @@ import attrs
 from cachetools import LRUCache
 
 from integration_status.core.clock import Clock, utcnow
-from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches
+from integration_status.core.etag import compute_etag, format_etag, if_none_match_matches, random_etag_key
 from integration_status.core.events import redact_event
 from integration_status.core.policy import Grants, ProviderView, view_item
 from integration_status.core.sse import encode_event
@@ -79,13 +79,13 @@ class _Rendering:
     __slots__ = ("envelope", "etag", "frames", "items", "not_modified", "ok", "project_id", "tag", "views")
 
     def __init__(
-        self, project_id: str, views: tuple[ProviderView, ...], items: tuple[StatusItem, ...]
+        self, project_id: str, views: tuple[ProviderView, ...], items: tuple[StatusItem, ...], key: bytes
     ) -> None:
         self.project_id = project_id
         self.views = views  # keeps the snapshots alive: the id()s in this rendering's key cannot be reused
         self.items = items
         body = StatusEnvelope(project_id=project_id, items=items)
-        self.tag = compute_etag(body.to_json(with_hash=False))
+        self.tag = compute_etag(body.to_json(with_hash=False), key=key)
         self.envelope = attrs.evolve(body, hash=self.tag)
         self.etag = format_etag(self.tag)
         encoded = dumps(self.envelope.to_json()).encode()
@@ -120,8 +120,9 @@ class Renderer:
     """The service's render cache (see the module docstring): status answers, ``status:update`` frames and
     provider-event frames, bounded, keyed on everything a rendering depends on."""
 
-    def __init__(self, *, clock: Clock, size: int = RENDER_CACHE_SIZE) -> None:
+    def __init__(self, *, clock: Clock, size: int = RENDER_CACHE_SIZE, key: bytes | None = None) -> None:
         self._clock = clock
+        self._key = key or random_etag_key()  # see core.etag: the tags are keyed
         self._size = size
         self._cache: LRUCache[tuple[Any, ...], Any] = LRUCache(maxsize=size)
         # The newest rendering per project, with the views and grants objects it was made for: a warm poll
@@ -130,6 +131,12 @@ class Renderer:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def use_key(self, key: bytes) -> None:
+        """Key every later tag with ``key`` (e.g. the one the workers share); renderings made before go."""
+        self._key = key
+        self._cache.clear()
+        self._newest.clear()
 
     def rendering(self, project_id: str, views: Sequence[ProviderView], grants: Grants) -> _Rendering:
         """The rendering of ``views`` for a viewer with ``grants`` (one pair per view, in order)."""
@@ -156,7 +163,7 @@ class Renderer:
                 view_item(view, allowed=allowed, visibility=visibility, now=now)
                 for view, (allowed, visibility) in zip(views, grants, strict=True)
             )
-            rendering = self._cache[key] = _Rendering(project_id, tuple(views), items)
+            rendering = self._cache[key] = _Rendering(project_id, tuple(views), items, self._key)
         if project_id not in self._newest and len(self._newest) >= self._size:
             del self._newest[next(iter(self._newest))]
         self._newest[project_id] = (

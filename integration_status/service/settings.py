@@ -5,8 +5,13 @@ from __future__ import annotations
 import attrs
 
 from integration_status.core.breaker import BreakerConfig
+from integration_status.protocols import Secret
 
 __all__ = ["Settings"]
+
+
+def _secret(value: Secret | str | None) -> Secret | None:
+    return Secret(value) if isinstance(value, str) else value
 
 
 @attrs.frozen(kw_only=True)
@@ -27,3 +32,11 @@ class Settings:
     heartbeat: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     sse_per_viewer: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     sse_per_process: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    #: The per-deployment secret ETags are keyed with (see core.etag); None: a random key per process, or the
+    #: one the Redis engine shares. Never shown in reprs.
+    etag_secret: Secret | None = attrs.field(
+        default=None,
+        repr=False,
+        converter=_secret,
+        validator=attrs.validators.optional(attrs.validators.instance_of(Secret)),
+    )

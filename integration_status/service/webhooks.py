@@ -22,6 +22,7 @@ import structlog
 
 from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
+from integration_status.core.replay import admit_delivery
 from integration_status.core.webhooks import (
     WEBHOOK_PROVIDERS,
     WebhookProvider,
@@ -30,6 +31,7 @@ from integration_status.core.webhooks import (
     sign_github,
     sign_sanity,
     sign_vercel,
+    signed_at,
     translate,
 )
 from integration_status.exceptions import InvalidModel
@@ -109,7 +111,7 @@ async def handle_webhook(
 
     ``headers`` may use any case; ``body`` must be the raw bytes as received (signatures cover them exactly).
     ``tolerance`` bounds the Sanity signature timestamp (seconds either side of ``clock.time()``);
-    ``replay_ttl`` is how long delivery ids are remembered.
+    ``replay_ttl`` is how long delivery ids are remembered (at least ``2 * tolerance``).
     """
     if provider not in WEBHOOK_PROVIDERS:
         # The name comes from the URL path: keep the log line short.
@@ -138,15 +140,21 @@ async def handle_webhook(
     # delivery is not remembered, so a corrected retry is not mistaken for a replay.
     try:
         translation = translate(name, lowered, payload, project_id=target.project_id, ts=epoch_ms(clock))
+        keys = delivery_keys(name, lowered, payload, body)
     except InvalidModel as exc:
         return _reject(name, 400, "invalid_request", f"Malformed {name} webhook: {exc}", "malformed_payload")
-    keys = delivery_keys(name, lowered, payload, body)
     if keys is None:
         return _reject(name, 400, "invalid_request", "Missing webhook delivery id", "missing_delivery_id")
-    # Every key is recorded (no short cut), so each covers the next replay too.
-    log_keys = tuple(f"{name}:{key}" for key in keys)
-    seen = [await deliveries.first_seen(key, replay_ttl) for key in log_keys]
-    if not all(seen):
+    # Signed content first: a replay under a fresh delivery id writes nothing (see core.replay).
+    log_keys = await admit_delivery(
+        deliveries,
+        tuple(f"{name}:{key}" for key in keys),
+        ttl=replay_ttl,
+        now=now,
+        tolerance=tolerance,
+        sent_at=signed_at(name, lowered, payload),
+    )
+    if log_keys is None:
         _log().info("integration_status.webhook.duplicate", provider=name, kind=translation.kind)
         return WebhookResult(
             status=200, provider=name, project_id=target.project_id, body={"ok": True, "duplicate": True}

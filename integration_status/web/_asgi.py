@@ -19,14 +19,15 @@ from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.web import handlers
 from integration_status.web.handlers import Response
+from integration_status.web.params import QueryParams, join_header_lines
 
 __all__ = ["ScopeHeaders", "StatusEndpoint", "query_dict", "raw_headers", "scope_info"]
 
 
 class ScopeHeaders(Mapping[str, str]):
-    """The request headers of an ASGI scope as ``RequestInfo.headers`` has them (lower-case names, the first
-    value of a repeated header), read from the raw pairs on demand: a lookup scans the few raw pairs instead
-    of decoding all of them into a dict on every request."""
+    """The request headers of an ASGI scope as ``RequestInfo.headers`` has them (lower-case names, repeated lines
+    joined as one value: see :mod:`integration_status.web.params`), read from the raw pairs on demand: a lookup
+    scans the few raw pairs instead of decoding all of them into a dict on every request."""
 
     __slots__ = ("_all", "_raw")
 
@@ -36,19 +37,28 @@ class ScopeHeaders(Mapping[str, str]):
 
     def _dict(self) -> dict[str, str]:
         if self._all is None:
-            built: dict[str, str] = {}
+            lines: dict[str, list[str]] = {}
             for name, value in self._raw:
-                built.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-            self._all = built
+                lines.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+            self._all = {k: v[0] if len(v) == 1 else join_header_lines(k, v) for k, v in lines.items()}
         return self._all
 
     def get(self, key: str, default: Any = None) -> Any:  # the hot path: authenticators call get()
         if self._all is None and key.isascii() and key.islower():
             wanted = key.encode("ascii")
+            found: bytes | None = None
+            more: list[str] | None = None
             for name, value in self._raw:
                 if name == wanted or name.lower() == wanted:
-                    return value.decode("latin-1")
-            return default
+                    if found is None:
+                        found = value
+                    elif more is None:
+                        more = [found.decode("latin-1"), value.decode("latin-1")]
+                    else:
+                        more.append(value.decode("latin-1"))
+            if found is None:
+                return default
+            return found.decode("latin-1") if more is None else join_header_lines(key, more)
         return self._dict().get(key, default)
 
     def __getitem__(self, key: str) -> str:
@@ -73,17 +83,18 @@ class ScopeHeaders(Mapping[str, str]):
 _MISSING: Final = object()
 
 
-def query_dict(query_string: bytes) -> dict[str, str]:
-    """The query string as ``dict(request.query_params)`` has it (blank values kept, the last value of a
-    repeated name wins); without escapes it is split directly instead of through ``parse_qsl``."""
+def query_dict(query_string: bytes) -> QueryParams:
+    """The query string's parameters as Starlette decodes them (blank values kept), the first value of a
+    repeated name, and the repeated names (see :mod:`integration_status.web.params`); without escapes it is
+    split directly instead of through ``parse_qsl``."""
     if b"%" in query_string or b"+" in query_string:
-        return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    query: dict[str, str] = {}
+        return QueryParams(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    pairs: list[tuple[str, str]] = []
     for part in query_string.decode("latin-1").split("&"):
         if part:
             name, _, value = part.partition("=")
-            query[name] = value
-    return query
+            pairs.append((name, value))
+    return QueryParams(pairs)
 
 
 def scope_info(scope: Scope, receive: Receive) -> RequestInfo:

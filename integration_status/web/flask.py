@@ -65,6 +65,7 @@ from integration_status.service.facade import StatusService
 from integration_status.service.webhooks import DEFAULT_MAX_BODY as _DEFAULT_MAX_BODY
 from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
+from integration_status.web.params import QueryParams
 
 __all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "MAX_WEBHOOK_BODY", "IntegrationStatus"]
 
@@ -192,11 +193,12 @@ def _extension() -> IntegrationStatus:
 def _info() -> RequestInfo:
     # The concrete request object, not the proxy: the handler runs on the portal's thread.
     raw = request._get_current_object()  # type: ignore[attr-defined]
+    # WSGI servers already join repeated header lines; repeated query names are kept for refuse_repeated.
     return handlers.request_info(
         request.method,
         request.script_root + request.path,
         dict(request.headers),
-        request.args.to_dict(),
+        QueryParams(request.args.items(multi=True)),
         raw=raw,
     )
 

@@ -12,11 +12,14 @@ from typing import Any, Concatenate, Final, ParamSpec
 import attrs
 import structlog
 
+from integration_status.core.events import resume_event_id
+from integration_status.core.health import LIVENESS
 from integration_status.core.sse import SSE_HEADERS
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError
 from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.service.streams import Write, Writer
+from integration_status.web.params import QueryParams, refuse_repeated
 
 __all__ = [
     "HTTP_ERROR_CODES",
@@ -109,7 +112,7 @@ def request_info(
         method=method.upper(),
         path=path,
         headers={k.lower(): v for k, v in headers.items()},
-        query=dict(query),
+        query=query if isinstance(query, QueryParams) else dict(query),
         raw=raw,
     )
 
@@ -147,6 +150,7 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
     """``GET {prefix}/status?projectId=``: 200 with the envelope and its ETag, or 304 when ``If-None-Match``
     matches; 401/400/404 first (they win over ``If-None-Match``)."""
     try:
+        refuse_repeated(request)
         viewer = await service.authenticate(request)
         result = await service.status(
             request.query.get("projectId"), viewer, if_none_match=request.headers.get("if-none-match")
@@ -174,6 +178,7 @@ MAX_ACTION_BODY: Final = 64 * 1024
 async def handle_action(service: StatusService, request: RequestInfo, body: bytes) -> Response:
     """``POST {prefix}/actions``: see :mod:`integration_status.service.actions` for the order of checks."""
     try:
+        refuse_repeated(request)
         viewer = await service.authenticate(request)
         if len(body) > MAX_ACTION_BODY:
             raise InvalidRequest(f"body larger than {MAX_ACTION_BODY} bytes")
@@ -220,11 +225,12 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
     """``GET {prefix}/events?projectId=``: a Server-Sent Events stream, redacted for this viewer (see
     :mod:`integration_status.service.streams` for what it sends)."""
     try:
+        refuse_repeated(request, "last-event-id")
         viewer = await service.authenticate(request)
         connections = await service.project(request.query.get("projectId"), viewer)
     except RequestError as exc:
         return error_response(exc)
-    last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
+    last_event_id = resume_event_id(request.headers.get("last-event-id") or request.query.get("lastEventId"))
     writer = service.open_stream(viewer, connections, last_event_id=last_event_id)
     return Response(status=200, headers=SSE_RESPONSE_HEADERS, writer=writer)
 
@@ -233,10 +239,29 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
 
 
 async def handle_health(service: StatusService, request: RequestInfo) -> Response:
-    """``GET {prefix}/health``: 200 when every check of :func:`integration_status.core.health.evaluate` passes
-    over the service's recent statistics, else 503; the body lists each check either way."""
-    report = service.health.report()
-    return json_response(report.http_status, report.to_json())
+    """``GET {prefix}/health``: for an authenticated viewer the host's ``health_authorizer`` allows, 200 when every
+    check of :func:`integration_status.core.health.evaluate` passes over the service's recent statistics, else
+    503, the body listing each check; for everyone else the liveness answer ``{"status": "ok"}`` (200), which
+    says nothing about providers."""
+    try:
+        refuse_repeated(request)
+    except RequestError as exc:
+        return error_response(exc)
+    if await _may_read_health(service, request):
+        report = service.health.report()
+        return json_response(report.http_status, report.to_json())
+    return json_response(200, LIVENESS)
+
+
+async def _may_read_health(service: StatusService, request: RequestInfo) -> bool:
+    allow = service.health_authorizer
+    if allow is None:
+        return False
+    try:
+        viewer = await service.authenticate(request)
+    except RequestError:  # unauthenticated: the liveness answer, not a 401 (probes carry no credentials)
+        return False
+    return bool(await allow(viewer))
 
 
 # --- openapi ------------------------------------------------------------------------------------------------

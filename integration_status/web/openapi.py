@@ -165,6 +165,11 @@ def _schemas() -> Json:
             },
             ("status", "windowSeconds", "checks"),
         ),
+        "Liveness": _obj(
+            {"status": {"const": "ok"}},
+            ("status",),
+            description="The health answer for a caller not allowed the detailed checks.",
+        ),
         "ActionResponse": _obj(
             {
                 "success": {"type": "boolean"},
@@ -318,10 +323,11 @@ def _headers() -> Json:
     }
 
 
-# The plain form: printable ASCII without a leading or trailing space, not opening with a quote. The quoted
-# form (RFC 8941 sf-string): a quote, the same key with " and \ escaped, a quote.
+# The plain form: printable ASCII without a leading or trailing space or any comma (two joined header lines look
+# like that), not opening with a quote. The quoted form (RFC 8941 sf-string): a quote, the same key with " and \
+# escaped, a quote.
 _INNER: Final = MAX_KEY_LENGTH - 2  # between the first and the last character
-_PLAIN_KEY: Final = rf"[!#-~](?:[ -~]{{0,{_INNER}}}[!-~])?"
+_PLAIN_KEY: Final = rf"[!#-+\--~](?:[ -+\--~]{{0,{_INNER}}}[!-+\--~])?"
 _SF_CHAR: Final = r'(?:[!#-\[\]-~]|\\["\\])'
 _QUOTED_KEY: Final = rf'"{_SF_CHAR}(?:(?:{_SF_CHAR}|[ ]){{0,{_INNER}}}{_SF_CHAR})?"'
 _IDEMPOTENCY_KEY: Final = f"^(?:{_PLAIN_KEY}|{_QUOTED_KEY})$"
@@ -351,7 +357,8 @@ def _parameters() -> Json:
             "in": "header",
             "required": True,
             "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY, "maxLength": 2 * MAX_KEY_LENGTH + 2},
-            "description": "1-255 printable ASCII characters, neither starting nor ending with a space (or the "
+            "description": "1-255 printable ASCII characters without a comma, neither starting nor ending with a "
+            "space (or the "
             'same key as a quoted structured-field string, escapes \\" and \\\\). '
             "Kept 24 h per (user, project, key).",
         },
@@ -548,15 +555,16 @@ def _paths(prefix: str) -> Json:
         f"{prefix}/health": {
             "get": {
                 "operationId": "getHealth",
-                "summary": "Adapter error and timeout rates, status p95 and SSE stability over a rolling window",
+                "summary": "Liveness for anyone; for a viewer the host's health authorizer allows, adapter error "
+                "and timeout rates, status p95 and SSE stability over a rolling window",
                 "responses": {
                     "200": {
-                        "description": "Every check passed.",
+                        "description": "Liveness (any caller), or every check passed (an allowed viewer).",
                         "headers": _h("Cache-Control"),
-                        "content": _json(_ref("HealthReport")),
+                        "content": _json({"oneOf": [_ref("HealthReport"), _ref("Liveness")]}),
                     },
                     "503": {
-                        "description": "At least one check failed; the body says which.",
+                        "description": "At least one check failed; the body says which (allowed viewers only).",
                         "headers": _h("Cache-Control"),
                         "content": _json(_ref("HealthReport")),
                     },

@@ -13,7 +13,7 @@ Inside FastAPI (mounted apps do not get lifespan events, so hand the service's l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -31,13 +31,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from integration_status.exceptions import ConfigurationError
+from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.service.webhooks import DEFAULT_MAX_BODY as _DEFAULT_MAX_BODY
 from integration_status.web import handlers
-from integration_status.web._asgi import StatusEndpoint
+from integration_status.web._asgi import ScopeHeaders, StatusEndpoint, query_dict
 from integration_status.web.handlers import Response, Write
 
-__all__ = ["DEFAULT_PREFIX", "MAX_WEBHOOK_BODY", "create_app", "routes"]
+__all__ = ["DEFAULT_PREFIX", "ERROR_HANDLERS", "MAX_WEBHOOK_BODY", "create_app", "routes"]
 
 DEFAULT_PREFIX: Final = "/api/integrations"
 MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
@@ -136,8 +137,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _info(request: Request) -> Any:
-    return handlers.request_info(
-        request.method, request.url.path, dict(request.headers), dict(request.query_params), raw=request
+    return RequestInfo(
+        method=request.method.upper(),
+        path=request.url.path,
+        headers=ScopeHeaders(request.scope["headers"]),
+        query=query_dict(request.scope.get("query_string", b"")),
+        raw=request,
     )
 
 
@@ -192,6 +197,20 @@ async def _http_error(request: Request, exc: Exception) -> StarletteResponse:
     return _to_starlette(handlers.json_response(exc.status_code, body, tuple((exc.headers or {}).items())))
 
 
+async def _server_error(request: Request, exc: Exception) -> StarletteResponse:
+    """An unexpected failure as the error object too (the server still logs the exception)."""
+    body = {"error": {"code": "unknown", "message": "Internal error"}}
+    return _to_starlette(handlers.json_response(500, body))
+
+
+#: The exception handlers that make routing's 404/405 and unexpected 500s answer with the error object; pass
+#: them to a Starlette app that serves the routes among its own (the demo does).
+ERROR_HANDLERS: Final[Mapping[Any, Callable[[Request, Exception], Awaitable[StarletteResponse]]]] = {
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
+
+
 def create_app(service: StatusService, *, prefix: str = DEFAULT_PREFIX, lifespan: bool = True) -> Starlette:
     """An ASGI app serving the endpoints under ``prefix``. With ``lifespan=True`` it starts and stops the service
     with the app (when mounted inside another app, pass ``lifespan=service.lifespan`` to the outer app). Unknown
@@ -199,5 +218,5 @@ def create_app(service: StatusService, *, prefix: str = DEFAULT_PREFIX, lifespan
     return Starlette(
         routes=routes(service, prefix=prefix),
         lifespan=service.lifespan if lifespan else None,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers=dict(ERROR_HANDLERS),
     )

@@ -152,3 +152,42 @@ async def test_engine_recovers_when_redis_comes_back(redis_engines: Any, redis_p
     redis_proxy.restore()
     assert await engine.deliveries.first_seen("after", 60) is True
     assert await engine.deliveries.first_seen("before", 60) is False
+
+
+# --- the shared ETag key ------------------------------------------------------------------------------------
+
+
+async def test_workers_on_one_redis_share_an_etag_key(redis_engines: Any, redis_raw: Any) -> None:
+    """Engines on one Redis and prefix derive the same ETag key from one value stored once with SET NX; the
+    stored value is not the key itself."""
+    a, b = await redis_engines(), await redis_engines()
+    key_a, key_b = await a.shared_etag_key(), await b.shared_etag_key()
+    assert key_a == key_b
+    assert len(key_a) == 32
+    stored = await redis_raw.get(f"{a.prefix}:etag-key")
+    assert stored
+    assert stored.encode() != key_a
+    assert await redis_raw.ttl(f"{a.prefix}:etag-key") == -1
+
+
+async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, redis_prefix: str) -> None:
+    """Two services (two workers) on one Redis prefix and no configured secret give one client the same ETag."""
+    from integration_status.backends.redis import RedisEngine
+    from integration_status.protocols import Viewer
+    from integration_status.service import StatusService
+    from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
+
+    def worker(engine: Any) -> StatusService:
+        return StatusService(
+            connections=StaticConnections.linked("p", "github"),
+            adapters=[ScriptedAdapter("github", snapshot("github"))],
+            engine=engine,
+            clock=FakeClock(),
+        )
+
+    owner = Viewer(user_id="o", roles={"owner"})
+    async with (
+        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as one,
+        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as two,
+    ):
+        assert (await one.status("p", owner)).etag == (await two.status("p", owner)).etag

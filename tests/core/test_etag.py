@@ -18,12 +18,14 @@ from integration_status.core.etag import (
     EntityTag,
     IfNoneMatch,
     compute_etag,
+    etag_key,
     format_etag,
     if_none_match_matches,
     parse_if_none_match,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY = etag_key("a deployment secret for the tests")
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -59,18 +61,28 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
 def test_compute_etag_is_32_hex_chars_and_ignores_a_hash_field() -> None:
     """The hash is 32 lower-case hex characters and does not depend on a stray top-level hash field."""
     body = {"projectId": "p1", "items": []}
-    tag = compute_etag(body)
+    tag = compute_etag(body, key=KEY)
     assert len(tag) == 32
     assert all(c in "0123456789abcdef" for c in tag)
-    assert compute_etag({**body, "hash": "whatever"}) == tag
+    assert compute_etag({**body, "hash": "whatever"}, key=KEY) == tag
+
+
+def test_the_tag_depends_on_the_key_and_the_key_on_the_secret() -> None:
+    """Another key gives another tag for the same body; an empty secret or a short key is refused."""
+    body = {"projectId": "p1", "items": []}
+    assert compute_etag(body, key=KEY) != compute_etag(body, key=etag_key("another secret"))
+    with pytest.raises(ValueError, match="empty"):
+        etag_key("")
+    with pytest.raises(ValueError, match="16 bytes"):
+        compute_etag(body, key=b"short")
 
 
 def test_compute_etag_is_the_same_in_another_process() -> None:
-    """The hash is stable across processes (no per-process hash seed leaks in)."""
+    """With the same key the hash is stable across processes (no per-process hash seed leaks in)."""
     body = {"projectId": "p1", "items": [{"key": "github", "status": "connected", "summary": "ü · 2m ago"}]}
     code = (
-        "import json, sys; from integration_status.core.etag import compute_etag; "
-        "print(compute_etag(json.loads(sys.argv[1])))"
+        "import json, sys; from integration_status.core.etag import compute_etag, etag_key; "
+        "print(compute_etag(json.loads(sys.argv[1]), key=etag_key('a deployment secret for the tests')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(body)],
@@ -79,13 +91,13 @@ def test_compute_etag_is_the_same_in_another_process() -> None:
         check=True,
         env={"PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)},
     )
-    assert out.stdout.strip() == compute_etag(body)
+    assert out.stdout.strip() == compute_etag(body, key=KEY)
 
 
 @given(json_objects, st.integers(0, 2**32))
 def test_hash_is_stable_under_key_order(body: dict[str, Any], seed: int) -> None:
     """Permuting the key order of every object at every level never changes the hash."""
-    assert compute_etag(_shuffled(body, random.Random(seed))) == compute_etag(body)
+    assert compute_etag(_shuffled(body, random.Random(seed)), key=KEY) == compute_etag(body, key=KEY)
 
 
 @given(json_objects, json_objects)
@@ -94,9 +106,9 @@ def test_hash_differs_when_content_differs(a: dict[str, Any], b: dict[str, Any])
     a.pop("hash", None)
     b.pop("hash", None)
     if canonical_json(a) != canonical_json(b):
-        assert compute_etag(a) != compute_etag(b)
+        assert compute_etag(a, key=KEY) != compute_etag(b, key=KEY)
     else:
-        assert compute_etag(a) == compute_etag(b)
+        assert compute_etag(a, key=KEY) == compute_etag(b, key=KEY)
 
 
 def test_format_etag_quotes_and_rejects_illegal_characters() -> None:
@@ -228,3 +240,43 @@ def test_a_malformed_element_poisons_the_whole_header(good: list[str], current: 
     header = ", ".join([*(f'"{t}"' for t in good), f'"{current}"', bad])
     assert parse_if_none_match(header) is None
     assert not if_none_match_matches(header, current)
+
+
+# --- bounds against hostile headers --------------------------------------------------------------------------
+
+
+def test_if_none_match_longer_than_the_bound_is_no_match() -> None:
+    """A value over MAX_IF_NONE_MATCH_LENGTH is "no match" even when it lists the current tag."""
+    from integration_status.core.etag import MAX_IF_NONE_MATCH_LENGTH
+
+    padded = f'"abc",{" " * MAX_IF_NONE_MATCH_LENGTH}'
+    assert parse_if_none_match(padded) is None
+    assert not if_none_match_matches(padded, "abc")
+    assert if_none_match_matches(padded[:MAX_IF_NONE_MATCH_LENGTH], "abc")
+
+
+def test_if_none_match_with_too_many_tags_is_no_match() -> None:
+    """More than MAX_IF_NONE_MATCH_TAGS entity-tags is "no match"; exactly the bound still parses."""
+    from integration_status.core.etag import MAX_IF_NONE_MATCH_TAGS
+
+    at_bound = ", ".join(f'"t{i}"' for i in range(MAX_IF_NONE_MATCH_TAGS))
+    assert if_none_match_matches(at_bound, f"t{MAX_IF_NONE_MATCH_TAGS - 1}")
+    assert parse_if_none_match(at_bound + ', "abc"') is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"a" "b"', '"a",W/', 'w/"a"', '"a"x', '"' + "a" * 4000, "\x00", '"a",\x7f"b"', '"é\u0100"'],
+)
+def test_if_none_match_malformed_near_the_bound_is_none(value: str) -> None:
+    """Malformed lists (no comma, lower-case w/, garbage, unterminated, non-latin-1) parse to None."""
+    assert parse_if_none_match(value) is None
+
+
+@given(st.lists(st.tuples(st.booleans(), etagc_text), min_size=1, max_size=10), OWS, OWS)
+def test_regex_parser_keeps_every_tag_in_order(tags: list[tuple[bool, str]], left: str, right: str) -> None:
+    """Any list of legal tags joined by commas with optional whitespace parses back to the same tags."""
+    text = ",".join(f'{left}{"W/" if weak else ""}"{opaque}"{right}' for weak, opaque in tags)
+    parsed = parse_if_none_match(text)
+    assert parsed is not None
+    assert parsed.tags == tuple(EntityTag(opaque=o, weak=w) for w, o in tags)

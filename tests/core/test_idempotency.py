@@ -93,10 +93,18 @@ def test_longest_key_is_accepted() -> None:
 
 @given(valid_keys)
 def test_every_valid_key_parses_plain_and_quoted(key: str) -> None:
-    """Any valid key survives both header forms unchanged."""
-    if not key.startswith('"'):
+    """Any valid key survives the quoted form unchanged, and the plain form when it has no comma."""
+    if not key.startswith('"') and "," not in key:
         assert parse_idempotency_key(key) == key
     assert parse_idempotency_key(sf_quote(key)) == key
+
+
+@pytest.mark.parametrize("header", ["a,b", "order-1,order-1", "k, k"])
+def test_a_bare_comma_is_two_joined_header_lines(header: str) -> None:
+    """A plain key with a comma is refused (two Idempotency-Key lines joined look like it); quoted, it is fine."""
+    with pytest.raises(InvalidRequest, match="sent once"):
+        parse_idempotency_key(header)
+    assert parse_idempotency_key(sf_quote(header)) == header
 
 
 @given(st.text(max_size=600))

@@ -89,3 +89,29 @@ async def test_demo_switches_to_real_providers_by_configuration() -> None:
     assert items["github"]["summary"].startswith("Linked to ")
     assert items["vercel"]["status"] == "disconnected"
     assert "ghp_demo" not in r.text
+
+
+async def test_demo_answers_unknown_paths_and_wrong_methods_with_the_error_object() -> None:
+    """The demo's own 404 and 405 (outside the API prefix too) are JSON error objects, not plain text."""
+    async with serve(build_app()) as base, httpx.AsyncClient(base_url=base) as client:
+        for method, path, status, code in (
+            ("GET", "/nope", 404, "not_found"),
+            ("GET", "/static/missing.js", 404, "not_found"),
+            ("POST", "/", 405, "invalid_request"),
+            ("DELETE", "/api/integrations/status", 405, "invalid_request"),
+            ("GET", "/api/integrations/unknown", 404, "not_found"),
+        ):
+            r = await client.request(method, path)
+            assert r.status_code == status, (method, path)
+            assert r.headers["content-type"].startswith("application/json"), (method, path)
+            assert r.json()["error"]["code"] == code
+
+
+async def test_demo_health_gives_detail_to_owners_only() -> None:
+    """A demo viewer or member gets the liveness answer; the (default) owner the detailed checks."""
+    async with serve(build_app()) as base, httpx.AsyncClient(base_url=base) as client:
+        for role in ("viewer", "member"):
+            r = await client.get("/api/integrations/health", headers={"X-Role": role})
+            assert (r.status_code, r.json()) == (200, {"status": "ok"})
+        owner = await client.get("/api/integrations/health")
+        assert "checks" in owner.json()

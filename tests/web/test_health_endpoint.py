@@ -26,6 +26,10 @@ async def owner(request: RequestInfo) -> Viewer | None:
     return Viewer(user_id="u1", roles={"owner"})
 
 
+async def owners(viewer: Viewer) -> bool:
+    return "owner" in viewer.roles
+
+
 Make = Callable[..., Awaitable[tuple[StatusService, httpx.AsyncClient]]]
 
 
@@ -47,6 +51,7 @@ async def make() -> AsyncIterator[Make]:
                 connections=connections,
                 adapters=list(adapters),
                 authenticator=owner,
+                health_authorizer=owners,
                 clock=clock,
                 health=HealthRecorder(clock=clock, window=300),
             )
@@ -149,3 +154,61 @@ async def test_too_little_traffic_is_healthy(make: Make) -> None:
     check = next(c for c in r.json()["checks"] if c["name"] == "adapter.github")
     assert check["observed"] == 1.0
     assert check["detail"] == "fewer than 20 samples"
+
+
+# --- who sees what --------------------------------------------------------------------------------------------
+
+
+async def by_role(request: RequestInfo) -> Viewer | None:
+    role = request.headers.get("x-role")
+    return None if not role else Viewer(user_id="u", roles={role})
+
+
+async def _client(stack: contextlib.AsyncExitStack, **kwargs: object) -> httpx.AsyncClient:
+    clock = FakeClock()
+    service = StatusService(
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[ScriptedAdapter("github", ProviderTimeout("slow", provider="github"))],
+        authenticator=by_role,
+        clock=clock,
+        health=HealthRecorder(clock=clock, window=300),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    await stack.enter_async_context(service)
+    # Enough failed adapter calls that the detailed report is a 503 naming github.
+    for _ in range(25):
+        service.metrics.observe_fetch("github", 0.01, "timeout")
+    transport = httpx.ASGITransport(app=create_app(service, lifespan=False))
+    return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://t"))
+
+
+async def test_anyone_else_gets_a_liveness_answer_without_detail() -> None:
+    """Unauthenticated callers and viewers the authorizer refuses get 200 {"status": "ok"}: no provider name, no
+    rate, even while the detailed report is a 503."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await _client(stack, health_authorizer=owners)
+        for headers in ({}, {"X-Role": "viewer"}, {"X-Role": "member"}):
+            r = await client.get(HEALTH, headers=headers)
+            assert r.status_code == 200
+            assert r.json() == {"status": "ok"}
+            assert "github" not in r.text
+        detailed = await client.get(HEALTH, headers={"X-Role": "owner"})
+        assert detailed.status_code == 503
+        assert "adapter.github" in detailed.text
+
+
+async def test_without_a_health_authorizer_nobody_sees_detail() -> None:
+    """The default: even an owner gets only the liveness answer."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await _client(stack)
+        r = await client.get(HEALTH, headers={"X-Role": "owner"})
+        assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+async def test_a_repeated_query_parameter_is_a_400_on_health_too() -> None:
+    """/health follows the one rule for repeated parameters: 400 with the error object."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await _client(stack)
+        r = await client.get(HEALTH + "?x=1&x=2")
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_request"

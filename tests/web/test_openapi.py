@@ -170,6 +170,10 @@ async def header_auth(request: RequestInfo) -> Viewer | None:
     return None if not role else Viewer(user_id="u1", roles={role})
 
 
+async def owners_only(viewer: Viewer) -> bool:
+    return "owner" in viewer.roles
+
+
 async def resolve(provider: str, headers: Mapping[str, str], payload: Any) -> WebhookTarget | None:
     if provider == "github" and payload.get("repository", {}).get("full_name") == "octocat/Hello-World":
         return WebhookTarget(project_id="p", secret=Secret(SECRET))
@@ -213,6 +217,7 @@ async def setup() -> AsyncIterator[tuple[httpx.AsyncClient, StatusService, World
             ScriptedAdapter("vercel", snapshot("vercel"), handlers={"deploy": world.deploy}),
         ],
         authenticator=header_auth,
+        health_authorizer=owners_only,
         webhooks=resolve,
         clock=FakeClock(),
         # sanity is not linked: connecting it is what connect is for
@@ -340,6 +345,9 @@ async def test_health_responses_match_the_document(setup: Setup) -> None:
     assert busy.status_code in (200, 503)
     check(busy, "get", f"{PREFIX}/health")
     assert all(c.get("observed") is not None or "observed" not in c for c in busy.json()["checks"])
+    liveness = await client.get("/health", headers={"X-Role": "member"})
+    check(liveness, "get", f"{PREFIX}/health")
+    assert liveness.json() == {"status": "ok"}
 
 
 async def sse_frames(app: Any, query: bytes, count: int) -> tuple[int, dict[str, str], list[dict[str, str]]]:

@@ -24,21 +24,46 @@ def _scope(headers: list[tuple[bytes, bytes]], query: bytes = b"", path: str = "
     return {"type": "http", "method": "get", "path": path, "query_string": query, "headers": headers}
 
 
+def _joined(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """What a WSGI server hands Flask: lower-case names, repeated lines joined with commas."""
+    lines: dict[str, list[str]] = {}
+    for name, value in headers:
+        lines.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {k: ("; " if k == "cookie" else ",").join(v) for k, v in lines.items()}
+
+
 @given(headers=HEADERS, probe=st.sampled_from(["x-user", "X-User", "if-none-match", "missing", "été", "ét"]))
-def test_scope_headers_match_starlette(headers: list[tuple[bytes, bytes]], probe: str) -> None:
-    """Lookups, iteration and length equal the lower-cased dict of Starlette's headers (first value wins)."""
-    expected = {k.lower(): v for k, v in dict(Request(_scope(headers)).headers).items()}
+def test_scope_headers_join_repeated_lines(headers: list[tuple[bytes, bytes]], probe: str) -> None:
+    """Lookups, iteration and length equal the lower-cased headers with repeated lines joined by commas, as a
+    WSGI server gives them to Flask; a single line is Starlette's own value."""
+    expected = _joined(headers)
     lazy = ScopeHeaders(headers)
     assert lazy.get(probe) == expected.get(probe)
     assert (probe in lazy) == (probe in expected)
     assert dict(lazy) == expected
     assert len(lazy) == len(expected)
+    single = {k.lower(): v for k, v in dict(Request(_scope(headers)).headers).items()}
+    for name in expected:
+        if sum(1 for n, _ in headers if n.decode("latin-1").lower() == name) == 1:
+            assert expected[name] == single[name]
+
+
+def test_repeated_cookie_lines_join_with_semicolons() -> None:
+    """Cookie lines split by an HTTP/2 hop are joined with "; ", as RFC 9113 8.2.3 asks."""
+    lazy = ScopeHeaders([(b"cookie", b"a=1"), (b"cookie", b"b=2")])
+    assert lazy.get("cookie") == "a=1; b=2"
 
 
 @given(query=QUERY)
-def test_query_dict_matches_starlette(query: bytes) -> None:
-    """The query mapping equals dict(request.query_params), escapes and repeated names included."""
-    assert query_dict(query) == dict(Request(_scope([], query)).query_params)
+def test_query_dict_keeps_the_first_value_and_the_repeated_names(query: bytes) -> None:
+    """The query mapping decodes like Starlette, keeps the first value of a name and records repeated names."""
+    pairs = Request(_scope([], query)).query_params.multi_items()
+    parsed = query_dict(query)
+    first: dict[str, str] = {}
+    for name, value in pairs:
+        first.setdefault(name, value)
+    assert dict(parsed) == first
+    assert parsed.repeated == {name for name, _ in pairs if [n for n, _ in pairs].count(name) > 1}
 
 
 @given(path=st.text(alphabet="/ab?#\\%é", min_size=1, max_size=8).map(lambda p: "/" + p))

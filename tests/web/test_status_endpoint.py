@@ -124,10 +124,28 @@ async def test_viewers_who_see_different_data_never_share_a_hash(client: httpx.A
     assert r.status_code == 200
 
 
-async def test_hash_is_canonical_json_of_body_without_hash(client: httpx.AsyncClient) -> None:
-    """The hash can be recomputed by anyone from the body: canonical JSON of the envelope without `hash`."""
-    from integration_status.core.etag import compute_etag
+async def test_hash_is_the_keyed_hash_of_the_body_without_hash() -> None:
+    """With a configured secret, the hash is HMAC-SHA256 under its derived key of the canonical JSON of the
+    envelope without `hash` (and a plain SHA-256 of it is not)."""
+    import hashlib
 
-    body = (await client.get("/api/integrations/status", params={"projectId": "p"})).json()
+    from integration_status.core.etag import canonical_json, compute_etag, etag_key
+    from integration_status.service import Settings
+
+    service = StatusService(
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[ScriptedAdapter("github", GITHUB)],
+        authenticator=header_auth,
+        settings=Settings(etag_secret="deployment-secret"),
+        clock=FakeClock(),
+    )
+    async with service:
+        transport = httpx.ASGITransport(app=create_app(service, lifespan=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get(
+                "/api/integrations/status", params={"projectId": "p"}, headers={"X-Role": "owner"}
+            )
+    body = r.json()
     digest = body.pop("hash")
-    assert compute_etag(body) == digest
+    assert compute_etag(body, key=etag_key("deployment-secret")) == digest
+    assert hashlib.sha256(canonical_json(body)).hexdigest()[:32] != digest

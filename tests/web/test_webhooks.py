@@ -22,6 +22,7 @@ from integration_status.core.webhooks import (
     delivery_id,
     sanity_document_count,
 )
+from integration_status.exceptions import BackendUnavailable
 from integration_status.models import event_from_json
 from integration_status.protocols import Secret
 from integration_status.service.webhooks import (
@@ -608,24 +609,45 @@ def test_sanity_delivery_id_fallbacks() -> None:
 
 @pytest.mark.anyio
 async def test_delivery_is_accepted_again_after_replay_ttl(clock: FakeClock, log: MemoryDeliveryLog) -> None:
-    """Delivery ids expire on the injected clock after replay_ttl."""
+    """Delivery ids expire on the injected clock after replay_ttl (a push without a signed send time)."""
+    window = {"replay_ttl": 60, "tolerance": 20}
     headers, body = github_request(GITHUB_PUSH)
-    assert len((await deliver("github", headers, body, clock, log, replay_ttl=60)).events) == 1
+    assert len((await deliver("github", headers, body, clock, log, **window)).events) == 1
     clock.advance(59)
-    assert (await deliver("github", headers, body, clock, log, replay_ttl=60)).body.get("duplicate") is True
+    assert (await deliver("github", headers, body, clock, log, **window)).body.get("duplicate") is True
     clock.advance(2)
-    assert len((await deliver("github", headers, body, clock, log, replay_ttl=60)).events) == 1
+    assert len((await deliver("github", headers, body, clock, log, **window)).events) == 1
 
 
 @pytest.mark.anyio
-async def test_memory_delivery_log_is_bounded(clock: FakeClock) -> None:
-    """The log never holds more than maxsize ids, forgetting the oldest first."""
+async def test_replay_ttl_never_shorter_than_the_signature_window(
+    clock: FakeClock, log: MemoryDeliveryLog
+) -> None:
+    """With replay_ttl under 2 * tolerance, a Sanity delivery is still a duplicate for the whole time its
+    signature is accepted."""
+    body = raw(SANITY_DOCUMENT)
+    # Signed at the edge of the future tolerance.
+    headers = {**SANITY_HEADERS, **sign_sanity(SECRET, body, int((clock.time() + 300) * 1000))}
+    assert len((await deliver("sanity", headers, body, clock, log, replay_ttl=10)).events) == 1
+    clock.advance(599)  # the signature is still accepted (300 s after t)
+    again = await deliver("sanity", headers, body, clock, log, replay_ttl=10)
+    assert again.body == {"ok": True, "duplicate": True}
+
+
+@pytest.mark.anyio
+async def test_memory_delivery_log_is_bounded_and_never_evicts_a_live_entry(clock: FakeClock) -> None:
+    """The log holds at most maxsize entries; full of live ones it refuses (BackendUnavailable) instead of
+    forgetting one, and makes room again as entries expire."""
     log = MemoryDeliveryLog(clock=clock, maxsize=3)
-    for n in range(5):
-        assert await log.first_seen(f"d{n}", 3600) is True
+    for n in range(3):
+        assert await log.first_seen(f"d{n}", 60 + n) is True
+    with pytest.raises(BackendUnavailable):
+        await log.first_seen("d3", 3600)
     assert len(log) == 3
-    assert await log.first_seen("d4", 3600) is False
-    assert await log.first_seen("d0", 3600) is True
+    assert await log.first_seen("d0", 3600) is False
+    clock.advance(60)
+    assert await log.first_seen("d3", 3600) is True
+    assert await log.first_seen("d1", 3600) is False
 
 
 @pytest.mark.anyio
