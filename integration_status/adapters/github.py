@@ -18,7 +18,7 @@ from integration_status.adapters._common import UrlHook, delegate, parse_time, r
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import utcnow
 from integration_status.exceptions import ProviderUnavailable
-from integration_status.models import ProviderKey, StatusValue
+from integration_status.models import Problem, ProviderKey, StatusValue
 from integration_status.protocols import (
     ActionContext,
     ActionHandler,
@@ -44,6 +44,8 @@ class GitHubFacts:
     repository: str  # "owner/name"
     branch: str
     archived: bool = False
+    #: GitHub disabled the repository (billing, terms of service): nothing can be read or pushed until fixed.
+    disabled: bool = False
     can_push: bool = True
     last_push: datetime | None = None
     head_sha: str | None = None
@@ -57,7 +59,8 @@ def github_snapshot(
     push_configured: bool = False,
     pull_configured: bool = False,
 ) -> ProviderSnapshot:
-    """The status rule: connected when the branch was pushed within ``stale_after``, warning otherwise.
+    """The status rule: error when GitHub disabled the repository; warning when it is archived (read-only) or
+    the branch was not pushed within ``stale_after``; connected otherwise.
 
     >>> from datetime import UTC
     >>> now = datetime(2026, 1, 10, tzinfo=UTC)
@@ -69,6 +72,14 @@ def github_snapshot(
     linked = Segment(pieces=("Linked to ", Sensitive(kind="branch", value=facts.branch)), redacted="Linked")
     recent = facts.last_push is not None and now - facts.last_push <= stale_after
     summary: list[Segment] = [linked]
+    if facts.disabled:
+        return ProviderSnapshot(
+            provider=_PROVIDER,
+            status="error",
+            summary=(linked, text("Repository disabled")),
+            problem=Problem(code="unknown", hint="Repository disabled by GitHub"),
+            details=_details(facts),
+        )
     if facts.archived:
         summary.append(text("Repository archived"))
     elif recent and facts.last_push is not None:
@@ -76,15 +87,7 @@ def github_snapshot(
     else:
         summary.append(text("No recent activity"))
     status: StatusValue = "connected" if recent and not facts.archived else "warning"
-    details: dict[str, Any] = {
-        "repository": Sensitive(kind="repo", value=facts.repository),
-        "branch": Sensitive(kind="branch", value=facts.branch),
-        "org": Sensitive(kind="org", value=facts.repository.split("/", 1)[0]),
-    }
-    if facts.last_push is not None:
-        details["lastPushAt"] = Ago(at=facts.last_push)
-    if facts.head_sha:
-        details["sha"] = Sensitive(kind="sha", value=facts.head_sha)
+    details = _details(facts)
     write_block = "Repository archived" if facts.archived else None if facts.can_push else "Read-only access"
     actions = refine(
         default_actions(_PROVIDER, status),
@@ -97,6 +100,19 @@ def github_snapshot(
     return ProviderSnapshot(
         provider=_PROVIDER, status=status, summary=tuple(summary), actions=actions, details=details
     )
+
+
+def _details(facts: GitHubFacts) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "repository": Sensitive(kind="repo", value=facts.repository),
+        "branch": Sensitive(kind="branch", value=facts.branch),
+        "org": Sensitive(kind="org", value=facts.repository.split("/", 1)[0]),
+    }
+    if facts.last_push is not None:
+        details["lastPushAt"] = Ago(at=facts.last_push)
+    if facts.head_sha:
+        details["sha"] = Sensitive(kind="sha", value=facts.head_sha)
+    return details
 
 
 def unlinked_snapshot() -> ProviderSnapshot:
@@ -154,6 +170,7 @@ class GitHubAdapter:
             repository=str(repo.body.get("full_name") or repository),
             branch=branch,
             archived=bool(repo.body.get("archived")),
+            disabled=repo.body.get("disabled") is True,
             can_push=can_push,
             last_push=last_push,
             head_sha=sha,

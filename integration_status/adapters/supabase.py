@@ -40,11 +40,26 @@ __all__ = [
 
 _PROVIDER: Final[ProviderKey] = "supabase"
 HEALTH_SERVICES: Final = ("db", "rest", "auth")
-#: Project states in which nothing works until someone acts (paused, failed, removed).
-_DOWN: Final = frozenset(
-    {"INACTIVE", "PAUSING", "GOING_DOWN", "INIT_FAILED", "REMOVED", "RESTORE_FAILED", "PAUSE_FAILED"}
-)
-_DOWN_TEXT: Final = {"INACTIVE": "Project paused", "PAUSING": "Project pausing", "REMOVED": "Project removed"}
+#: Project states in which nothing works until someone acts: (summary, hint). The free plan pauses idle projects
+#: (INACTIVE); a paused project only comes back when someone restores it.
+_DOWN: Final[Mapping[str, tuple[str, str]]] = {
+    "INACTIVE": ("Project paused", "Restore it in the Supabase dashboard"),
+    "PAUSED": ("Project paused", "Restore it in the Supabase dashboard"),
+    "PAUSING": ("Project pausing", "Restore it in the Supabase dashboard"),
+    "GOING_DOWN": ("Project pausing", "Restore it in the Supabase dashboard"),
+    "INIT_FAILED": ("Project failed to start", "See the project in the Supabase dashboard"),
+    "RESTORE_FAILED": ("Restore failed", "See the project in the Supabase dashboard"),
+    "PAUSE_FAILED": ("Pause failed", "See the project in the Supabase dashboard"),
+    "REMOVED": ("Project removed", "Link another project"),
+}
+#: Project states that pass by themselves: a warning while they last.
+_PASSING: Final[Mapping[str, str]] = {
+    "COMING_UP": "Services starting",
+    "RESTARTING": "Project restarting",
+    "RESTORING": "Project restoring",
+    "UPGRADING": "Project upgrading",
+    "RESIZING": "Project resizing",
+}
 
 
 class DbHealthLike(Protocol):
@@ -74,10 +89,11 @@ class SupabaseFacts:
 def supabase_snapshot(
     facts: SupabaseFacts, *, latency_warning_ms: float = 250, shown_ms: float | None = None
 ) -> ProviderSnapshot:
-    """The status rule: error when the project is down or a service is unhealthy, warning while services start
-    or above ``latency_warning_ms``, else connected. The latency readout stays at ``shown_ms`` (what the previous
-    snapshot showed) while the measurement only jitters around it (:func:`steady_ms`), so the summary, and the
-    ETag, change when the latency really moves.
+    """The status rule: error when the project is paused, failed or removed (with a hint saying what to do) or a
+    service is unhealthy; warning while the project or its services start, restore, upgrade or resize, in a
+    state this version does not know, or above ``latency_warning_ms``; else connected. The latency readout stays
+    at ``shown_ms`` (what the previous snapshot showed) while the measurement only jitters around it
+    (:func:`steady_ms`), so the summary, and the ETag, change when the latency really moves.
 
     >>> facts = SupabaseFacts(project_status="ACTIVE_HEALTHY", latency_ms=12.4, measured_by_probe=True)
     >>> supabase_snapshot(facts).summary
@@ -89,27 +105,28 @@ def supabase_snapshot(
     shown = None if facts.latency_ms is None else steady_ms(facts.latency_ms, shown_ms)
     if shown is not None:
         details["latencyMs"] = shown
-    if facts.project_status in _DOWN or facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY":
-        if facts.project_status in _DOWN:
-            what = _DOWN_TEXT.get(facts.project_status, "Project unavailable")
-        else:
-            what = (
-                "Database unhealthy"
-                if "db" in facts.unhealthy or not facts.unhealthy
-                else "Services unhealthy"
-            )
+    down = _DOWN.get(facts.project_status)
+    if down is None and (facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY"):
+        what = (
+            "Database unhealthy" if "db" in facts.unhealthy or not facts.unhealthy else "Services unhealthy"
+        )
+        down = (what, what)
+    if down is not None:
         return ProviderSnapshot(
             provider=_PROVIDER,
             status="error",
-            summary=(text(what),),
-            problem=Problem(code="unknown", hint=what),
+            summary=(text(down[0]),),
+            problem=Problem(code="unknown", hint=down[1]),
             details=details,
         )
     if facts.coming_up or facts.project_status != "ACTIVE_HEALTHY":
+        passing = _PASSING.get(facts.project_status)
+        if passing is None:
+            passing = "Services starting" if facts.coming_up else "Project state unknown"
         return ProviderSnapshot(
             provider=_PROVIDER,
             status="warning",
-            summary=(text("Connected"), text("Services starting")),
+            summary=(text("Connected"), text(passing)),
             details=details,
         )
     if facts.latency_ms is not None and facts.latency_ms > latency_warning_ms:

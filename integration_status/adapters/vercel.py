@@ -56,10 +56,16 @@ class VercelFacts:
 
 
 def vercel_snapshot(facts: VercelFacts) -> ProviderSnapshot:
-    """The status rule: connected when deployments exist, warning for a linked project with none yet.
+    """The status rule: connected when deployments exist and production is live (or building) and the project
+    deploys from Git; warning for a project with no deployments yet, a paused project (production answers 503),
+    a failed or canceled production deployment, or a project with no Git link ("No Git link": only manual
+    deploys reach it, so pushes do not).
 
     >>> vercel_snapshot(VercelFacts(has_deployments=False, deployments_this_week=0)).status
     'warning'
+    >>> facts = VercelFacts(has_deployments=True, deployments_this_week=3, production_state="READY")
+    >>> [vercel_snapshot(f).status for f in (attrs.evolve(facts, git_linked=True), facts)]
+    ['connected', 'warning']
     """
     status: StatusValue
     if not facts.has_deployments:
@@ -73,15 +79,19 @@ def vercel_snapshot(facts: VercelFacts) -> ProviderSnapshot:
             tail = "Paused"
         summary = (text(plural(facts.deployments_this_week, "deployment") + " this week"), text(tail))
         status = "connected" if tail in ("Live", "Building") else "warning"
+        if not facts.git_linked:
+            summary += (text("No Git link"),)
+            status = "warning"
     details: dict[str, Any] = {"deploymentsThisWeek": facts.deployments_this_week}
     if facts.production_url:
         details["productionUrl"] = Sensitive(kind="url", value=facts.production_url)
     reason = None if facts.can_deploy else "No deployments yet"
+    changes = {"deploy": reason, "link": "Already linked" if facts.git_linked else None}
     return ProviderSnapshot(
         provider=_PROVIDER,
         status=status,
         summary=summary,
-        actions=refine(default_actions(_PROVIDER, status), {"deploy": reason}),
+        actions=refine(default_actions(_PROVIDER, status), changes),
         details=details,
     )
 
