@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from integration_status.exceptions import ProviderUnavailable
+import anyio
+
+from integration_status.exceptions import ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey
 from integration_status.protocols import (
     ActionContext,
@@ -91,13 +93,55 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+async def settle(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run independent provider calls at once and wait for all of them: one result per call, in order, where a
+    call that failed with a :class:`ProviderError` gives that error as its result (any other exception is raised).
+    The calls share the fetch's budget, so the slowest one bounds the fetch instead of the sum of all."""
+    results: list[Any] = [None] * len(calls)
+    crashed: list[BaseException | None] = [None] * len(calls)
+
+    async def one(index: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[index] = await call()
+        except ProviderError as exc:
+            results[index] = exc
+        except Exception as exc:
+            crashed[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(one, index, call)
+    for exc in crashed:
+        if exc is not None:
+            raise exc
+    return results
+
+
+def raise_first(results: Sequence[Any]) -> None:
+    """Raise the first error among :func:`settle` results, in call order (so the error does not depend on which
+    call answered first)."""
+    for result in results:
+        if isinstance(result, ProviderError):
+            raise result
+
+
+async def gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """:func:`settle`, then :func:`raise_first`: all results, or the first failure in call order."""
+    results = await settle(*calls)
+    raise_first(results)
+    return results
+
+
 __all__ = [
     "UrlHook",
     "delegate",
+    "gather",
     "not_configured",
     "parse_time",
     "plural",
+    "raise_first",
     "refine",
+    "settle",
     "text",
     "url_action",
 ]

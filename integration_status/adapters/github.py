@@ -14,7 +14,16 @@ from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, delegate, parse_time, refine, text, url_action
+from integration_status.adapters._common import (
+    UrlHook,
+    delegate,
+    parse_time,
+    raise_first,
+    refine,
+    settle,
+    text,
+    url_action,
+)
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import utcnow
 from integration_status.exceptions import ProviderUnavailable
@@ -159,13 +168,29 @@ class GitHubAdapter:
         if not repository:
             return unlinked_snapshot()
         path = _repo_path(repository)
-        repo = await self._get(connection, ctx, path, not_found_is_revoked=True)
+        configured = connection.settings.get("branch", "").strip()
+        # The branch to read pushes of: the configured one, else the default branch seen last time. Known in
+        # advance, the repository and its pushes are read at once; the default branch is checked afterwards.
+        guess = configured or _previous_branch(ctx)
+        if guess:
+            results = await settle(
+                lambda: self._get(connection, ctx, path, not_found_is_revoked=True),
+                lambda: self._last_push(connection, ctx, path, guess),
+            )
+            raise_first(results[:1])
+            repo = results[0]
+        else:
+            repo = await self._get(connection, ctx, path, not_found_is_revoked=True)
         if not isinstance(repo.body, Mapping) or not isinstance(repo.body.get("default_branch"), str):
             raise _shape_error("repository")
-        branch = connection.settings.get("branch", "").strip() or repo.body["default_branch"]
+        branch = configured or repo.body["default_branch"]
+        if guess and branch == guess:
+            raise_first(results)
+            last_push, sha = results[1]
+        else:
+            last_push, sha = await self._last_push(connection, ctx, path, branch)
         permissions = repo.body.get("permissions")
         can_push = not isinstance(permissions, Mapping) or bool(permissions.get("push", True))
-        last_push, sha = await self._last_push(connection, ctx, path, branch)
         facts = GitHubFacts(
             repository=str(repo.body.get("full_name") or repository),
             branch=branch,
@@ -272,6 +297,11 @@ class GitHubAdapter:
             not_found_is_revoked=True,
         )
         return ActionOutcome(operation_id=ctx.operation_id, done=True, changes_state=True)
+
+
+def _previous_branch(ctx: FetchContext) -> str | None:
+    known = ctx.previous.detail("branch") if ctx.previous is not None else None
+    return known.value if isinstance(known, Sensitive) and known.value else None
 
 
 def _repo_path(repository: str) -> str:

@@ -8,14 +8,23 @@ Calls (``api_url`` defaults to ``https://api.sanity.io``, ``query_url`` to ``htt
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, parse_time, plural, text, url_action
+from integration_status.adapters._common import (
+    UrlHook,
+    gather,
+    parse_time,
+    plural,
+    raise_first,
+    settle,
+    text,
+    url_action,
+)
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, utcnow
 from integration_status.exceptions import ProviderUnavailable
@@ -206,27 +215,41 @@ class SanityAdapter:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No project linked"),)
             )
-        project = await self._project(connection, project_id, ctx.remaining(), ctx.clock)
+        dataset = _dataset(connection)
+        hooks_path = f"/v2025-08-04/hooks/projects/{quote(project_id)}"
+
+        async def hooks_and_messages() -> tuple[list[Any], dict[str, Sequence[Any]]]:
+            resp = await self._get(connection, hooks_path, ctx)
+            if not isinstance(resp.body, list):
+                raise ProviderUnavailable("sanity: unexpected response shape (hooks)", provider=_PROVIDER)
+            checked = [str(h["id"]) for h in _enabled_hooks(resp.body, dataset)[:_MAX_HOOKS_CHECKED]]
+
+            def log(hook_id: str) -> Callable[[], Awaitable[JsonResponse]]:
+                return lambda: self._get(connection, f"{hooks_path}/{quote(hook_id)}/messages", ctx)
+
+            logs = await gather(*(log(hook_id) for hook_id in checked))
+            messages: dict[str, Sequence[Any]] = {
+                h: r.body if isinstance(r.body, list) else () for h, r in zip(checked, logs, strict=True)
+            }
+            return resp.body, messages
+
+        # The project, the hooks (then their delivery logs) and the count do not depend on each other.
+        results = await settle(
+            lambda: self._project(connection, project_id, ctx.remaining(), ctx.clock),
+            hooks_and_messages,
+            lambda: self._count_today(connection, project_id, dataset, ctx.remaining(), ctx.clock),
+        )
+        raise_first(results[:1])
+        project: Mapping[str, Any] = results[0]
         studio = _studio_url(connection, project)
         if project.get("isBlocked") or project.get("isDisabled") or project.get("isDisabledByUser"):
+            # What the other calls said does not matter (a blocked project's dataset may refuse queries).
             return sanity_snapshot(SanityFacts(blocked=True, studio_url=studio))
-        dataset = _dataset(connection)
-        hooks_resp = await self._get(connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}", ctx)
-        if not isinstance(hooks_resp.body, list):
-            raise ProviderUnavailable("sanity: unexpected response shape (hooks)", provider=_PROVIDER)
-        messages: dict[str, Sequence[Any]] = {}
-        for hook in _enabled_hooks(hooks_resp.body, dataset)[:_MAX_HOOKS_CHECKED]:
-            hook_id = str(hook["id"])
-            resp = await self._get(
-                connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}/{quote(hook_id)}/messages", ctx
-            )
-            messages[hook_id] = resp.body if isinstance(resp.body, list) else ()
-        count = await self._count_today(connection, project_id, dataset, ctx.remaining(), ctx.clock)
+        raise_first(results)
+        (hooks, messages), count = results[1], results[2]
         return sanity_snapshot(
             SanityFacts(
-                webhooks=webhook_health(hooks_resp.body, messages, dataset),
-                docs_today=count,
-                studio_url=studio,
+                webhooks=webhook_health(hooks, messages, dataset), docs_today=count, studio_url=studio
             )
         )
 

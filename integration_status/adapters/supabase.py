@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, text, url_action
-from integration_status.adapters.http import HttpClient
+from integration_status.adapters._common import UrlHook, raise_first, settle, text, url_action
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock
 from integration_status.exceptions import ProviderUnavailable
 from integration_status.models import Problem, ProviderKey
@@ -195,7 +195,10 @@ class SupabaseAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project and its health, probe the database when a DSN is set; raise a ProviderError."""
-        facts = await self._facts(connection, ctx.clock, ctx.remaining)
+        known = ctx.previous.detail("projectStatus") if ctx.previous is not None else None
+        facts = await self._facts(
+            connection, ctx.clock, ctx.remaining, was_up=known not in _DOWN and known is not None
+        )
         if facts is None:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No database linked"),)
@@ -205,38 +208,40 @@ class SupabaseAdapter:
         return supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms, shown_ms=shown)
 
     async def _facts(
-        self, connection: ProviderConnection, clock: Clock, remaining: Any
+        self, connection: ProviderConnection, clock: Clock, remaining: Any, *, was_up: bool = False
     ) -> SupabaseFacts | None:
         ref = connection.settings.get("project_ref", "").strip()
         if not ref:
             return None
         path = f"{self._base}/v1/projects/{quote(ref, safe='')}"
-        project = await self._http.request_json(
-            _PROVIDER,
-            "GET",
-            path,
-            token=connection.token,
-            timeout=remaining(),
-            clock=clock,
-            not_found_is_revoked=True,
-        )
+        budget = remaining()
+        timeout_ms = max(100, min(10_000, int(budget * 1000 * 0.6)))
+        params: Sequence[tuple[str, str]] = [("services", s) for s in HEALTH_SERVICES]
+
+        async def read_project() -> JsonResponse:
+            return await self._http.request_json(
+                _PROVIDER, "GET", path, token=connection.token, timeout=remaining(), clock=clock,
+                not_found_is_revoked=True,
+            )  # fmt: skip
+
+        async def read_health() -> JsonResponse:
+            return await self._http.request_json(
+                _PROVIDER, "GET", f"{path}/health", token=connection.token,
+                params=[*params, ("timeout_ms", str(timeout_ms))], timeout=budget, clock=clock,
+            )  # fmt: skip
+
+        # A project that was up last time is read at once with its services' health; one that was down (or
+        # never seen) is read first, and its health only when it is up (a paused project's health is noise).
+        results = await settle(read_project, read_health) if was_up else await settle(read_project)
+        raise_first(results[:1])
+        project = results[0]
         status = project.body.get("status") if isinstance(project.body, Mapping) else None
         if not isinstance(status, str):
             raise ProviderUnavailable("supabase: unexpected response shape (project)", provider=_PROVIDER)
         if status in _DOWN:
             return SupabaseFacts(project_status=status)
-        budget = remaining()
-        timeout_ms = max(100, min(10_000, int(budget * 1000 * 0.6)))
-        params: Sequence[tuple[str, str]] = [("services", s) for s in HEALTH_SERVICES]
-        health = await self._http.request_json(
-            _PROVIDER,
-            "GET",
-            f"{path}/health",
-            token=connection.token,
-            params=[*params, ("timeout_ms", str(timeout_ms))],
-            timeout=budget,
-            clock=clock,
-        )
+        health = results[1] if was_up else await read_health()
+        raise_first([health])
         unhealthy, coming_up = _health(health.body)
         latency, by_probe = health.elapsed * 1000, False
         if connection.dsn is not None and not unhealthy:

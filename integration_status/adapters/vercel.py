@@ -15,7 +15,7 @@ from urllib.parse import quote
 import attrs
 import structlog
 
-from integration_status.adapters._common import UrlHook, plural, refine, text, url_action
+from integration_status.adapters._common import UrlHook, plural, raise_first, refine, settle, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.exceptions import ProviderAuthError, ProviderError, ProviderUnavailable
@@ -148,13 +148,29 @@ class VercelAdapter:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No project linked"),)
             )
-        project = await self._project(connection, project_ref, ctx.remaining(), ctx.clock)
+        since = epoch_ms(ctx.clock) - int(_WEEK.total_seconds() * 1000)
+        count: int | None = None
+        if project_ref.startswith("prj_"):
+            # The setting is the project id: the week's deployments can be counted while the project is read.
+            results = await settle(
+                lambda: self._project(connection, project_ref, ctx.remaining(), ctx.clock),
+                lambda: self._count_since(connection, ctx, project_ref, since),
+            )
+            raise_first(results[:1])
+            project, counted = results
+        else:
+            project = await self._project(connection, project_ref, ctx.remaining(), ctx.clock)
+            counted = None
         latest = [d for d in project.get("latestDeployments") or () if isinstance(d, Mapping)]
         prod = _production(project)
-        count = 0
         if latest or prod is not None:
-            since = epoch_ms(ctx.clock) - int(_WEEK.total_seconds() * 1000)
-            count = await self._count_since(connection, ctx, str(project.get("id") or project_ref), since)
+            if counted is None or str(project.get("id")) != project_ref:
+                counted = await self._count_since(
+                    connection, ctx, str(project.get("id") or project_ref), since
+                )
+            raise_first([counted])
+            count = counted
+        count = count or 0
         facts = VercelFacts(
             has_deployments=bool(latest) or prod is not None or count > 0,
             deployments_this_week=count,
