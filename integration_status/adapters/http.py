@@ -16,6 +16,7 @@ import contextlib
 import json as _json
 import logging
 from collections.abc import AsyncGenerator, Mapping
+from functools import partial
 from importlib import metadata as _metadata
 from typing import Any, Final, cast
 
@@ -33,7 +34,7 @@ from integration_status.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from integration_status.protocols import Secret
+from integration_status.protocols import Credential, RefreshableToken, Secret
 
 __all__ = ["HttpClient", "JsonResponse", "classify_response", "default_user_agent"]
 
@@ -203,6 +204,22 @@ def classify_response(
     )
 
 
+def _token_rejected(error: ProviderAuthError) -> bool:
+    """Whether the provider refused the token itself (expired or revoked), as opposed to its access."""
+    return error.status_code == 401 or "(token invalid)" in str(error)
+
+
+async def _use(provider: str, token: Credential | None, rejected: Secret | None) -> Secret | None:
+    """The secret to send: a fixed one, or a refreshable token's current one (a fresh one after ``rejected``).
+    A host minting function that fails leaves as ``oauth_revoked``, without its exception (which may hold
+    credentials)."""
+    if not isinstance(token, RefreshableToken):
+        return token
+    with contextlib.suppress(Exception):
+        return await (token.refresh(rejected) if rejected is not None else token.current())
+    raise ProviderAuthError(f"{provider}: no fresh token (refresh failed)", provider=provider)
+
+
 def _invalid_token(body: Mapping[str, Any]) -> bool:
     inner = body.get("error")
     return isinstance(inner, Mapping) and inner.get("invalidToken") is True
@@ -274,7 +291,7 @@ class HttpClient:
         method: str,
         url: str | Secret,
         *,
-        token: Secret | None,
+        token: Credential | None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | list[tuple[str, str]] | None = None,
         json: Any = None,
@@ -285,8 +302,41 @@ class HttpClient:
     ) -> JsonResponse:
         """One provider call within ``timeout`` seconds in total (retries included).
 
+        With a :class:`~integration_status.protocols.RefreshableToken`, a rejected token (401, or Vercel's 403
+        ``invalidToken``) is refreshed once and the call retried once, within the same budget.
+
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
+        deadline = clock.monotonic() + timeout
+        secret = await _use(provider, token, None)
+        call = partial(
+            self._request, provider, method, url, headers=headers, params=params, json=json,
+            retry_reads=retry_reads, clock=clock, not_found_is_revoked=not_found_is_revoked,
+        )  # fmt: skip
+        try:
+            return await call(token=secret, timeout=timeout)
+        except ProviderAuthError as exc:
+            if not isinstance(token, RefreshableToken) or not _token_rejected(exc):
+                raise
+        fresh = await _use(provider, token, secret)
+        _log.info("integration_status.http.token_refreshed", provider=provider)
+        return await call(token=fresh, timeout=max(0.0, deadline - clock.monotonic()))
+
+    async def _request(
+        self,
+        provider: str,
+        method: str,
+        url: str | Secret,
+        *,
+        token: Secret | None,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | list[tuple[str, str]] | None,
+        json: Any,
+        timeout: float,  # noqa: ASYNC109 - the whole budget, spent across attempts; not a cancel scope
+        retry_reads: bool,
+        clock: Clock,
+        not_found_is_revoked: bool,
+    ) -> JsonResponse:
         deadline = clock.monotonic() + timeout
         idempotent = method.upper() in ("GET", "HEAD")
 
