@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 
 import anyio
 
+from integration_status.adapters.http import JsonResponse
 from integration_status.exceptions import ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey
 from integration_status.protocols import (
@@ -17,7 +18,7 @@ from integration_status.protocols import (
     ActionRequest,
     ProviderConnection,
 )
-from integration_status.snapshot import ActionState, Segment
+from integration_status.snapshot import ActionState, ProviderSnapshot, Segment, Validators
 
 #: A host hook that returns a URL for the browser to open (an OAuth start page, a provider settings page).
 UrlHook: TypeAlias = Callable[[ActionRequest], Awaitable[str]]
@@ -93,6 +94,32 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+async def revalidate(
+    name: str,
+    previous: ProviderSnapshot | None,
+    kept: dict[str, Validators],
+    call: Callable[[Validators | None], Awaitable[JsonResponse]],
+    read: Callable[[Any], Any],
+) -> Any:
+    """One conditional provider call: the facts ``read`` takes from its body, or, when the provider answers 304
+    to the validators the ``previous`` snapshot kept under ``name``, the facts kept with them. The validators of
+    this answer go into ``kept`` (for the new snapshot), so that the next check can ask again."""
+    known = previous.validators_for(name) if previous is not None else None
+    resp = await call(known)
+    if resp.not_modified and known is not None:
+        kept[name] = Validators(
+            etag=resp.headers.get("etag") or known.etag,
+            last_modified=resp.headers.get("last-modified") or known.last_modified,
+            facts=known.facts,
+        )
+        return known.facts
+    facts = read(resp.body)
+    fresh = resp.validators(facts)
+    if fresh.etag or fresh.last_modified:
+        kept[name] = fresh
+    return facts
+
+
 async def settle(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
     """Run independent provider calls at once and wait for all of them: one result per call, in order, where a
     call that failed with a :class:`ProviderError` gives that error as its result (any other exception is raised).
@@ -141,6 +168,7 @@ __all__ = [
     "plural",
     "raise_first",
     "refine",
+    "revalidate",
     "settle",
     "text",
     "url_action",

@@ -35,6 +35,7 @@ from integration_status.exceptions import (
     ProviderUnavailable,
 )
 from integration_status.protocols import Credential, RefreshableToken, Secret
+from integration_status.snapshot import Validators
 
 __all__ = ["HttpClient", "JsonResponse", "classify_response", "default_user_agent"]
 
@@ -92,6 +93,17 @@ class JsonResponse:
     headers: Mapping[str, str] = attrs.field(hash=False)
     body: Any = attrs.field(hash=False)
     elapsed: float = 0.0
+
+    @property
+    def not_modified(self) -> bool:
+        """A 304 to a conditional request: the body the validators came with is still current."""
+        return self.status == 304
+
+    def validators(self, facts: Any) -> Validators:
+        """This answer's validators (``ETag``, ``Last-Modified``) with the ``facts`` the adapter read from it."""
+        return Validators(
+            etag=self.headers.get("etag"), last_modified=self.headers.get("last-modified"), facts=facts
+        )
 
 
 class _Retryable(Exception):
@@ -299,8 +311,13 @@ class HttpClient:
         retry_reads: bool = True,
         clock: Clock,
         not_found_is_revoked: bool = False,
+        validators: Validators | None = None,
     ) -> JsonResponse:
         """One provider call within ``timeout`` seconds in total (retries included).
+
+        ``validators`` (of an earlier answer to the same call) make it conditional: ``If-None-Match`` /
+        ``If-Modified-Since`` are sent, and a 304 comes back as a :class:`JsonResponse` with ``not_modified``
+        and no body.
 
         With a :class:`~integration_status.protocols.RefreshableToken`, a rejected token (401, or Vercel's 403
         ``invalidToken``) is refreshed once and the call retried once, within the same budget.
@@ -312,6 +329,7 @@ class HttpClient:
         call = partial(
             self._request, provider, method, url, headers=headers, params=params, json=json,
             retry_reads=retry_reads, clock=clock, not_found_is_revoked=not_found_is_revoked,
+            validators=validators,
         )  # fmt: skip
         try:
             return await call(token=secret, timeout=timeout)
@@ -336,6 +354,7 @@ class HttpClient:
         retry_reads: bool,
         clock: Clock,
         not_found_is_revoked: bool,
+        validators: Validators | None,
     ) -> JsonResponse:
         deadline = clock.monotonic() + timeout
         idempotent = method.upper() in ("GET", "HEAD")
@@ -347,6 +366,7 @@ class HttpClient:
             return await self._attempt(
                 provider, method, url, token=token, headers=headers, params=params, json=json,
                 budget=left(), clock=clock, not_found_is_revoked=not_found_is_revoked,
+                validators=validators,
             )  # fmt: skip
 
         def wait(state: _t.RetryCallState) -> float:
@@ -398,6 +418,7 @@ class HttpClient:
         budget: float,
         clock: Clock,
         not_found_is_revoked: bool,
+        validators: Validators | None = None,
     ) -> JsonResponse:
         if budget < _MIN_ATTEMPT:
             raise ProviderTimeout(f"{provider}: no time left for the request", provider=provider)
@@ -405,6 +426,11 @@ class HttpClient:
         sent.update(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token.reveal()}"
+        if validators is not None and validators.etag:
+            sent["If-None-Match"] = validators.etag
+        if validators is not None and validators.last_modified:
+            sent["If-Modified-Since"] = validators.last_modified
+        conditional = "If-None-Match" in sent or "If-Modified-Since" in sent
         started = clock.monotonic()
         error: ProviderError | None = None
         retry_wait: float | None = None
@@ -419,6 +445,10 @@ class HttpClient:
             except ProviderError as exc:
                 error, retryable = exc, isinstance(exc, ProviderTimeout)
             else:
+                if status == 304 and conditional:
+                    return JsonResponse(
+                        status=304, headers=resp_headers, body=None, elapsed=clock.monotonic() - started
+                    )
                 body = _parse(provider, status, raw, resp_headers.get("content-type", ""), strict=False)
                 error = classify_response(
                     provider,
