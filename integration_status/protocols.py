@@ -213,12 +213,16 @@ class Authorizer(Protocol):
 class FetchContext:
     """What an adapter gets with each fetch: the clock, its time budget (seconds, from ``started``) and the
     provider's previous snapshot for this project, if one is cached (e.g. to keep a displayed measurement steady
-    while it only jitters, see :func:`~integration_status.snapshot.steady_ms`)."""
+    while it only jitters, see :func:`~integration_status.snapshot.steady_ms`, or to send back the validators of
+    its answers, see :class:`~integration_status.snapshot.Validators`)."""
 
     clock: Clock
     timeout: float
     started: float  # clock.monotonic() when the fetch began
     previous: ProviderSnapshot | None = None
+    #: The cache's refresh interval (seconds), which an adapter may stretch (``ProviderSnapshot.fresh_for``)
+    #: while a provider's rate budget runs low; None when the caller has no cache.
+    ttl: float | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.timeout - (self.clock.monotonic() - self.started))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import anyio
+import attrs
 
-from integration_status.adapters.http import JsonResponse
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.exceptions import ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey
 from integration_status.protocols import (
@@ -16,6 +17,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    FetchContext,
     ProviderConnection,
 )
 from integration_status.snapshot import ActionState, ProviderSnapshot, Segment, Validators
@@ -94,6 +96,20 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+#: The refresh interval assumed when the caller did not say (the cache's default TTL).
+DEFAULT_TTL: Final = 15.0
+
+
+def paced(
+    http: HttpClient, connection: ProviderConnection, ctx: FetchContext, snap: ProviderSnapshot
+) -> ProviderSnapshot:
+    """``snap``, asking to stay fresh longer than the cache's TTL while the rate budget of the connection's token
+    runs low (:func:`~integration_status.adapters.budget.refresh_interval`)."""
+    base = ctx.ttl if ctx.ttl is not None else DEFAULT_TTL
+    interval = http.budgets.interval(snap.provider, connection.token, base=base, now=ctx.clock.time())
+    return attrs.evolve(snap, fresh_for=interval) if interval > base else snap
+
+
 async def revalidate(
     name: str,
     previous: ProviderSnapshot | None,
@@ -160,10 +176,12 @@ async def gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
 
 
 __all__ = [
+    "DEFAULT_TTL",
     "UrlHook",
     "delegate",
     "gather",
     "not_configured",
+    "paced",
     "parse_time",
     "plural",
     "raise_first",

@@ -17,6 +17,7 @@ import attrs
 from integration_status.adapters._common import (
     UrlHook,
     delegate,
+    paced,
     parse_time,
     raise_first,
     refine,
@@ -175,6 +176,9 @@ class GitHubAdapter:
 
         Every call is conditional on the validators the previous snapshot kept: GitHub answers 304 when nothing
         changed, which does not count against its primary rate limit."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         repository = connection.settings.get("repository", "").strip()
         if not repository:
             return unlinked_snapshot()

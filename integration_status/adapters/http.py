@@ -26,6 +26,7 @@ import httpx
 import structlog
 import tenacity as _t
 
+from integration_status.adapters.budget import RateBudgets
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
     ProviderAuthError,
@@ -276,6 +277,8 @@ class HttpClient:
     ) -> None:
         self.max_body = max_body
         self.user_agent = user_agent or default_user_agent()
+        #: What each token's rate-limit headers said, shared by every adapter on this client.
+        self.budgets = RateBudgets()
         self._client = httpx.AsyncClient(
             transport=transport,
             limits=httpx.Limits(
@@ -324,12 +327,18 @@ class HttpClient:
 
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
+        wait = self.budgets.refused_for(provider, token, clock.time())
+        if wait is not None:
+            # The provider refused this token until its reset: asking again before then only spends more.
+            raise ProviderRateLimited(
+                f"{provider}: rate limited (until the provider's reset)", provider=provider, retry_after=wait
+            )
         deadline = clock.monotonic() + timeout
         secret = await _use(provider, token, None)
         call = partial(
             self._request, provider, method, url, headers=headers, params=params, json=json,
             retry_reads=retry_reads, clock=clock, not_found_is_revoked=not_found_is_revoked,
-            validators=validators,
+            validators=validators, spend=token,
         )  # fmt: skip
         try:
             return await call(token=secret, timeout=timeout)
@@ -355,6 +364,7 @@ class HttpClient:
         clock: Clock,
         not_found_is_revoked: bool,
         validators: Validators | None,
+        spend: Credential | None,
     ) -> JsonResponse:
         deadline = clock.monotonic() + timeout
         idempotent = method.upper() in ("GET", "HEAD")
@@ -366,7 +376,7 @@ class HttpClient:
             return await self._attempt(
                 provider, method, url, token=token, headers=headers, params=params, json=json,
                 budget=left(), clock=clock, not_found_is_revoked=not_found_is_revoked,
-                validators=validators,
+                validators=validators, spend=spend,
             )  # fmt: skip
 
         def wait(state: _t.RetryCallState) -> float:
@@ -419,6 +429,7 @@ class HttpClient:
         clock: Clock,
         not_found_is_revoked: bool,
         validators: Validators | None = None,
+        spend: Credential | None = None,
     ) -> JsonResponse:
         if budget < _MIN_ATTEMPT:
             raise ProviderTimeout(f"{provider}: no time left for the request", provider=provider)
@@ -445,6 +456,7 @@ class HttpClient:
             except ProviderError as exc:
                 error, retryable = exc, isinstance(exc, ProviderTimeout)
             else:
+                self.budgets.observe(provider, spend, resp_headers, clock.time())
                 if status == 304 and conditional:
                     return JsonResponse(
                         status=304, headers=resp_headers, body=None, elapsed=clock.monotonic() - started
@@ -463,10 +475,12 @@ class HttpClient:
                     result = JsonResponse(
                         status=status, headers=resp_headers, body=strict, elapsed=clock.monotonic() - started
                     )
+                elif isinstance(error, ProviderRateLimited) and error.retry_after is not None:
+                    self.budgets.refuse(provider, spend, clock.time() + error.retry_after)
+                    if status == 429:
+                        retryable, retry_wait = True, error.retry_after
                 elif status >= 500:
                     retryable = True
-                elif status == 429 and error.retry_after is not None:
-                    retryable, retry_wait = True, error.retry_after
         if scope.cancelled_caught:
             error, retryable = ProviderTimeout(f"{provider}: no answer in time", provider=provider), True
         if result is not None:

@@ -18,6 +18,7 @@ import attrs
 from integration_status.adapters._common import (
     UrlHook,
     gather,
+    paced,
     parse_time,
     plural,
     raise_first,
@@ -210,6 +211,9 @@ class SanityAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project, its webhooks and today's document count; raise a ProviderError on failure."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         project_id = connection.settings.get("project_id", "").strip()
         if not project_id:
             return ProviderSnapshot(

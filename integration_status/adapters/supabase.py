@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, raise_first, settle, text, url_action
+from integration_status.adapters._common import UrlHook, paced, raise_first, settle, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock
 from integration_status.exceptions import ProviderUnavailable
@@ -195,6 +195,9 @@ class SupabaseAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project and its health, probe the database when a DSN is set; raise a ProviderError."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         known = ctx.previous.detail("projectStatus") if ctx.previous is not None else None
         facts = await self._facts(
             connection, ctx.clock, ctx.remaining, was_up=known not in _DOWN and known is not None

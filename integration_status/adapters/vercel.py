@@ -15,7 +15,16 @@ from urllib.parse import quote
 import attrs
 import structlog
 
-from integration_status.adapters._common import UrlHook, plural, raise_first, refine, settle, text, url_action
+from integration_status.adapters._common import (
+    UrlHook,
+    paced,
+    plural,
+    raise_first,
+    refine,
+    settle,
+    text,
+    url_action,
+)
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.exceptions import ProviderAuthError, ProviderError, ProviderUnavailable
@@ -143,6 +152,9 @@ class VercelAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project and count this week's deployments; raise a ProviderError on failure."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         project_ref = connection.settings.get("project", "").strip()
         if not project_ref:
             return ProviderSnapshot(

@@ -315,7 +315,11 @@ class Aggregator:
         async def fetch() -> ProviderSnapshot:
             started = self._clock.monotonic()
             ctx = FetchContext(
-                clock=self._clock, timeout=self._config.adapter_timeout, started=started, previous=previous
+                clock=self._clock,
+                timeout=self._config.adapter_timeout,
+                started=started,
+                previous=previous,
+                ttl=self._cache.ttl,
             )
             # Our own errors are raised outside the ``except`` blocks: an adapter's exception (which may hold
             # a request with its credentials) must not travel on as ``__context__``.
