@@ -19,6 +19,10 @@ EXPECTED = (
     "sse_streams_after",
     "actions_memory_one_key_executions",
     "actions_memory_distinct_admitted",
+    "github_budget_counted_per_hour",
+    "github_budget_429",
+    "github_budget_missed_pushes",
+    "github_budget_unconditional_per_hour",
 )
 
 
