@@ -223,6 +223,8 @@ class FetchContext:
     #: The cache's refresh interval (seconds), which an adapter may stretch (``ProviderSnapshot.fresh_for``)
     #: while a provider's rate budget runs low; None when the caller has no cache.
     ttl: float | None = None
+    #: The project being checked (None when the caller does not say).
+    project_id: str | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.timeout - (self.clock.monotonic() - self.started))

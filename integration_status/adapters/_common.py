@@ -9,6 +9,7 @@ from typing import Any, Final, TypeAlias
 import anyio
 import attrs
 
+from integration_status.adapters.budget import WEBHOOK_STRETCH, WEBHOOKS
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.exceptions import ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey
@@ -104,9 +105,13 @@ def paced(
     http: HttpClient, connection: ProviderConnection, ctx: FetchContext, snap: ProviderSnapshot
 ) -> ProviderSnapshot:
     """``snap``, asking to stay fresh longer than the cache's TTL while the rate budget of the connection's token
-    runs low (:func:`~integration_status.adapters.budget.refresh_interval`)."""
+    runs low (:func:`~integration_status.adapters.budget.refresh_interval`), or while the provider's signed
+    webhooks keep arriving for the project (at least ``WEBHOOK_STRETCH`` times the TTL)."""
     base = ctx.ttl if ctx.ttl is not None else DEFAULT_TTL
-    interval = http.budgets.interval(snap.provider, connection.token, base=base, now=ctx.clock.time())
+    now = ctx.clock.time()
+    interval = http.budgets.interval(snap.provider, connection.token, base=base, now=now)
+    if ctx.project_id is not None and WEBHOOKS.live(snap.provider, ctx.project_id, now=now):
+        interval = max(interval, base * WEBHOOK_STRETCH)
     return attrs.evolve(snap, fresh_for=interval) if interval > base else snap
 
 

@@ -4,6 +4,12 @@ Every answer's rate-limit headers are read (:func:`read_rate_headers`) and kept 
 memory (:class:`RateBudgets`, owned by the :class:`~integration_status.adapters.http.HttpClient`). Tokens are
 kept only as keyed hashes (an HMAC with a key drawn per process), never as values.
 
+Signed webhooks slow polling down too: every authentic delivery invalidates the project's cached status (so
+changes show at the next read), which makes polling a safety net. While a provider's webhooks keep arriving for
+a project (the last one within :data:`WEBHOOK_WINDOW`, an hour), its refresh interval is at least
+:data:`WEBHOOK_STRETCH` (8) times the TTL: 2 minutes instead of 15 s. The webhook endpoint notes each delivery
+in :data:`WEBHOOKS`, in the memory of the worker that received it (other workers keep polling at the TTL).
+
 Two things follow from a budget:
 
 - **pacing**: :func:`refresh_interval` stretches the refresh interval of every connection using a token as its
@@ -36,12 +42,28 @@ from cachetools import LRUCache
 
 from integration_status.protocols import Credential, RefreshableToken
 
-__all__ = ["CALM", "RESERVE", "RateBudgets", "RateWindow", "read_rate_headers", "refresh_interval"]
+__all__ = [
+    "CALM",
+    "RESERVE",
+    "WEBHOOKS",
+    "WEBHOOK_STRETCH",
+    "WEBHOOK_WINDOW",
+    "RateBudgets",
+    "RateWindow",
+    "WebhookActivity",
+    "read_rate_headers",
+    "refresh_interval",
+]
 
 #: Above this fraction of the budget left, polling runs at the cache's TTL.
 CALM: Final = 0.5
 #: At or below this fraction left, polling waits for the window to reset.
 RESERVE: Final = 0.1
+
+#: A provider's signed webhooks count as arriving for a project while the last one is at most this old (seconds).
+WEBHOOK_WINDOW: Final = 3600.0
+#: While they arrive, polling that project's provider runs at least this many times the TTL apart.
+WEBHOOK_STRETCH: Final = 8.0
 
 #: Providers whose ``x-ratelimit-reset`` is a UTC epoch (seconds); Supabase sends seconds remaining.
 _EPOCH_RESET: Final = frozenset({"github", "vercel"})
@@ -185,3 +207,28 @@ class RateBudgets:
     def interval(self, provider: str, token: Credential | None, *, base: float, now: float) -> float:
         """The refresh interval for a connection using this token (see :func:`refresh_interval`)."""
         return refresh_interval(base, self.window(provider, token), now)
+
+
+class WebhookActivity:
+    """When each (provider, project) last received an authentic webhook delivery, in process memory.
+
+    >>> activity = WebhookActivity()
+    >>> activity.note("github", "p1", now=0)
+    >>> [activity.live(p, "p1", now=t) for p, t in (("github", 3000), ("github", 4000), ("vercel", 0))]
+    [True, False, False]
+    """
+
+    def __init__(self, *, window: float = WEBHOOK_WINDOW, size: int = 10_000) -> None:
+        self.window = window
+        self._last: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, size))
+
+    def note(self, provider: str, project_id: str, *, now: float) -> None:
+        self._last[(provider, project_id)] = now
+
+    def live(self, provider: str, project_id: str, *, now: float) -> bool:
+        last = self._last.get((provider, project_id))
+        return last is not None and now - last <= self.window
+
+
+#: This process's record of authentic webhook deliveries: the webhook endpoint notes them, adapters pace by them.
+WEBHOOKS: Final = WebhookActivity()

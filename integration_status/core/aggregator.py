@@ -320,6 +320,7 @@ class Aggregator:
                 started=started,
                 previous=previous,
                 ttl=self._cache.ttl,
+                project_id=key.rpartition(":")[0],
             )
             # Our own errors are raised outside the ``except`` blocks: an adapter's exception (which may hold
             # a request with its credentials) must not travel on as ``__context__``.

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 import structlog
 
+from integration_status.adapters.budget import WEBHOOKS
 from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.core.webhooks import (
@@ -167,6 +168,7 @@ async def handle_webhook(
         return WebhookResult(
             status=200, provider=name, project_id=target.project_id, body={"ok": True, "duplicate": True}
         )
+    WEBHOOKS.note(name, target.project_id, now=now)  # polling this provider for this project can slow down
 
     if translation.ignored:
         _log().debug("integration_status.webhook.ignored", provider=name, kind=translation.kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from integration_status.adapters.budget import (
     RESERVE,
+    WEBHOOKS,
     RateBudgets,
     RateWindow,
     read_rate_headers,
@@ -27,6 +29,7 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import utcnow
 from integration_status.exceptions import ProviderRateLimited
 from integration_status.protocols import ProviderConnection, Secret
+from integration_status.service.webhooks import MemoryDeliveryLog, WebhookTarget, handle_webhook, sign_github
 from integration_status.snapshot import ProviderSnapshot
 
 REPO = "/repos/octocat/Hello-World"
@@ -194,3 +197,31 @@ async def test_a_refusal_holds_until_the_providers_reset(
     snap = await adapter.fetch(CONN, fetch_ctx(clock))
     assert snap.status == "connected"
     assert router.count("GET", REPO) == 2
+
+
+@pytest.mark.anyio
+async def test_arriving_webhooks_slow_polling_down(http: HttpClient, router: Router, clock: Any) -> None:
+    """An authentic GitHub delivery for a project stretches that project's polling to 8x the TTL for an hour;
+    other projects and other providers keep the TTL."""
+    project = f"webhooked-{id(clock)}"
+    body = json.dumps(
+        {"zen": "Design for failure.", "hook_id": 1, "repository": {"full_name": "o/r"}}
+    ).encode()
+    headers = {"x-github-event": "ping", "x-github-delivery": f"d-{id(clock)}", **sign_github("whsec", body)}
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id=project, secret=Secret("whsec"))
+
+    result = await handle_webhook(
+        "github", headers, body, resolve=resolve, deliveries=MemoryDeliveryLog(clock=clock), clock=clock
+    )
+    assert result.status == 200
+    assert WEBHOOKS.live("github", project, now=clock.time())
+    _github(router, clock)
+    adapter = GitHubAdapter(http=http)
+    ctx = attrs.evolve(fetch_ctx(clock), ttl=15.0, project_id=project)
+    assert (await adapter.fetch(CONN, ctx)).fresh_for == pytest.approx(120.0)
+    other = attrs.evolve(ctx, project_id=f"quiet-{id(clock)}")
+    assert (await adapter.fetch(CONN, other)).fresh_for is None
+    clock.advance(3601)
+    assert (await adapter.fetch(CONN, attrs.evolve(ctx, started=clock.monotonic()))).fresh_for is None
