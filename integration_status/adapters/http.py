@@ -16,7 +16,6 @@ import contextlib
 import json as _json
 import logging
 from collections.abc import AsyncGenerator, Mapping
-from functools import partial
 from importlib import metadata as _metadata
 from typing import Any, Final, cast
 
@@ -105,6 +104,22 @@ class JsonResponse:
         return Validators(
             etag=self.headers.get("etag"), last_modified=self.headers.get("last-modified"), facts=facts
         )
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class _Call:
+    """One provider request as an adapter asked for it: everything but the token and the time budget."""
+
+    provider: str
+    method: str
+    url: str | Secret
+    headers: Mapping[str, str] | None = None
+    params: Mapping[str, str] | list[tuple[str, str]] | None = None
+    json: Any = None
+    not_found_is_revoked: bool = False
+    validators: Validators | None = None
+    #: Whose rate budget the call spends (the connection's credential, refreshable or not).
+    spend: Credential | None = None
 
 
 class _Retryable(Exception):
@@ -335,49 +350,33 @@ class HttpClient:
             )
         deadline = clock.monotonic() + timeout
         secret = await _use(provider, token, None)
-        call = partial(
-            self._request, provider, method, url, headers=headers, params=params, json=json,
-            retry_reads=retry_reads, clock=clock, not_found_is_revoked=not_found_is_revoked,
-            validators=validators, spend=token,
+        call = _Call(
+            provider=provider, method=method, url=url, headers=headers, params=params, json=json,
+            not_found_is_revoked=not_found_is_revoked, validators=validators, spend=token,
         )  # fmt: skip
+        retry = retry_reads and method.upper() in ("GET", "HEAD")
         try:
-            return await call(token=secret, timeout=timeout)
+            return await self._request(call, secret, timeout, retry=retry, clock=clock)
         except ProviderAuthError as exc:
             if not isinstance(token, RefreshableToken) or not _token_rejected(exc):
                 raise
         fresh = await _use(provider, token, secret)
         _log.info("integration_status.http.token_refreshed", provider=provider)
-        return await call(token=fresh, timeout=max(0.0, deadline - clock.monotonic()))
+        return await self._request(
+            call, fresh, max(0.0, deadline - clock.monotonic()), retry=retry, clock=clock
+        )
 
     async def _request(
-        self,
-        provider: str,
-        method: str,
-        url: str | Secret,
-        *,
-        token: Secret | None,
-        headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | list[tuple[str, str]] | None,
-        json: Any,
-        timeout: float,  # noqa: ASYNC109 - the whole budget, spent across attempts; not a cancel scope
-        retry_reads: bool,
-        clock: Clock,
-        not_found_is_revoked: bool,
-        validators: Validators | None,
-        spend: Credential | None,
+        self, call: _Call, token: Secret | None, budget: float, *, retry: bool, clock: Clock
     ) -> JsonResponse:
-        deadline = clock.monotonic() + timeout
-        idempotent = method.upper() in ("GET", "HEAD")
+        """``call`` with ``token`` within ``budget`` seconds, reads retried (``retry``) while the budget allows."""
+        deadline = clock.monotonic() + budget
 
         def left() -> float:
             return deadline - clock.monotonic()
 
         async def attempt() -> JsonResponse:
-            return await self._attempt(
-                provider, method, url, token=token, headers=headers, params=params, json=json,
-                budget=left(), clock=clock, not_found_is_revoked=not_found_is_revoked,
-                validators=validators, spend=spend,
-            )  # fmt: skip
+            return await self._attempt(call, token, left(), clock)
 
         def wait(state: _t.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -392,8 +391,8 @@ class HttpClient:
             exc = state.outcome.exception() if state.outcome else None
             _log.info(
                 "integration_status.http.retry",
-                provider=provider,
-                method=method,
+                provider=call.provider,
+                method=call.method,
                 attempt=state.attempt_number,
                 status=getattr(getattr(exc, "error", None), "status_code", None),
                 wait=state.upcoming_sleep,
@@ -408,33 +407,19 @@ class HttpClient:
             reraise=True,
         )
         try:
-            if not (retry_reads and idempotent):
+            if not retry:
                 return await attempt()
             return await retrying(attempt)
         except _Retryable as exc:
             error = exc.error
         raise error
 
-    async def _attempt(
-        self,
-        provider: str,
-        method: str,
-        url: str | Secret,
-        *,
-        token: Secret | None,
-        headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | list[tuple[str, str]] | None,
-        json: Any,
-        budget: float,
-        clock: Clock,
-        not_found_is_revoked: bool,
-        validators: Validators | None = None,
-        spend: Credential | None = None,
-    ) -> JsonResponse:
+    async def _attempt(self, call: _Call, token: Secret | None, budget: float, clock: Clock) -> JsonResponse:
+        provider, validators, spend = call.provider, call.validators, call.spend
         if budget < _MIN_ATTEMPT:
             raise ProviderTimeout(f"{provider}: no time left for the request", provider=provider)
         sent: dict[str, str] = {"Accept": "application/json"}
-        sent.update(headers or {})
+        sent.update(call.headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token.reveal()}"
         if validators is not None and validators.etag:
@@ -451,7 +436,7 @@ class HttpClient:
         with anyio.move_on_after(budget) as scope:
             try:
                 status, resp_headers, raw = await self._send(
-                    provider, method, url, sent, params, json, httpx.Timeout(budget)
+                    provider, call.method, call.url, sent, call.params, call.json, httpx.Timeout(budget)
                 )
             except ProviderError as exc:
                 error, retryable = exc, isinstance(exc, ProviderTimeout)
@@ -468,7 +453,7 @@ class HttpClient:
                     resp_headers,
                     body,
                     now=clock.time(),
-                    not_found_is_revoked=not_found_is_revoked,
+                    not_found_is_revoked=call.not_found_is_revoked,
                 )
                 if error is None:
                     strict = _parse(provider, status, raw, resp_headers.get("content-type", ""), strict=True)
