@@ -66,9 +66,9 @@ class VercelFacts:
 
 def vercel_snapshot(facts: VercelFacts) -> ProviderSnapshot:
     """The status rule: connected when deployments exist and production is live (or building) and the project
-    deploys from Git; warning for a project with no deployments yet, a paused project (production answers 503),
-    a failed or canceled production deployment, or a project with no Git link ("No Git link": only manual
-    deploys reach it, so pushes do not).
+    deploys from Git; warning for a project with no deployments yet, a paused project (its production
+    deployment is blocked), a failed or canceled production deployment, or a project with no Git link ("No Git
+    link": only manual deploys reach it, so pushes do not).
 
     >>> vercel_snapshot(VercelFacts(has_deployments=False, deployments_this_week=0)).status
     'warning'

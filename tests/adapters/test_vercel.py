@@ -266,7 +266,7 @@ def test_git_link_decides_connected_and_the_link_action() -> None:
 
 
 def test_paused_project_warns() -> None:
-    """A paused project (production answers 503 until unpaused): warning "… · Paused"."""
+    """A paused project (its production deployment blocked until unpaused): warning "… · Paused"."""
     facts = VercelFacts(
         has_deployments=True, deployments_this_week=1, production_state="READY", git_linked=True, paused=True
     )
