@@ -27,6 +27,7 @@ BENCHMARKS = (
     "header_flood",
     "replay_flood",
     "slow_clients",
+    "github_budget",
 )
 
 

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
+import anyio
 import attrs
 
 from integration_status.models import Problem, ProviderKey
@@ -55,7 +56,60 @@ class Secret:
     __str__ = __repr__
 
 
+class RefreshableToken:
+    """A credential that expires and that the host can mint again: a GitHub App installation token (one hour),
+    an OAuth access token with a refresh token (Vercel, Supabase). ``mint`` is an async callable answering a
+    fresh token (a :class:`Secret` or a string); ``token`` is the current one, if the host has it already.
+
+    When a provider rejects the token (401), the adapter asks for a fresh one once and retries the call; only if
+    that fails too, or minting fails, does the connection show ``oauth_revoked``. Concurrent calls that were
+    rejected with the same token share one mint. The minted token is kept in this object only (process memory):
+    the host keeps one instance per credential (per installation, per user) for as long as it is valid, e.g. in
+    its resolver's own cache. Neither the repr nor any error shows a token.
+
+    >>> async def mint() -> str:
+    ...     return "ghs_fresh"
+    >>> RefreshableToken(mint)
+    RefreshableToken(***)
+    """
+
+    def __init__(
+        self, mint: Callable[[], Awaitable[Secret | str]], *, token: Secret | str | None = None
+    ) -> None:
+        self._mint = mint
+        self._token = Secret(token) if isinstance(token, str) else token
+        self._lock = anyio.Lock()
+
+    async def current(self) -> Secret:
+        """The token to use now (minted on first use when the host gave none)."""
+        token = self._token
+        return token if token is not None else await self.refresh(None)
+
+    async def refresh(self, rejected: Secret | None) -> Secret:
+        """A fresh token after ``rejected`` was refused. If another caller already replaced ``rejected``, its
+        token is answered without minting again."""
+        async with self._lock:
+            if self._token is not None and self._token != rejected:
+                return self._token
+            minted = await self._mint()
+            self._token = Secret(minted) if isinstance(minted, str) else minted
+            return self._token
+
+    def __repr__(self) -> str:
+        return "RefreshableToken(***)"
+
+    __str__ = __repr__
+
+
+#: What a connection may carry as its token: a fixed secret, or one the host can mint again.
+Credential: TypeAlias = Secret | RefreshableToken
+
+
 def _secret(value: Secret | str | None) -> Secret | None:
+    return Secret(value) if isinstance(value, str) else value
+
+
+def _credential(value: Credential | str | None) -> Credential | None:
     return Secret(value) if isinstance(value, str) else value
 
 
@@ -80,7 +134,8 @@ class ProviderConnection:
     settings: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_map, hash=False, repr=lambda m: f"<keys {sorted(m)}>"
     )
-    token: Secret | None = attrs.field(default=None, converter=_secret)
+    #: A :class:`Secret` (a string is wrapped), or a :class:`RefreshableToken` for a token that expires.
+    token: Credential | None = attrs.field(default=None, converter=_credential)
     dsn: Secret | None = attrs.field(default=None, converter=_secret)
     webhook_secret: Secret | None = attrs.field(default=None, converter=_secret)
 
@@ -158,12 +213,20 @@ class Authorizer(Protocol):
 class FetchContext:
     """What an adapter gets with each fetch: the clock, its time budget (seconds, from ``started``) and the
     provider's previous snapshot for this project, if one is cached (e.g. to keep a displayed measurement steady
-    while it only jitters, see :func:`~integration_status.snapshot.steady_ms`)."""
+    while it only jitters, see :func:`~integration_status.snapshot.steady_ms`, or to send back the validators of
+    its answers, see :class:`~integration_status.snapshot.Validators`)."""
 
     clock: Clock
     timeout: float
     started: float  # clock.monotonic() when the fetch began
     previous: ProviderSnapshot | None = None
+    #: The cache's refresh interval (seconds), which an adapter may stretch (``ProviderSnapshot.fresh_for``)
+    #: while a provider's rate budget runs low; None when the caller has no cache.
+    ttl: float | None = None
+    #: The project being checked (None when the caller does not say).
+    project_id: str | None = None
+    #: Whether the provider's signed webhooks are arriving for this project (polling may slow down).
+    webhooks_arriving: bool = False
 
     def remaining(self) -> float:
         return max(0.0, self.timeout - (self.clock.monotonic() - self.started))

@@ -176,6 +176,32 @@ def default_actions(
     return tuple(out)
 
 
+@attrs.frozen(kw_only=True, repr=False)
+class Validators:
+    """How to ask a provider whether one of its answers changed, and what the adapter took from that answer.
+
+    ``etag`` / ``last_modified`` are the provider's ``ETag`` and ``Last-Modified`` headers, sent back as
+    ``If-None-Match`` / ``If-Modified-Since``; ``facts`` is the small JSON value the adapter read from the body,
+    so that an answer "not modified" (304) is worked with without a body. Kept on the raw snapshot, they travel
+    with the cache entry (to every worker, on Redis) and never reach a viewer.
+    """
+
+    etag: str | None = None
+    last_modified: str | None = None
+    facts: Any = None
+
+    def __repr__(self) -> str:  # facts may name a repository: a repr in a log must not carry them
+        return f"Validators(etag={self.etag is not None}, last_modified={self.last_modified is not None})"
+
+
+def _validators(
+    value: Mapping[str, Validators] | tuple[tuple[str, Validators], ...] | None,
+) -> tuple[tuple[str, Validators], ...]:
+    if isinstance(value, tuple):
+        return value
+    return tuple(sorted((value or {}).items()))
+
+
 def _segments(value: Iterable[Segment]) -> tuple[Segment, ...]:
     return tuple(value)
 
@@ -204,6 +230,14 @@ class ProviderSnapshot:
     actions: tuple[ActionState, ...] = attrs.field(converter=_action_states)
     #: Extra facts for events and action handlers, e.g. ``("productionUrl", Sensitive(kind="url", ...))``.
     details: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze_details)
+    #: Per provider call, the validators of its last answer (see :class:`Validators`). Not content: two
+    #: snapshots that differ only here are equal, so a new ETag alone is not a change.
+    validators: tuple[tuple[str, Validators], ...] = attrs.field(
+        default=(), converter=_validators, eq=False, repr=False
+    )
+    #: Seconds this snapshot should stay fresh at least, when the adapter stretches the refresh interval (a
+    #: provider's rate budget running low); None keeps the cache's TTL. Not content either.
+    fresh_for: float | None = attrs.field(default=None, eq=False)
 
     @actions.default
     def _default_actions(self) -> tuple[ActionState, ...]:
@@ -211,6 +245,10 @@ class ProviderSnapshot:
 
     def detail(self, name: str, default: Any = None) -> Any:
         return dict(self.details).get(name, default)
+
+    def validators_for(self, name: str) -> Validators | None:
+        """The validators kept for the call named ``name``, if its last answer had any."""
+        return dict(self.validators).get(name)
 
     def to_json(self) -> dict[str, Any]:
         """A lossless JSON form (for shared caches); it contains sensitive values and never leaves the server."""
@@ -226,6 +264,8 @@ class ProviderSnapshot:
             "details": [
                 [k, _piece_to_json(v) if isinstance(v, Sensitive | Ago) else v] for k, v in self.details
             ],
+            "validators": [[k, v.etag, v.last_modified, v.facts] for k, v in self.validators],
+            "freshFor": self.fresh_for,
         }
 
     @classmethod
@@ -247,6 +287,12 @@ class ProviderSnapshot:
                 details=tuple(
                     (k, _piece_from_json(v) if isinstance(v, dict) else v) for k, v in data["details"]
                 ),
+                # Absent in entries written before validators existed.
+                validators=tuple(
+                    (v[0], Validators(etag=v[1], last_modified=v[2], facts=v[3]))
+                    for v in data.get("validators") or ()
+                ),
+                fresh_for=data.get("freshFor"),
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise InvalidModel(f"not a provider snapshot: {type(exc).__name__}") from None
@@ -337,6 +383,7 @@ __all__ = [
     "Segment",
     "Sensitive",
     "SensitiveKind",
+    "Validators",
     "Visibility",
     "default_actions",
     "humanize_ago",

@@ -28,6 +28,10 @@ EXPECTED = (
     "replay_memory_entries_added",
     "slow_clients_idle_closed_s",
     "slow_clients_status_failures",
+    "github_budget_counted_per_hour",
+    "github_budget_429",
+    "github_budget_missed_pushes",
+    "github_budget_unconditional_per_hour",
 )
 
 

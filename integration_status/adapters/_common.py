@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from integration_status.exceptions import ProviderUnavailable
+import anyio
+import attrs
+
+from integration_status.adapters.budget import WEBHOOK_STRETCH
+from integration_status.adapters.http import HttpClient, JsonResponse
+from integration_status.exceptions import ProviderError, ProviderUnavailable
 from integration_status.models import ProviderKey
 from integration_status.protocols import (
     ActionContext,
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    FetchContext,
     ProviderConnection,
 )
-from integration_status.snapshot import ActionState, Segment
+from integration_status.snapshot import ActionState, ProviderSnapshot, Segment, Validators
 
 #: A host hook that returns a URL for the browser to open (an OAuth start page, a provider settings page).
 UrlHook: TypeAlias = Callable[[ActionRequest], Awaitable[str]]
@@ -91,13 +97,102 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+#: The refresh interval assumed when the caller did not say (the cache's default TTL).
+DEFAULT_TTL: Final = 15.0
+
+
+def paced(
+    http: HttpClient, connection: ProviderConnection, ctx: FetchContext, snap: ProviderSnapshot
+) -> ProviderSnapshot:
+    """``snap``, asking to stay fresh longer than the cache's TTL while the rate budget of the connection's token
+    runs low (:func:`~integration_status.adapters.budget.refresh_interval`), or while the provider's signed
+    webhooks keep arriving for the project (at least ``WEBHOOK_STRETCH`` times the TTL)."""
+    base = ctx.ttl if ctx.ttl is not None else DEFAULT_TTL
+    now = ctx.clock.time()
+    interval = http.budgets.interval(snap.provider, connection.token, base=base, now=now)
+    if ctx.webhooks_arriving:
+        interval = max(interval, base * WEBHOOK_STRETCH)
+    return attrs.evolve(snap, fresh_for=interval) if interval > base else snap
+
+
+async def revalidate(
+    name: str,
+    previous: ProviderSnapshot | None,
+    kept: dict[str, Validators],
+    call: Callable[[Validators | None], Awaitable[JsonResponse]],
+    read: Callable[[Any], Any],
+) -> Any:
+    """One conditional provider call: the facts ``read`` takes from its body, or, when the provider answers 304
+    to the validators the ``previous`` snapshot kept under ``name``, the facts kept with them. The validators of
+    this answer go into ``kept`` (for the new snapshot), so that the next check can ask again."""
+    known = previous.validators_for(name) if previous is not None else None
+    resp = await call(known)
+    if resp.not_modified and known is not None:
+        kept[name] = Validators(
+            etag=resp.headers.get("etag") or known.etag,
+            last_modified=resp.headers.get("last-modified") or known.last_modified,
+            facts=known.facts,
+        )
+        return known.facts
+    facts = read(resp.body)
+    fresh = resp.validators(facts)
+    if fresh.etag or fresh.last_modified:
+        kept[name] = fresh
+    return facts
+
+
+async def settle(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run independent provider calls at once and wait for all of them: one result per call, in order, where a
+    call that failed with a :class:`ProviderError` gives that error as its result (any other exception is raised).
+    The calls share the fetch's budget, so the slowest one bounds the fetch instead of the sum of all."""
+    results: list[Any] = [None] * len(calls)
+    crashed: list[BaseException | None] = [None] * len(calls)
+
+    async def one(index: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[index] = await call()
+        except ProviderError as exc:
+            results[index] = exc
+        except Exception as exc:
+            crashed[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(one, index, call)
+    for exc in crashed:
+        if exc is not None:
+            raise exc
+    return results
+
+
+def raise_first(results: Sequence[Any]) -> None:
+    """Raise the first error among :func:`settle` results, in call order (so the error does not depend on which
+    call answered first)."""
+    for result in results:
+        if isinstance(result, ProviderError):
+            raise result
+
+
+async def gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """:func:`settle`, then :func:`raise_first`: all results, or the first failure in call order."""
+    results = await settle(*calls)
+    raise_first(results)
+    return results
+
+
 __all__ = [
+    "DEFAULT_TTL",
     "UrlHook",
     "delegate",
+    "gather",
     "not_configured",
+    "paced",
     "parse_time",
     "plural",
+    "raise_first",
     "refine",
+    "revalidate",
+    "settle",
     "text",
     "url_action",
 ]

@@ -25,6 +25,7 @@ import httpx
 import structlog
 import tenacity as _t
 
+from integration_status.adapters.budget import RateBudgets
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
     ProviderAuthError,
@@ -33,7 +34,8 @@ from integration_status.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from integration_status.protocols import Secret
+from integration_status.protocols import Credential, RefreshableToken, Secret
+from integration_status.snapshot import Validators
 
 __all__ = ["HttpClient", "JsonResponse", "classify_response", "default_user_agent"]
 
@@ -91,6 +93,33 @@ class JsonResponse:
     headers: Mapping[str, str] = attrs.field(hash=False)
     body: Any = attrs.field(hash=False)
     elapsed: float = 0.0
+
+    @property
+    def not_modified(self) -> bool:
+        """A 304 to a conditional request: the body the validators came with is still current."""
+        return self.status == 304
+
+    def validators(self, facts: Any) -> Validators:
+        """This answer's validators (``ETag``, ``Last-Modified``) with the ``facts`` the adapter read from it."""
+        return Validators(
+            etag=self.headers.get("etag"), last_modified=self.headers.get("last-modified"), facts=facts
+        )
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class _Call:
+    """One provider request as an adapter asked for it: everything but the token and the time budget."""
+
+    provider: str
+    method: str
+    url: str | Secret
+    headers: Mapping[str, str] | None = None
+    params: Mapping[str, str] | list[tuple[str, str]] | None = None
+    json: Any = None
+    not_found_is_revoked: bool = False
+    validators: Validators | None = None
+    #: Whose rate budget the call spends (the connection's credential, refreshable or not).
+    spend: Credential | None = None
 
 
 class _Retryable(Exception):
@@ -203,6 +232,22 @@ def classify_response(
     )
 
 
+def _token_rejected(error: ProviderAuthError) -> bool:
+    """Whether the provider refused the token itself (expired or revoked), as opposed to its access."""
+    return error.status_code == 401 or "(token invalid)" in str(error)
+
+
+async def _use(provider: str, token: Credential | None, rejected: Secret | None) -> Secret | None:
+    """The secret to send: a fixed one, or a refreshable token's current one (a fresh one after ``rejected``).
+    A host minting function that fails leaves as ``oauth_revoked``, without its exception (which may hold
+    credentials)."""
+    if not isinstance(token, RefreshableToken):
+        return token
+    with contextlib.suppress(Exception):
+        return await (token.refresh(rejected) if rejected is not None else token.current())
+    raise ProviderAuthError(f"{provider}: no fresh token (refresh failed)", provider=provider)
+
+
 def _invalid_token(body: Mapping[str, Any]) -> bool:
     inner = body.get("error")
     return isinstance(inner, Mapping) and inner.get("invalidToken") is True
@@ -247,6 +292,8 @@ class HttpClient:
     ) -> None:
         self.max_body = max_body
         self.user_agent = user_agent or default_user_agent()
+        #: What each token's rate-limit headers said, shared by every adapter on this client.
+        self.budgets = RateBudgets()
         self._client = httpx.AsyncClient(
             transport=transport,
             limits=httpx.Limits(
@@ -274,7 +321,7 @@ class HttpClient:
         method: str,
         url: str | Secret,
         *,
-        token: Secret | None,
+        token: Credential | None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | list[tuple[str, str]] | None = None,
         json: Any = None,
@@ -282,22 +329,54 @@ class HttpClient:
         retry_reads: bool = True,
         clock: Clock,
         not_found_is_revoked: bool = False,
+        validators: Validators | None = None,
     ) -> JsonResponse:
         """One provider call within ``timeout`` seconds in total (retries included).
 
+        ``validators`` (of an earlier answer to the same call) make it conditional: ``If-None-Match`` /
+        ``If-Modified-Since`` are sent, and a 304 comes back as a :class:`JsonResponse` with ``not_modified``
+        and no body.
+
+        With a :class:`~integration_status.protocols.RefreshableToken`, a rejected token (401, or Vercel's 403
+        ``invalidToken``) is refreshed once and the call retried once, within the same budget.
+
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
+        wait = self.budgets.refused_for(provider, token, clock.time())
+        if wait is not None:
+            # The provider refused this token until its reset: asking again before then only spends more.
+            raise ProviderRateLimited(
+                f"{provider}: rate limited (until the provider's reset)", provider=provider, retry_after=wait
+            )
         deadline = clock.monotonic() + timeout
-        idempotent = method.upper() in ("GET", "HEAD")
+        secret = await _use(provider, token, None)
+        call = _Call(
+            provider=provider, method=method, url=url, headers=headers, params=params, json=json,
+            not_found_is_revoked=not_found_is_revoked, validators=validators, spend=token,
+        )  # fmt: skip
+        retry = retry_reads and method.upper() in ("GET", "HEAD")
+        try:
+            return await self._request(call, secret, timeout, retry=retry, clock=clock)
+        except ProviderAuthError as exc:
+            if not isinstance(token, RefreshableToken) or not _token_rejected(exc):
+                raise
+        fresh = await _use(provider, token, secret)
+        _log.info("integration_status.http.token_refreshed", provider=provider)
+        return await self._request(
+            call, fresh, max(0.0, deadline - clock.monotonic()), retry=retry, clock=clock
+        )
+
+    async def _request(
+        self, call: _Call, token: Secret | None, budget: float, *, retry: bool, clock: Clock
+    ) -> JsonResponse:
+        """``call`` with ``token`` within ``budget`` seconds, reads retried (``retry``) while the budget allows."""
+        deadline = clock.monotonic() + budget
 
         def left() -> float:
             return deadline - clock.monotonic()
 
         async def attempt() -> JsonResponse:
-            return await self._attempt(
-                provider, method, url, token=token, headers=headers, params=params, json=json,
-                budget=left(), clock=clock, not_found_is_revoked=not_found_is_revoked,
-            )  # fmt: skip
+            return await self._attempt(call, token, left(), clock)
 
         def wait(state: _t.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -312,8 +391,8 @@ class HttpClient:
             exc = state.outcome.exception() if state.outcome else None
             _log.info(
                 "integration_status.http.retry",
-                provider=provider,
-                method=method,
+                provider=call.provider,
+                method=call.method,
                 attempt=state.attempt_number,
                 status=getattr(getattr(exc, "error", None), "status_code", None),
                 wait=state.upcoming_sleep,
@@ -328,33 +407,26 @@ class HttpClient:
             reraise=True,
         )
         try:
-            if not (retry_reads and idempotent):
+            if not retry:
                 return await attempt()
             return await retrying(attempt)
         except _Retryable as exc:
             error = exc.error
         raise error
 
-    async def _attempt(
-        self,
-        provider: str,
-        method: str,
-        url: str | Secret,
-        *,
-        token: Secret | None,
-        headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | list[tuple[str, str]] | None,
-        json: Any,
-        budget: float,
-        clock: Clock,
-        not_found_is_revoked: bool,
-    ) -> JsonResponse:
+    async def _attempt(self, call: _Call, token: Secret | None, budget: float, clock: Clock) -> JsonResponse:
+        provider, validators, spend = call.provider, call.validators, call.spend
         if budget < _MIN_ATTEMPT:
             raise ProviderTimeout(f"{provider}: no time left for the request", provider=provider)
         sent: dict[str, str] = {"Accept": "application/json"}
-        sent.update(headers or {})
+        sent.update(call.headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token.reveal()}"
+        if validators is not None and validators.etag:
+            sent["If-None-Match"] = validators.etag
+        if validators is not None and validators.last_modified:
+            sent["If-Modified-Since"] = validators.last_modified
+        conditional = "If-None-Match" in sent or "If-Modified-Since" in sent
         started = clock.monotonic()
         error: ProviderError | None = None
         retry_wait: float | None = None
@@ -364,11 +436,16 @@ class HttpClient:
         with anyio.move_on_after(budget) as scope:
             try:
                 status, resp_headers, raw = await self._send(
-                    provider, method, url, sent, params, json, httpx.Timeout(budget)
+                    provider, call.method, call.url, sent, call.params, call.json, httpx.Timeout(budget)
                 )
             except ProviderError as exc:
                 error, retryable = exc, isinstance(exc, ProviderTimeout)
             else:
+                self.budgets.observe(provider, spend, resp_headers, clock.time())
+                if status == 304 and conditional:
+                    return JsonResponse(
+                        status=304, headers=resp_headers, body=None, elapsed=clock.monotonic() - started
+                    )
                 body = _parse(provider, status, raw, resp_headers.get("content-type", ""), strict=False)
                 error = classify_response(
                     provider,
@@ -376,17 +453,19 @@ class HttpClient:
                     resp_headers,
                     body,
                     now=clock.time(),
-                    not_found_is_revoked=not_found_is_revoked,
+                    not_found_is_revoked=call.not_found_is_revoked,
                 )
                 if error is None:
                     strict = _parse(provider, status, raw, resp_headers.get("content-type", ""), strict=True)
                     result = JsonResponse(
                         status=status, headers=resp_headers, body=strict, elapsed=clock.monotonic() - started
                     )
+                elif isinstance(error, ProviderRateLimited) and error.retry_after is not None:
+                    self.budgets.refuse(provider, spend, clock.time() + error.retry_after)
+                    if status == 429:
+                        retryable, retry_wait = True, error.retry_after
                 elif status >= 500:
                     retryable = True
-                elif status == 429 and error.retry_after is not None:
-                    retryable, retry_wait = True, error.retry_after
         if scope.cancelled_caught:
             error, retryable = ProviderTimeout(f"{provider}: no answer in time", provider=provider), True
         if result is not None:

@@ -8,14 +8,24 @@ Calls (``api_url`` defaults to ``https://api.sanity.io``, ``query_url`` to ``htt
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, parse_time, plural, text, url_action
+from integration_status.adapters._common import (
+    UrlHook,
+    gather,
+    paced,
+    parse_time,
+    plural,
+    raise_first,
+    settle,
+    text,
+    url_action,
+)
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, utcnow
 from integration_status.exceptions import ProviderUnavailable
@@ -28,15 +38,36 @@ from integration_status.protocols import (
     FetchContext,
     ProviderConnection,
 )
-from integration_status.snapshot import ProviderSnapshot, Sensitive
+from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive
 
-__all__ = ["UPDATED_SINCE_QUERY", "SanityAdapter", "SanityFacts", "hooks_healthy", "sanity_snapshot"]
+__all__ = [
+    "UPDATED_SINCE_QUERY",
+    "SanityAdapter",
+    "SanityFacts",
+    "WebhookHealth",
+    "sanity_snapshot",
+    "webhook_health",
+]
 
 _PROVIDER: Final[ProviderKey] = "sanity"
 #: Documents (drafts included, system documents excluded) changed since ``$since``.
 UPDATED_SINCE_QUERY: Final = 'count(*[!(_id in path("_.**")) && _updatedAt > $since])'
-#: How many enabled hooks get their delivery log read per fetch (each is one call).
-_MAX_HOOKS_CHECKED: Final = 3
+#: How many enabled hooks get their delivery log read per fetch (each is one call, all at once).
+_MAX_HOOKS_CHECKED: Final = 5
+
+
+@attrs.frozen(kw_only=True)
+class WebhookHealth:
+    """What the hooks and their delivery logs say: hooks that deliver to the dataset, and the names of those
+    that are failing (latest delivery failed) or disabled (by Sanity or by a user)."""
+
+    enabled: int = 1
+    failing: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.enabled > 0 and not self.failing and not self.disabled
 
 
 @attrs.frozen(kw_only=True)
@@ -44,37 +75,51 @@ class SanityFacts:
     """What the Sanity APIs said about one project."""
 
     blocked: bool = False
-    webhooks_ok: bool = True
+    webhooks: WebhookHealth = attrs.field(factory=WebhookHealth)
     docs_today: int = 0
     studio_url: str | None = None
 
 
-def hooks_healthy(hooks: Sequence[Any], messages: Mapping[str, Sequence[Any]], dataset: str) -> bool:
-    """True when an enabled hook covers ``dataset`` and not every checked hook's latest delivery failed.
+def webhook_health(
+    hooks: Sequence[Any], messages: Mapping[str, Sequence[Any]], dataset: str
+) -> WebhookHealth:
+    """Classify the hooks aimed at ``dataset``: an enabled hook whose latest delivery failed is failing, a hook
+    disabled by Sanity or by a user is disabled; a hook with no delivery yet is fine. Deleted hooks and hooks
+    of other datasets do not count.
 
-    >>> failed = {"h": [{"status": "failure", "createdAt": "2025-01-01"}]}
-    >>> hooks_healthy([{"id": "h", "dataset": "*"}], failed, "production")
-    False
+    >>> hooks = [{"id": "a", "name": "Search", "dataset": "*"}, {"id": "b", "name": "CDN", "isDisabled": True}]
+    >>> webhook_health(hooks, {"a": [{"status": "failure", "createdAt": "2025-01-01T00:00:00Z"}]}, "production")
+    WebhookHealth(enabled=1, failing=('Search',), disabled=('CDN',))
     """
-    enabled = _enabled_hooks(hooks, dataset)
-    if not enabled:
-        return False
-    latest = [_latest_status(messages.get(str(h["id"]), ())) for h in enabled]
-    seen = [s for s in latest if s is not None]
-    return not seen or any(s != "failure" for s in seen)
+    ours = _hooks_for(hooks, dataset)
+    enabled = [h for h in ours if not _disabled(h)]
+    failing = tuple(_name(h) for h in enabled if _latest_status(messages.get(str(h["id"]), ())) == "failure")
+    disabled = tuple(_name(h) for h in ours if _disabled(h))
+    return WebhookHealth(enabled=len(enabled), failing=failing, disabled=disabled)
 
 
-def _enabled_hooks(hooks: Sequence[Any], dataset: str) -> list[Mapping[str, Any]]:
+def _hooks_for(hooks: Sequence[Any], dataset: str) -> list[Mapping[str, Any]]:
     return [
         h
         for h in hooks
         if isinstance(h, Mapping)
         and h.get("id")
         and not h.get("deletedAt")
-        and not h.get("isDisabled")
-        and not h.get("isDisabledByUser")
         and h.get("dataset") in ("*", dataset, None)
     ]
+
+
+def _disabled(hook: Mapping[str, Any]) -> bool:
+    return bool(hook.get("isDisabled") or hook.get("isDisabledByUser"))
+
+
+def _name(hook: Mapping[str, Any]) -> str:
+    name = hook.get("name")
+    return name if isinstance(name, str) and name.strip() else str(hook["id"])
+
+
+def _enabled_hooks(hooks: Sequence[Any], dataset: str) -> list[Mapping[str, Any]]:
+    return [h for h in _hooks_for(hooks, dataset) if not _disabled(h)]
 
 
 def _latest_status(items: Sequence[Any]) -> str | None:
@@ -89,16 +134,26 @@ def _latest_status(items: Sequence[Any]) -> str | None:
     return str(status) if status is not None else None
 
 
+def _hooks_segment(names: tuple[str, ...], state: str) -> Segment:
+    """ "2 hooks failing: Search, CDN" for viewers who may see project details, "2 hooks failing" otherwise."""
+    head = f"{plural(len(names), 'hook')} {state}"
+    return Segment(pieces=(f"{head}: ", Sensitive(kind="org", value=", ".join(names))), redacted=head)
+
+
 def sanity_snapshot(facts: SanityFacts) -> ProviderSnapshot:
-    """The status rule: error when the project is blocked or disabled, warning when webhooks are off or
-    failing.
+    """The status rule: error when the project is blocked or disabled; warning "Connected · Webhook inactive"
+    when no hook delivers to the dataset, "Connected · Webhook issues" when any hook is failing or disabled
+    (how many, and their names as ``Sensitive(kind="org")`` pieces); else connected.
 
     >>> sanity_snapshot(SanityFacts(docs_today=5)).status
     'connected'
+    >>> sanity_snapshot(SanityFacts(webhooks=WebhookHealth(enabled=2, failing=("Search",)))).status
+    'warning'
     """
     details: dict[str, Any] = {"docsUpdatedToday": facts.docs_today}
     if facts.studio_url:
         details["studioUrl"] = Sensitive(kind="url", value=facts.studio_url)
+    hooks = facts.webhooks
     if facts.blocked:
         return ProviderSnapshot(
             provider=_PROVIDER,
@@ -107,7 +162,15 @@ def sanity_snapshot(facts: SanityFacts) -> ProviderSnapshot:
             problem=Problem(code="unknown", hint="Project disabled in Sanity"),
             details=details,
         )
-    if not facts.webhooks_ok:
+    if hooks.failing or hooks.disabled:
+        details["webhookIssues"] = len(hooks.failing) + len(hooks.disabled)
+        summary = [text("Connected"), text("Webhook issues")]
+        if hooks.failing:
+            summary.append(_hooks_segment(hooks.failing, "failing"))
+        if hooks.disabled:
+            summary.append(_hooks_segment(hooks.disabled, "disabled"))
+        return ProviderSnapshot(provider=_PROVIDER, status="warning", summary=summary, details=details)
+    if hooks.enabled == 0:
         return ProviderSnapshot(
             provider=_PROVIDER,
             status="warning",
@@ -148,32 +211,49 @@ class SanityAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project, its webhooks and today's document count; raise a ProviderError on failure."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         project_id = connection.settings.get("project_id", "").strip()
         if not project_id:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No project linked"),)
             )
-        project = await self._project(connection, project_id, ctx.remaining(), ctx.clock)
+        dataset = _dataset(connection)
+        hooks_path = f"/v2025-08-04/hooks/projects/{quote(project_id)}"
+
+        async def hooks_and_messages() -> tuple[list[Any], dict[str, Sequence[Any]]]:
+            resp = await self._get(connection, hooks_path, ctx)
+            if not isinstance(resp.body, list):
+                raise ProviderUnavailable("sanity: unexpected response shape (hooks)", provider=_PROVIDER)
+            checked = [str(h["id"]) for h in _enabled_hooks(resp.body, dataset)[:_MAX_HOOKS_CHECKED]]
+
+            def log(hook_id: str) -> Callable[[], Awaitable[JsonResponse]]:
+                return lambda: self._get(connection, f"{hooks_path}/{quote(hook_id)}/messages", ctx)
+
+            logs = await gather(*(log(hook_id) for hook_id in checked))
+            messages: dict[str, Sequence[Any]] = {
+                h: r.body if isinstance(r.body, list) else () for h, r in zip(checked, logs, strict=True)
+            }
+            return resp.body, messages
+
+        # The project, the hooks (then their delivery logs) and the count do not depend on each other.
+        results = await settle(
+            lambda: self._project(connection, project_id, ctx.remaining(), ctx.clock),
+            hooks_and_messages,
+            lambda: self._count_today(connection, project_id, dataset, ctx.remaining(), ctx.clock),
+        )
+        raise_first(results[:1])
+        project: Mapping[str, Any] = results[0]
         studio = _studio_url(connection, project)
         if project.get("isBlocked") or project.get("isDisabled") or project.get("isDisabledByUser"):
+            # What the other calls said does not matter (a blocked project's dataset may refuse queries).
             return sanity_snapshot(SanityFacts(blocked=True, studio_url=studio))
-        dataset = _dataset(connection)
-        hooks_resp = await self._get(connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}", ctx)
-        if not isinstance(hooks_resp.body, list):
-            raise ProviderUnavailable("sanity: unexpected response shape (hooks)", provider=_PROVIDER)
-        messages: dict[str, Sequence[Any]] = {}
-        for hook in _enabled_hooks(hooks_resp.body, dataset)[:_MAX_HOOKS_CHECKED]:
-            hook_id = str(hook["id"])
-            resp = await self._get(
-                connection, f"/v2025-08-04/hooks/projects/{quote(project_id)}/{quote(hook_id)}/messages", ctx
-            )
-            messages[hook_id] = resp.body if isinstance(resp.body, list) else ()
-        count = await self._count_today(connection, project_id, dataset, ctx.remaining(), ctx.clock)
+        raise_first(results)
+        (hooks, messages), count = results[1], results[2]
         return sanity_snapshot(
             SanityFacts(
-                webhooks_ok=hooks_healthy(hooks_resp.body, messages, dataset),
-                docs_today=count,
-                studio_url=studio,
+                webhooks=webhook_health(hooks, messages, dataset), docs_today=count, studio_url=studio
             )
         )
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import attrs
 
-from integration_status.adapters._common import UrlHook, text, url_action
-from integration_status.adapters.http import HttpClient
+from integration_status.adapters._common import UrlHook, paced, raise_first, settle, text, url_action
+from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock
 from integration_status.exceptions import ProviderUnavailable
 from integration_status.models import Problem, ProviderKey
@@ -40,11 +40,26 @@ __all__ = [
 
 _PROVIDER: Final[ProviderKey] = "supabase"
 HEALTH_SERVICES: Final = ("db", "rest", "auth")
-#: Project states in which nothing works until someone acts (paused, failed, removed).
-_DOWN: Final = frozenset(
-    {"INACTIVE", "PAUSING", "GOING_DOWN", "INIT_FAILED", "REMOVED", "RESTORE_FAILED", "PAUSE_FAILED"}
-)
-_DOWN_TEXT: Final = {"INACTIVE": "Project paused", "PAUSING": "Project pausing", "REMOVED": "Project removed"}
+#: Project states in which nothing works until someone acts: (summary, hint). The free plan pauses idle projects
+#: (INACTIVE); a paused project only comes back when someone restores it.
+_DOWN: Final[Mapping[str, tuple[str, str]]] = {
+    "INACTIVE": ("Project paused", "Restore it in the Supabase dashboard"),
+    "PAUSED": ("Project paused", "Restore it in the Supabase dashboard"),
+    "PAUSING": ("Project pausing", "Restore it in the Supabase dashboard"),
+    "GOING_DOWN": ("Project pausing", "Restore it in the Supabase dashboard"),
+    "INIT_FAILED": ("Project failed to start", "See the project in the Supabase dashboard"),
+    "RESTORE_FAILED": ("Restore failed", "See the project in the Supabase dashboard"),
+    "PAUSE_FAILED": ("Pause failed", "See the project in the Supabase dashboard"),
+    "REMOVED": ("Project removed", "Link another project"),
+}
+#: Project states that pass by themselves: a warning while they last.
+_PASSING: Final[Mapping[str, str]] = {
+    "COMING_UP": "Services starting",
+    "RESTARTING": "Project restarting",
+    "RESTORING": "Project restoring",
+    "UPGRADING": "Project upgrading",
+    "RESIZING": "Project resizing",
+}
 
 
 class DbHealthLike(Protocol):
@@ -74,10 +89,11 @@ class SupabaseFacts:
 def supabase_snapshot(
     facts: SupabaseFacts, *, latency_warning_ms: float = 250, shown_ms: float | None = None
 ) -> ProviderSnapshot:
-    """The status rule: error when the project is down or a service is unhealthy, warning while services start
-    or above ``latency_warning_ms``, else connected. The latency readout stays at ``shown_ms`` (what the previous
-    snapshot showed) while the measurement only jitters around it (:func:`steady_ms`), so the summary, and the
-    ETag, change when the latency really moves.
+    """The status rule: error when the project is paused, failed or removed (with a hint saying what to do) or a
+    service is unhealthy; warning while the project or its services start, restore, upgrade or resize, in a
+    state this version does not know, or above ``latency_warning_ms``; else connected. The latency readout stays
+    at ``shown_ms`` (what the previous snapshot showed) while the measurement only jitters around it
+    (:func:`steady_ms`), so the summary, and the ETag, change when the latency really moves.
 
     >>> facts = SupabaseFacts(project_status="ACTIVE_HEALTHY", latency_ms=12.4, measured_by_probe=True)
     >>> supabase_snapshot(facts).summary
@@ -89,27 +105,28 @@ def supabase_snapshot(
     shown = None if facts.latency_ms is None else steady_ms(facts.latency_ms, shown_ms)
     if shown is not None:
         details["latencyMs"] = shown
-    if facts.project_status in _DOWN or facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY":
-        if facts.project_status in _DOWN:
-            what = _DOWN_TEXT.get(facts.project_status, "Project unavailable")
-        else:
-            what = (
-                "Database unhealthy"
-                if "db" in facts.unhealthy or not facts.unhealthy
-                else "Services unhealthy"
-            )
+    down = _DOWN.get(facts.project_status)
+    if down is None and (facts.unhealthy or facts.project_status == "ACTIVE_UNHEALTHY"):
+        what = (
+            "Database unhealthy" if "db" in facts.unhealthy or not facts.unhealthy else "Services unhealthy"
+        )
+        down = (what, what)
+    if down is not None:
         return ProviderSnapshot(
             provider=_PROVIDER,
             status="error",
-            summary=(text(what),),
-            problem=Problem(code="unknown", hint=what),
+            summary=(text(down[0]),),
+            problem=Problem(code="unknown", hint=down[1]),
             details=details,
         )
     if facts.coming_up or facts.project_status != "ACTIVE_HEALTHY":
+        passing = _PASSING.get(facts.project_status)
+        if passing is None:
+            passing = "Services starting" if facts.coming_up else "Project state unknown"
         return ProviderSnapshot(
             provider=_PROVIDER,
             status="warning",
-            summary=(text("Connected"), text("Services starting")),
+            summary=(text("Connected"), text(passing)),
             details=details,
         )
     if facts.latency_ms is not None and facts.latency_ms > latency_warning_ms:
@@ -178,7 +195,13 @@ class SupabaseAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project and its health, probe the database when a DSN is set; raise a ProviderError."""
-        facts = await self._facts(connection, ctx.clock, ctx.remaining)
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
+        known = ctx.previous.detail("projectStatus") if ctx.previous is not None else None
+        facts = await self._facts(
+            connection, ctx.clock, ctx.remaining, was_up=known not in _DOWN and known is not None
+        )
         if facts is None:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No database linked"),)
@@ -188,38 +211,40 @@ class SupabaseAdapter:
         return supabase_snapshot(facts, latency_warning_ms=self._latency_warning_ms, shown_ms=shown)
 
     async def _facts(
-        self, connection: ProviderConnection, clock: Clock, remaining: Any
+        self, connection: ProviderConnection, clock: Clock, remaining: Any, *, was_up: bool = False
     ) -> SupabaseFacts | None:
         ref = connection.settings.get("project_ref", "").strip()
         if not ref:
             return None
         path = f"{self._base}/v1/projects/{quote(ref, safe='')}"
-        project = await self._http.request_json(
-            _PROVIDER,
-            "GET",
-            path,
-            token=connection.token,
-            timeout=remaining(),
-            clock=clock,
-            not_found_is_revoked=True,
-        )
+        budget = remaining()
+        timeout_ms = max(100, min(10_000, int(budget * 1000 * 0.6)))
+        params: Sequence[tuple[str, str]] = [("services", s) for s in HEALTH_SERVICES]
+
+        async def read_project() -> JsonResponse:
+            return await self._http.request_json(
+                _PROVIDER, "GET", path, token=connection.token, timeout=remaining(), clock=clock,
+                not_found_is_revoked=True,
+            )  # fmt: skip
+
+        async def read_health() -> JsonResponse:
+            return await self._http.request_json(
+                _PROVIDER, "GET", f"{path}/health", token=connection.token,
+                params=[*params, ("timeout_ms", str(timeout_ms))], timeout=budget, clock=clock,
+            )  # fmt: skip
+
+        # A project that was up last time is read at once with its services' health; one that was down (or
+        # never seen) is read first, and its health only when it is up (a paused project's health is noise).
+        results = await settle(read_project, read_health) if was_up else await settle(read_project)
+        raise_first(results[:1])
+        project = results[0]
         status = project.body.get("status") if isinstance(project.body, Mapping) else None
         if not isinstance(status, str):
             raise ProviderUnavailable("supabase: unexpected response shape (project)", provider=_PROVIDER)
         if status in _DOWN:
             return SupabaseFacts(project_status=status)
-        budget = remaining()
-        timeout_ms = max(100, min(10_000, int(budget * 1000 * 0.6)))
-        params: Sequence[tuple[str, str]] = [("services", s) for s in HEALTH_SERVICES]
-        health = await self._http.request_json(
-            _PROVIDER,
-            "GET",
-            f"{path}/health",
-            token=connection.token,
-            params=[*params, ("timeout_ms", str(timeout_ms))],
-            timeout=budget,
-            clock=clock,
-        )
+        health = results[1] if was_up else await read_health()
+        raise_first([health])
         unhealthy, coming_up = _health(health.body)
         latency, by_probe = health.elapsed * 1000, False
         if connection.dsn is not None and not unhealthy:

@@ -15,7 +15,16 @@ from urllib.parse import quote
 import attrs
 import structlog
 
-from integration_status.adapters._common import UrlHook, plural, refine, text, url_action
+from integration_status.adapters._common import (
+    UrlHook,
+    paced,
+    plural,
+    raise_first,
+    refine,
+    settle,
+    text,
+    url_action,
+)
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.exceptions import ProviderAuthError, ProviderError, ProviderUnavailable
@@ -56,10 +65,16 @@ class VercelFacts:
 
 
 def vercel_snapshot(facts: VercelFacts) -> ProviderSnapshot:
-    """The status rule: connected when deployments exist, warning for a linked project with none yet.
+    """The status rule: connected when deployments exist and production is live (or building) and the project
+    deploys from Git; warning for a project with no deployments yet, a paused project (its production
+    deployment is blocked), a failed or canceled production deployment, or a project with no Git link ("No Git
+    link": only manual deploys reach it, so pushes do not).
 
     >>> vercel_snapshot(VercelFacts(has_deployments=False, deployments_this_week=0)).status
     'warning'
+    >>> facts = VercelFacts(has_deployments=True, deployments_this_week=3, production_state="READY")
+    >>> [vercel_snapshot(f).status for f in (attrs.evolve(facts, git_linked=True), facts)]
+    ['connected', 'warning']
     """
     status: StatusValue
     if not facts.has_deployments:
@@ -73,15 +88,19 @@ def vercel_snapshot(facts: VercelFacts) -> ProviderSnapshot:
             tail = "Paused"
         summary = (text(plural(facts.deployments_this_week, "deployment") + " this week"), text(tail))
         status = "connected" if tail in ("Live", "Building") else "warning"
+        if not facts.git_linked:
+            summary += (text("No Git link"),)
+            status = "warning"
     details: dict[str, Any] = {"deploymentsThisWeek": facts.deployments_this_week}
     if facts.production_url:
         details["productionUrl"] = Sensitive(kind="url", value=facts.production_url)
     reason = None if facts.can_deploy else "No deployments yet"
+    changes = {"deploy": reason, "link": "Already linked" if facts.git_linked else None}
     return ProviderSnapshot(
         provider=_PROVIDER,
         status=status,
         summary=summary,
-        actions=refine(default_actions(_PROVIDER, status), {"deploy": reason}),
+        actions=refine(default_actions(_PROVIDER, status), changes),
         details=details,
     )
 
@@ -133,18 +152,37 @@ class VercelAdapter:
 
     async def fetch(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         """Read the project and count this week's deployments; raise a ProviderError on failure."""
+        return paced(self._http, connection, ctx, await self._read(connection, ctx))
+
+    async def _read(self, connection: ProviderConnection, ctx: FetchContext) -> ProviderSnapshot:
         project_ref = connection.settings.get("project", "").strip()
         if not project_ref:
             return ProviderSnapshot(
                 provider=_PROVIDER, status="disconnected", summary=(text("No project linked"),)
             )
-        project = await self._project(connection, project_ref, ctx.remaining(), ctx.clock)
+        since = epoch_ms(ctx.clock) - int(_WEEK.total_seconds() * 1000)
+        count: int | None = None
+        if project_ref.startswith("prj_"):
+            # The setting is the project id: the week's deployments can be counted while the project is read.
+            results = await settle(
+                lambda: self._project(connection, project_ref, ctx.remaining(), ctx.clock),
+                lambda: self._count_since(connection, ctx, project_ref, since),
+            )
+            raise_first(results[:1])
+            project, counted = results
+        else:
+            project = await self._project(connection, project_ref, ctx.remaining(), ctx.clock)
+            counted = None
         latest = [d for d in project.get("latestDeployments") or () if isinstance(d, Mapping)]
         prod = _production(project)
-        count = 0
         if latest or prod is not None:
-            since = epoch_ms(ctx.clock) - int(_WEEK.total_seconds() * 1000)
-            count = await self._count_since(connection, ctx, str(project.get("id") or project_ref), since)
+            if counted is None or str(project.get("id")) != project_ref:
+                counted = await self._count_since(
+                    connection, ctx, str(project.get("id") or project_ref), since
+                )
+            raise_first([counted])
+            count = counted
+        count = count or 0
         facts = VercelFacts(
             has_deployments=bool(latest) or prod is not None or count > 0,
             deployments_this_week=count,

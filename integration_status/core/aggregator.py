@@ -21,6 +21,7 @@ import attrs
 import structlog
 from cachetools import LRUCache
 
+from integration_status.core.activity import WebhookActivity
 from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
@@ -143,8 +144,10 @@ class Aggregator:
         clock: Clock,
         config: AggregatorConfig | None = None,
         metrics: Metrics = NO_METRICS,
+        activity: WebhookActivity | None = None,
     ) -> None:
         self._adapters = dict(adapters)
+        self._activity = activity
         self._metrics = metrics
         self._cache = cache
         self._clock = clock
@@ -312,10 +315,19 @@ class Aggregator:
             _log.info("integration_status.aggregator.breaker_open", provider=provider)
             raise _BreakerOpen(problem, provider=provider)
 
+        project_id = key.rpartition(":")[0]
+
         async def fetch() -> ProviderSnapshot:
             started = self._clock.monotonic()
             ctx = FetchContext(
-                clock=self._clock, timeout=self._config.adapter_timeout, started=started, previous=previous
+                clock=self._clock,
+                timeout=self._config.adapter_timeout,
+                started=started,
+                previous=previous,
+                ttl=self._cache.ttl,
+                project_id=project_id,
+                webhooks_arriving=self._activity is not None
+                and self._activity.live(provider, project_id, now=self._clock.time()),
             )
             # Our own errors are raised outside the ``except`` blocks: an adapter's exception (which may hold
             # a request with its credentials) must not travel on as ``__context__``.

@@ -306,7 +306,8 @@ class SnapshotCache:
         changed = previous is None or previous.snapshot != snapshot
         entry = CacheEntry(
             snapshot=snapshot,
-            fresh_until=now + self.ttl_draw(),
+            # An adapter pacing a provider's rate budget may ask for a longer freshness than the TTL.
+            fresh_until=now + max(self.ttl_draw(), snapshot.fresh_for or 0.0),
             changed_at=utcnow(self._clock) if previous is None or changed else previous.changed_at,
             checked_at=now,
         )

@@ -17,6 +17,7 @@ import anyio.abc
 import structlog
 
 from integration_status.backends.memory import MemoryEngine
+from integration_status.core.activity import WebhookActivity
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
@@ -117,6 +118,8 @@ class StatusService:
             rng=rng,
             on_change=self._cache_changed,
         )
+        #: When each provider's signed webhooks last arrived per project (their polling slows down meanwhile).
+        self.webhook_activity = WebhookActivity()
         self.aggregator = Aggregator(
             adapters=self.adapters,
             cache=self.cache,
@@ -127,6 +130,7 @@ class StatusService:
                 breaker=self.settings.breaker,
             ),
             metrics=self.metrics,
+            activity=self.webhook_activity,
         )
         self.idempotency = IdempotencyGuard(
             self.engine.idempotency,
@@ -362,6 +366,8 @@ class StatusService:
         )
         # 202 too: an authentic delivery we send no event for (a deleted branch) may still outdate the status.
         if result.status in (200, 202) and result.project_id is not None:
+            if not result.body.get("duplicate"):
+                self.webhook_activity.note(provider, result.project_id, now=self.clock.time())
             try:
                 for event in result.events:
                     await self.publish(result.project_id, event)

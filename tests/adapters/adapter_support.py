@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,3 +99,63 @@ class AutoClock(FakeClock):
         self.slept.append(seconds)
         self.advance(max(0.0, seconds))
         await super().sleep(0)
+
+
+Answer = tuple[int, dict[str, str], Any]
+
+
+class LoopbackJson:
+    """A threaded HTTP server on 127.0.0.1 that answers ``answer(method, path, headers)`` -> (status, headers,
+    JSON body), each after ``delay`` seconds spent in the server (never in the test). It records every request
+    and the largest number of requests it was answering at once (``peak``)."""
+
+    def __init__(self, answer: Callable[[str, str, dict[str, str]], Answer], *, delay: float = 0.0) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.requests: list[tuple[str, str]] = []
+        self.peak = 0
+        self._busy = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                with outer._lock:
+                    outer.requests.append((self.command, self.path))
+                    outer._busy += 1
+                    outer.peak = max(outer.peak, outer._busy)
+                try:
+                    time.sleep(outer.delay)  # the provider is slow: the server waits, on its own thread
+                    status, headers, body = outer.answer(
+                        self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
+                    )
+                finally:
+                    with outer._lock:
+                        outer._busy -= 1
+                raw = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+
+    def __enter__(self) -> LoopbackJson:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2)

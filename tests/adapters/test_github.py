@@ -236,3 +236,28 @@ async def test_loopback_timeout_and_reset(hanging_server: str, resetting_server:
             with pytest.raises(ProviderTimeout):
                 await GitHubAdapter(http=http, base_url=server).fetch(CONN, ctx)
             assert SYSTEM_CLOCK.monotonic() - start < 1.0
+
+
+@pytest.mark.anyio
+async def test_disabled_repository_is_error(
+    http: HttpClient, router: Router, clock: Any, payload: Any
+) -> None:
+    """A repository GitHub disabled (``disabled: true``): error with a hint, whatever its last push."""
+    now = utcnow(clock)
+    router.add("GET", REPO, _repo(payload, default_branch="main", disabled=True))
+    router.add("GET", f"{REPO}/activity", _activity(payload, now - timedelta(minutes=2)))
+    snap = await GitHubAdapter(http=http).fetch(CONN, fetch_ctx(clock))
+    assert snap.status == "error"
+    assert snap.problem is not None
+    assert snap.problem.hint == "Repository disabled by GitHub"
+    assert render_summary(snap.summary, Visibility.none(), now) == "Linked · Repository disabled"
+
+
+def test_archived_repository_warns_and_blocks_writes() -> None:
+    """An archived repository is read-only: warning, push and sync unavailable, even after a recent push."""
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    facts = GitHubFacts(repository="o/r", branch="main", archived=True, last_push=now)
+    snap = github_snapshot(facts, now=now, push_configured=True)
+    assert snap.status == "warning"
+    blocked = {a.id: a.reason for a in snap.actions if not a.available}
+    assert blocked["push"] == blocked["sync"] == "Repository archived"

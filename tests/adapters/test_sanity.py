@@ -61,12 +61,67 @@ async def test_live_sync_counts_docs_today(
 
 @pytest.mark.anyio
 async def test_failing_deliveries_warn(http: HttpClient, router: Router, clock: Any, payload: Any) -> None:
-    """When every checked hook's latest delivery failed: warning, "Connected · Webhook inactive"."""
+    """Every hook failing: warning "Connected · Webhook issues", the count for everyone, names only with access."""
     _setup(router, payload, messages=payload("sanity/hook_messages_200"))
     router.add("GET", f"{HOOKS}/hook2/messages", payload("sanity/hook_messages_200"))
     snap = await SanityAdapter(http=http).fetch(CONN, fetch_ctx(clock))
     assert snap.status == "warning"
-    assert render_summary(snap.summary, Visibility.none(), utcnow(clock)) == "Connected · Webhook inactive"
+    now = utcnow(clock)
+    assert (
+        render_summary(snap.summary, Visibility.none(), now) == "Connected · Webhook issues · 2 hooks failing"
+    )
+    assert (
+        render_summary(snap.summary, Visibility.full(), now)
+        == "Connected · Webhook issues · 2 hooks failing: test versions, legacy hook"
+    )
+    assert snap.detail("webhookIssues") == 2
+
+
+@pytest.mark.anyio
+async def test_one_failing_hook_among_healthy_ones_is_an_issue(
+    http: HttpClient, router: Router, clock: Any, payload: Any
+) -> None:
+    """One hook failing every delivery next to a delivering one is still a webhook issue, not "Live sync"."""
+    _setup(router, payload, messages=payload("sanity/hook_messages_200"))
+    router.add("GET", f"{HOOKS}/hook2/messages", _ok_messages())
+    snap = await SanityAdapter(http=http).fetch(CONN, fetch_ctx(clock))
+    assert snap.status == "warning"
+    assert render_summary(snap.summary, Visibility.none(), utcnow(clock)) == (
+        "Connected · Webhook issues · 1 hook failing"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_hook_that_recovered_is_healthy(
+    http: HttpClient, router: Router, clock: Any, payload: Any
+) -> None:
+    """Only the latest delivery counts: a failure followed by a success is a delivering hook."""
+    messages = [
+        {"createdAt": "2025-08-07T09:15:36Z", "status": "failure"},
+        {"createdAt": "2025-08-07T09:20:00Z", "status": "success"},
+    ]
+    _setup(router, payload, messages=httpx.Response(200, json=messages))
+    snap = await SanityAdapter(http=http).fetch(CONN, fetch_ctx(clock))
+    assert snap.status == "connected"
+
+
+@pytest.mark.anyio
+async def test_disabled_hook_is_an_issue(http: HttpClient, router: Router, clock: Any, payload: Any) -> None:
+    """A hook Sanity or a user disabled is reported, not skipped; its delivery log is not read."""
+    hooks = [
+        {"id": "hook1", "name": "Search index", "dataset": "*"},
+        {"id": "h2", "name": "CDN purge", "dataset": "production", "isDisabledByUser": True},
+        {"id": "h3", "name": "Old", "dataset": "production", "isDisabled": True, "deletedAt": "2025-01-01"},
+    ]
+    _setup(router, payload, hooks=httpx.Response(200, json=hooks))
+    snap = await SanityAdapter(http=http).fetch(CONN, fetch_ctx(clock))
+    assert snap.status == "warning"
+    now = utcnow(clock)
+    assert (
+        render_summary(snap.summary, Visibility.none(), now) == "Connected · Webhook issues · 1 hook disabled"
+    )
+    assert render_summary(snap.summary, Visibility.full(), now).endswith("1 hook disabled: CDN purge")
+    assert router.count("GET", f"{HOOKS}/h2/messages") == 0
 
 
 @pytest.mark.anyio
@@ -80,14 +135,14 @@ async def test_no_enabled_hook_warns(http: HttpClient, router: Router, clock: An
 
 @pytest.mark.anyio
 async def test_blocked_project_is_error(http: HttpClient, router: Router, clock: Any, payload: Any) -> None:
-    """A blocked or disabled project: error with a problem, and no further calls."""
+    """A blocked or disabled project: error with a problem, whatever the calls made alongside answered."""
     env = payload("sanity/project_200")
     env["body"]["isDisabled"] = True
-    router.add("GET", PROJECT, env)
+    router.add("GET", PROJECT, env)  # hooks and query are unrouted: they fail
     snap = await SanityAdapter(http=http).fetch(CONN, fetch_ctx(clock))
     assert snap.status == "error"
     assert snap.problem is not None
-    assert len(router.calls) == 1
+    assert snap.problem.hint == "Project disabled in Sanity"
 
 
 @pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 from adapter_support import Router, fetch_ctx
 
 from integration_status.adapters.http import HttpClient
-from integration_status.adapters.supabase import SupabaseAdapter
+from integration_status.adapters.supabase import SupabaseAdapter, SupabaseFacts, supabase_snapshot
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, utcnow
 from integration_status.exceptions import ProviderAuthError, ProviderRateLimited, ProviderTimeout
 from integration_status.protocols import ActionContext, ActionRequest, ProviderConnection, Secret
@@ -119,6 +119,26 @@ async def test_paused_project_is_error(http: HttpClient, router: Router, clock: 
     assert snap.status == "error"
     assert _text(snap, clock) == "Project paused"
     assert router.count("GET", f"{PROJECT}/health") == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "summary", "hint"),
+    [
+        ("PAUSED", "error", "Project paused", "Restore it in the Supabase dashboard"),
+        ("PAUSING", "error", "Project pausing", "Restore it in the Supabase dashboard"),
+        ("INIT_FAILED", "error", "Project failed to start", "See the project in the Supabase dashboard"),
+        ("REMOVED", "error", "Project removed", "Link another project"),
+        ("RESTORING", "warning", "Connected · Project restoring", None),
+        ("UPGRADING", "warning", "Connected · Project upgrading", None),
+        ("SOMETHING_NEW", "warning", "Connected · Project state unknown", None),
+    ],
+)
+def test_project_states(state: str, status: str, summary: str, hint: str | None) -> None:
+    """Each project state of the Management API has its own status, summary and (when down) hint."""
+    snap = supabase_snapshot(SupabaseFacts(project_status=state))
+    assert snap.status == status
+    assert render_summary(snap.summary, Visibility.none(), utcnow(SYSTEM_CLOCK)) == summary
+    assert (snap.problem.hint if snap.problem else None) == hint
 
 
 @pytest.mark.anyio

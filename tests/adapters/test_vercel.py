@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import attrs
 import httpx
 import pytest
 from adapter_support import Router, fetch_ctx
 
 from integration_status.adapters.http import HttpClient
-from integration_status.adapters.vercel import VercelAdapter
+from integration_status.adapters.vercel import VercelAdapter, VercelFacts, vercel_snapshot
 from integration_status.core.clock import SYSTEM_CLOCK, utcnow
 from integration_status.exceptions import (
     ProviderAuthError,
@@ -248,3 +249,27 @@ async def test_loopback_timeout_and_reset(hanging_server: str, resetting_server:
                     CONN, fetch_ctx(SYSTEM_CLOCK, timeout=0.3)
                 )
             assert SYSTEM_CLOCK.monotonic() - start < 1.0
+
+
+def test_git_link_decides_connected_and_the_link_action() -> None:
+    """Live without a Git link: warning "… · Live · No Git link" and Link offered; with one: connected, no Link."""
+    live = VercelFacts(has_deployments=True, deployments_this_week=3, production_state="READY")
+    unlinked = vercel_snapshot(live)
+    assert unlinked.status == "warning"
+    assert render_summary(unlinked.summary, Visibility.none(), utcnow(SYSTEM_CLOCK)) == (
+        "3 deployments this week · Live · No Git link"
+    )
+    assert next(a for a in unlinked.actions if a.id == "link").available
+    linked = vercel_snapshot(attrs.evolve(live, git_linked=True))
+    assert linked.status == "connected"
+    assert next(a for a in linked.actions if a.id == "link").reason == "Already linked"
+
+
+def test_paused_project_warns() -> None:
+    """A paused project (its production deployment blocked until unpaused): warning "… · Paused"."""
+    facts = VercelFacts(
+        has_deployments=True, deployments_this_week=1, production_state="READY", git_linked=True, paused=True
+    )
+    snap = vercel_snapshot(facts)
+    assert snap.status == "warning"
+    assert render_summary(snap.summary, Visibility.none(), utcnow(SYSTEM_CLOCK)).endswith("Paused")
