@@ -26,7 +26,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
-import structlog
 
 from integration_status.exceptions import ConfigurationError, IntegrationStatusError
 from integration_status.models import ProviderKey, StatusEnvelope
@@ -340,11 +339,10 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _configure_logging() -> None:
-    # This is an application entry point, so it may configure structlog (library code never does): log lines
-    # go to stderr and only from warnings up, so that stdout carries nothing but the table or the JSON.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    # This is an application entry point, so it may configure logging (library code never does): log lines go
+    # to stderr and only from warnings up, so that stdout carries nothing but the table or the JSON.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import anyio
 
+from integration_status._logging import capture_logs
 from integration_status.exceptions import ProviderError
 from integration_status.models import ProviderKey
 from integration_status.protocols import ActionHandler, FetchContext, ProjectConnections, ProviderConnection
 from integration_status.snapshot import ProviderSnapshot, Segment
 
-__all__ = ["FakeClock", "ScriptedAdapter", "StaticConnections", "hang_on", "snapshot"]
+__all__ = ["FakeClock", "ScriptedAdapter", "StaticConnections", "capture_logs", "hang_on", "snapshot"]
 
 
 class FakeClock:

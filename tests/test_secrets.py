@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
+from integration_status._logging import capture_logs
 from integration_status.adapters.defaults import provider_adapters
 from integration_status.adapters.http import HttpClient
 from integration_status.exceptions import ProviderError

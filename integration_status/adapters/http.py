@@ -22,9 +22,9 @@ from typing import Any, Final, cast
 import anyio
 import attrs
 import httpx
-import structlog
 import tenacity as _t
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
     ProviderAuthError,
@@ -62,7 +62,7 @@ class _SecretUrls(logging.Filter):
 _SECRET_URLS = _SecretUrls()
 logging.getLogger("httpx").addFilter(_SECRET_URLS)
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 #: Providers whose ``x-ratelimit-reset`` is a UTC epoch (seconds); the others send seconds remaining.
 _EPOCH_RESET: Final = frozenset({"github", "vercel"})

@@ -13,8 +13,8 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.adapters._common import UrlHook, plural, refine, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
@@ -39,7 +39,7 @@ _BUILDING: Final = frozenset({"QUEUED", "INITIALIZING", "BUILDING"})
 _WEEK: Final = timedelta(days=7)
 _PAGE_SIZE: Final = 100
 _MAX_PAGES: Final = 5
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 @attrs.frozen(kw_only=True)

@@ -25,8 +25,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 import anyio
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, describe_endpoint
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
 from integration_status.backends._redis_stores import (
@@ -49,7 +49,7 @@ __all__ = [
     "SubscriberLagging",
 ]
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 class RedisEngine:

@@ -18,9 +18,9 @@ from datetime import datetime
 
 import anyio
 import attrs
-import structlog
 from cachetools import LRUCache
 
+from integration_status._logging import get_logger
 from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
@@ -43,7 +43,7 @@ from integration_status.protocols import (
 )
 from integration_status.snapshot import ProviderSnapshot, Segment
 
-_log = structlog.get_logger("integration_status.aggregator")
+_log = get_logger("integration_status.aggregator")
 
 
 def cache_key(project_id: str, provider: ProviderKey) -> str:

@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import Clock
 from integration_status.exceptions import IdempotencyConflict, IdempotencyMismatch, InvalidRequest
 from integration_status.protocols import IdempotencyStore, StoredResponse
@@ -230,7 +230,7 @@ class IdempotencyGuard:
         elapsed = self._clock.monotonic() - started
         if elapsed >= self._lease:
             # The lease ran out while the action ran: a retry may have started a second execution meanwhile.
-            structlog.get_logger().warning(
+            get_logger(__name__).warning(
                 "integration_status.idempotency.lease_overrun", elapsed=round(elapsed, 3), lease=self._lease
             )
         # The action's effects have happened: recording them must survive a client that goes away now.
@@ -247,4 +247,4 @@ class IdempotencyGuard:
             try:
                 await self._store.release(scope, token)
             except Exception:
-                structlog.get_logger().warning("integration_status.idempotency.release_failed", exc_info=True)
+                get_logger(__name__).warning("integration_status.idempotency.release_failed", exc_info=True)

@@ -184,14 +184,14 @@ def run(
     """Serve the demo with uvicorn until interrupted."""
     import logging
 
-    import structlog
     import uvicorn
 
-    # An application entry point may configure logging (library code never does): warnings and up, to stderr.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    # An application entry point may configure logging (library code never does): readable lines on stderr,
+    # the library's own from INFO up (breaker transitions, stale answers, actions), everything else from WARNING.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    logging.getLogger("integration_status").setLevel(logging.INFO)
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(
         f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.aggregator import cache_key
 from integration_status.core.deadline import call_with_timeout
 from integration_status.core.idempotency import fingerprint, parse_idempotency_key, scope_key
@@ -43,7 +43,7 @@ from integration_status.snapshot import PROVIDER_ACTIONS
 if TYPE_CHECKING:
     from integration_status.service import StatusService
 
-_log = structlog.get_logger("integration_status.service.actions")
+_log = get_logger("integration_status.service.actions")
 
 MAX_BODY: Final = 64 * 1024
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).

@@ -14,8 +14,8 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms, utcnow
@@ -54,7 +54,7 @@ EVENT_PROVIDER: dict[str, ProviderKey] = {
     "sanity:webhook": "sanity",
 }
 
-_log = structlog.get_logger("integration_status.service")
+_log = get_logger("integration_status.service")
 
 #: Seconds an idempotency lease outlives the action timeout (the answer still has to be stored).
 LEASE_MARGIN = 30.0

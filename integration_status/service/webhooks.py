@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.core.webhooks import (
@@ -93,7 +93,7 @@ class WebhookResult:
 
 
 def _log() -> Any:
-    return structlog.get_logger()
+    return get_logger(__name__)
 
 
 def _reject(provider: str, status: int, code: str, message: str, reason: str) -> WebhookResult:

@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, TypeAlias
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.sse import SSE_HEADERS, encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, InvalidRequest, RequestError, SubscriberLagging
 from integration_status.protocols import RequestInfo, StoredEvent
 from integration_status.service.facade import StatusService
 from integration_status.service.render import StatusResult
 
-_log = structlog.get_logger("integration_status.web")
+_log = get_logger("integration_status.web")
 
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")
