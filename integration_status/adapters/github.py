@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import UrlHook, delegate, parse_time, refine, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import utcnow
@@ -116,6 +117,8 @@ class GitHubAdapter:
     hook."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"repository", "branch"})
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class GitHubAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._stale_after = stale_after
         self._on_push = on_push
         self._on_pull = on_pull

@@ -24,6 +24,7 @@ import attrs
 import httpx
 import tenacity as _t
 
+from integration_status._config import token_problem
 from integration_status._logging import get_logger
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
@@ -69,6 +70,8 @@ _EPOCH_RESET: Final = frozenset({"github", "vercel"})
 #: An attempt needs at least this much of the budget to be worth starting.
 _MIN_ATTEMPT: Final = 0.05
 _MAX_ATTEMPTS: Final = 3
+#: The hint of answers that show the base URL points somewhere other than the provider's API.
+_URL_HINT: Final = "Check the API URL"
 #: GitHub asks to wait at least a minute after a secondary rate limit that names no Retry-After.
 _SECONDARY_MIN_WAIT: Final = 60.0
 
@@ -190,6 +193,12 @@ def classify_response(
         # "Resource not accessible by ...": the fix is always to reconnect with enough access.
         reason = "token invalid" if isinstance(body, Mapping) and _invalid_token(body) else "access denied"
         return ProviderAuthError(f"{provider}: HTTP 403 ({reason})", provider=provider, status_code=403)
+    if status == 404 and "json" not in headers.get("content-type", "json"):
+        # Every provider API answers a 404 in JSON; an HTML (or text) page comes from some other server.
+        return ProviderUnavailable(
+            f"{provider}: HTTP 404 that is not an API answer (is the base URL the API root?)",
+            provider=provider, status_code=404, hint=_URL_HINT,
+        )  # fmt: skip
     if status == 404 and not_found_is_revoked:
         return ProviderAuthError(
             f"{provider}: HTTP 404 (not found or access revoked)", provider=provider, status_code=404
@@ -216,8 +225,9 @@ def _parse(provider: str, status: int, raw: bytes, content_type: str, *, strict:
     looks_json = "json" in content_type.lower() or not content_type
     if strict and not looks_json:
         raise ProviderUnavailable(
-            f"{provider}: HTTP {status} (not JSON)", provider=provider, status_code=status
-        )
+            f"{provider}: HTTP {status} (not JSON: is the base URL the API root?)",
+            provider=provider, status_code=status, hint=_URL_HINT,
+        )  # fmt: skip
     try:
         return _json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -287,6 +297,10 @@ class HttpClient:
 
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
+        if (problem := token_problem(token)) is not None:  # httpx could not even encode the header
+            raise ProviderUnavailable(
+                f"{provider}: the token {problem}", provider=provider, hint="Check the token"
+            )
         deadline = clock.monotonic() + timeout
         idempotent = method.upper() in ("GET", "HEAD")
 

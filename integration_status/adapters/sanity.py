@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import UrlHook, parse_time, plural, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, utcnow
@@ -127,6 +128,8 @@ class SanityAdapter:
     answers the Studio URL; ``connect`` answers a URL from a host hook."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project_id", "dataset", "studio_url"})
 
     def __init__(
         self,
@@ -138,8 +141,8 @@ class SanityAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._api = api_url.rstrip("/")
-        self._query_url = query_url.rstrip("/")
+        self._api = check_base_url(api_url, provider=_PROVIDER, name="api_url")
+        self._query_url = check_base_url(query_url, provider=_PROVIDER, name="query_url")
         self._on_sync = on_sync
         self._connect_url = connect_url
 

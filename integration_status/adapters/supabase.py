@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import UrlHook, text, url_action
 from integration_status.adapters.http import HttpClient
 from integration_status.core.clock import Clock
@@ -146,6 +147,8 @@ class SupabaseAdapter:
     host hooks. ``probe`` replaces the PostgreSQL probe (tests, or a host with its own pool)."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project_ref"})
 
     def __init__(
         self,
@@ -159,7 +162,7 @@ class SupabaseAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._latency_warning_ms = latency_warning_ms
         self._probe = probe
         self._samples = probe_samples

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status._logging import get_logger
 from integration_status.adapters._common import UrlHook, plural, refine, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
@@ -110,6 +111,8 @@ class VercelAdapter:
     ``deploy:finished``."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project", "team_id", "deploy_hook"})
 
     def __init__(
         self,
@@ -122,7 +125,7 @@ class VercelAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._poll = deploy_poll_interval
         self._deploy_timeout = deploy_timeout
         self._link_url = link_url

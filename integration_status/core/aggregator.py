@@ -20,6 +20,7 @@ import anyio
 import attrs
 from cachetools import LRUCache
 
+from integration_status._config import check_connection
 from integration_status._logging import get_logger
 from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
@@ -209,6 +210,8 @@ class Aggregator:
             else:
                 self._metrics.cache("miss")
                 connection = connections.get(provider)
+                if connection is not None:  # warns once about a connection that cannot work as configured
+                    check_connection(project_id, provider, connection, self._adapters.get(provider))
                 if connection is not None and provider not in self._adapters:
                     connection = None  # linked, but the host configured no adapter for it
                 pending.append((provider, key, connection, entry))
