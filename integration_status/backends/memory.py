@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
 
@@ -40,6 +41,13 @@ class MemoryEngine:
         self.rate_limiter = MemoryRateLimiter(clock=clock)
         self.events = MemoryEventBus(clock=clock, buffer_size=event_buffer)
         self.deliveries = MemoryDeliveryLog(clock=clock)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> MemoryEngine:
+        """Sized by ``INTEGRATION_STATUS_MEMORY_MAX_ENTRIES`` / ``_EVENT_BUFFER`` in ``env`` (``os.environ``)."""
+        from integration_status._env import memory_engine_from_env
+
+        return memory_engine_from_env(env, clock=clock)
 
     async def __aenter__(self) -> Self:
         return self

@@ -21,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "the Redis engine needs the redis package: pip install 'integration-status[redis]'"
     ) from exc
 
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -69,6 +70,13 @@ class RedisEngine:
         )
         self._stack: AsyncExitStack | None = None
         self._closed = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> RedisEngine:
+        """From ``INTEGRATION_STATUS_REDIS_URL`` (required) and ``INTEGRATION_STATUS_REDIS_*`` in ``env``."""
+        from integration_status._env import redis_engine_from_env
+
+        return redis_engine_from_env(env, clock=clock)
 
     @classmethod
     def from_url(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from integration_status.core.breaker import BreakerConfig
@@ -11,7 +13,7 @@ __all__ = ["Settings"]
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """Tunables, with the defaults of SPEC.md. Times in seconds."""
+    """Tunables. Times in seconds; every field can also come from ``INTEGRATION_STATUS_*`` (:meth:`from_env`)."""
 
     cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
@@ -27,3 +29,10 @@ class Settings:
     heartbeat: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     sse_per_viewer: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     sse_per_process: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The defaults, overridden by the ``INTEGRATION_STATUS_*`` variables set in ``env`` (``os.environ``)."""
+        from integration_status._env import settings_from_env
+
+        return settings_from_env(env)
