@@ -427,7 +427,9 @@ async def _run_check(args: argparse.Namespace, env: Mapping[str, str]) -> Status
     )
     try:
         async with service:
-            result = await service.status(CLI_PROJECT_ID, viewer=Viewer(user_id="cli", roles={"owner"}))
+            result = await service.status(
+                CLI_PROJECT_ID, viewer=Viewer(user_id="cli", project_roles={CLI_PROJECT_ID: {"owner"}})
+            )
     finally:
         await http.aclose()
     envelope: StatusEnvelope = result.envelope

@@ -21,6 +21,7 @@ from integration_status.adapters.vercel import VercelAdapter
 from integration_status.exceptions import ProviderAuthError, ProviderUnavailable
 from integration_status.protocols import FetchContext
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import MemoryDeliveryLog, WebhookTarget, handle_webhook, sign_github
 from integration_status.testing import FakeClock, StaticConnections
 
@@ -155,7 +156,10 @@ async def test_misconfigured_connections_warn_once_naming_project_and_provider()
     )
     adapter = _github(lambda r: httpx.Response(500))
     service = StatusService(
-        connections=StaticConnections({pid: connections}), adapters=[adapter], clock=FakeClock()
+        authorizer=allow_global_roles,
+        connections=StaticConnections({pid: connections}),
+        adapters=[adapter],
+        clock=FakeClock(),
     )
     with capture_logs() as logs:
         async with service:

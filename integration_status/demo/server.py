@@ -53,13 +53,19 @@ class DemoConnections:
         return self._PROJECTS.get(project_id)
 
 
+def demo_project_ids() -> tuple[str, ...]:
+    """The projects the demo serves."""
+    return tuple(DemoConnections._PROJECTS)
+
+
 async def demo_authenticator(request: RequestInfo) -> Viewer | None:
     """Demo only: trust the X-User / X-Role headers (or ``user`` / ``role`` query parameters)."""
     user = request.headers.get("x-user") or request.query.get("user") or "demo"
     role = (request.headers.get("x-role") or request.query.get("role") or "owner").lower()
     if role not in ROLES:
         return None
-    return Viewer(user_id=user, roles={role})
+    # The demo's projects are open to every demo user with the role asked for.
+    return Viewer(user_id=user, project_roles={key: {role} for key in demo_project_ids()})
 
 
 def build_service(

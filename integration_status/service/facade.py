@@ -44,7 +44,15 @@ from integration_status.service.settings import Settings
 from integration_status.service.streams import FrameCache, StatusFrames, StreamHub
 from integration_status.service.webhooks import WebhookResolver, WebhookResult, handle_webhook
 
-__all__ = ["EVENT_PROVIDER", "Settings", "StatusResult", "StatusService", "validate_project_id"]
+__all__ = [
+    "EVENT_PROVIDER",
+    "Settings",
+    "StatusResult",
+    "StatusService",
+    "allow_global_roles",
+    "allow_project_members",
+    "validate_project_id",
+]
 
 #: Which provider's visibility applies to an event type.
 EVENT_PROVIDER: dict[str, ProviderKey] = {
@@ -60,7 +68,17 @@ _log = get_logger("integration_status.service")
 LEASE_MARGIN = 30.0
 
 
-async def _allow_members(viewer: Viewer, project_id: str) -> bool:
+async def allow_project_members(viewer: Viewer, project_id: str) -> bool:
+    """The default Authorizer: a role for this very project (global roles alone would open every project id
+    to anyone who has one)."""
+    return bool(viewer.project_roles.get(project_id))
+
+
+_allow_members = allow_project_members
+
+
+async def allow_global_roles(viewer: Viewer, project_id: str) -> bool:
+    """The Authorizer for hosts whose global roles mean "every project": any role, global or for the project."""
     return bool(viewer.roles_for(project_id))
 
 

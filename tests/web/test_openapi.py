@@ -31,6 +31,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import validate_project_id
 from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.snapshot import PROVIDER_ACTIONS
@@ -203,6 +204,7 @@ class World:
 async def setup() -> AsyncIterator[tuple[httpx.AsyncClient, StatusService, World]]:
     world = World()
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "github", "vercel"),
         adapters=[
             ScriptedAdapter(
