@@ -25,6 +25,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
 )
@@ -111,7 +112,7 @@ def _shape_error(what: str) -> ProviderUnavailable:
     return ProviderUnavailable(f"github: unexpected response shape ({what})", provider=_PROVIDER)
 
 
-class GitHubAdapter:
+class GitHubAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The GitHub adapter. ``push``/``pull`` run host hooks; ``sync`` sends a ``repository_dispatch``
     (event type ``integration-status.sync``, needs contents:write); ``connect`` answers a URL from a host
     hook."""

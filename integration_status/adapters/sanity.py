@@ -26,6 +26,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
 )
@@ -123,7 +124,7 @@ def sanity_snapshot(facts: SanityFacts) -> ProviderSnapshot:
     )
 
 
-class SanityAdapter:
+class SanityAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Sanity adapter. ``sync`` runs a host hook or re-reads the project's documents; ``open-studio``
     answers the Studio URL; ``connect`` answers a URL from a host hook."""
 

@@ -25,6 +25,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
     Secret,
@@ -142,7 +143,7 @@ def _health(body: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(unhealthy), tuple(coming_up)
 
 
-class SupabaseAdapter:
+class SupabaseAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Supabase adapter. ``test-connection`` probes again; ``reconnect`` and ``connect`` answer URLs from
     host hooks. ``probe`` replaces the PostgreSQL probe (tests, or a host with its own pool)."""
 

@@ -26,6 +26,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
     Secret,
@@ -105,7 +106,7 @@ def _production(project: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-class VercelAdapter:
+class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Vercel adapter. ``deploy`` redeploys production (or deploys the linked git branch, or calls the
     connection's ``deploy_hook`` setting), answers 202 and reports ``deploy:started`` and
     ``deploy:finished``."""
