@@ -235,7 +235,7 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         _log.info("integration_status.sse.refused", reason="connection cap")
 
         async def refuse(write: Write) -> None:
-            await write(encode_event(data="too many connections", event="error", retry=30_000))
+            await write(encode_event(data="too many connections", event="overloaded", retry=30_000))
 
         return Response(status=200, headers=headers, writer=refuse)
 

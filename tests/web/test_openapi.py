@@ -510,14 +510,14 @@ def test_action_request_lists_each_providers_actions() -> None:
 
 @pytest.mark.anyio
 async def test_refused_stream_frame_matches_the_document(setup: Setup) -> None:
-    """Over the connection cap, the single `error` frame with its retry delay is a documented frame."""
+    """Over the connection cap, the single `overloaded` frame with its retry delay is a documented frame."""
     _, service, _ = setup
     app = create_app(service, lifespan=False)
     while service.sse_connections.acquire("u1"):  # the viewer of header_auth
         pass
     status, _, frames = await sse_frames(app, b"projectId=p", 1)
     assert status == 200
-    assert frames == [{"event": "error", "retry": "30000", "data": "too many connections"}]
-    refusal = {"event": "error", "retry": 30000, "data": frames[0]["data"]}
+    assert frames == [{"event": "overloaded", "retry": "30000", "data": "too many connections"}]
+    refusal = {"event": "overloaded", "retry": 30000, "data": frames[0]["data"]}
     errors = list(validator("/components/schemas/EventStreamFrame").iter_errors(refusal))
     assert not errors, errors[0].message
