@@ -105,3 +105,22 @@ def test_not_run_marker_is_recognised(tmp_path: Path) -> None:
         ROOT = saved
     assert [b["not_run"] for b in found] == ["needs a server", None]
     assert found[1]["code"] == "x = 1\n"
+
+
+def test_docs_speak_of_the_project_alone() -> None:
+    """No page cites a specification document or folders the repository does not contain."""
+    for path in doc_files():
+        text = path.read_text(encoding="utf-8")
+        for needle in ("SPEC.md", "SPEC ", "SPEC:", "shared/"):
+            assert needle not in text, f"{path.relative_to(ROOT)} mentions {needle!r}"
+
+
+def test_relative_links_lead_to_files_that_exist() -> None:
+    """Every relative Markdown link of README.md and docs/ names a file or folder of the repository."""
+    link = re.compile(r"\]\((?!https?://|mailto:|#)([^)#\s]+)(?:#[^)]*)?\)")
+    broken = []
+    for path in doc_files():
+        for target in link.findall(path.read_text(encoding="utf-8")):
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert broken == []
