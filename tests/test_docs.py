@@ -18,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import require_postgres, require_redis
+
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->\s*$")
+#: ``<!-- needs: postgres redis -->`` on a page: the local services its blocks use (skipped outside CI without).
+NEEDS = re.compile(r"<!--\s*needs:\s*([\w ]+?)\s*-->")
 RUNNER = """
 import json, sys, traceback
 with open(sys.argv[1]) as f:
@@ -74,6 +78,9 @@ def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
         )
         if block["not_run"] is not None:
             assert len(str(block["not_run"])) >= 5, f"{block['file']}:{block['line']}: say why it is not run"
+    needs = NEEDS.search(path.read_text(encoding="utf-8"))
+    for service in needs.group(1).split() if needs else ():
+        {"postgres": require_postgres, "redis": require_redis}[service]()
     runnable = [b for b in found if b["not_run"] is None]
     if not runnable:
         pytest.skip("every python block is marked not-run")
