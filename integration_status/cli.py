@@ -373,6 +373,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         connections_from_env(env)
         adapter_urls_from_env(env)
+        _load("integration_status.service", "Settings").from_env(env)
     except ConfigurationError as exc:
         print(f"integration-status check: {exc}", file=sys.stderr)
         return 2

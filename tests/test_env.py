@@ -101,12 +101,14 @@ def test_the_engine_follows_the_redis_url() -> None:
     assert set(ENGINE_VARIABLES) >= {"INTEGRATION_STATUS_REDIS_URL", "INTEGRATION_STATUS_REDIS_PREFIX"}
 
 
+def _no_credentials() -> dict[str, str]:
+    """This environment without provider variables, so ``check`` asks no provider."""
+    prefixes = ("GITHUB_", "VERCEL_", "SANITY_", "SUPABASE_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
 def _cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GITHUB_", "VERCEL_", "SANITY_", "SUPABASE_"))
-    }
+    env = _no_credentials()
     return subprocess.run(
         [sys.executable, "-m", "integration_status.cli", *args],
         capture_output=True, text=True, timeout=60, env=env, **kwargs,  # type: ignore[call-overload]
@@ -136,11 +138,7 @@ def test_a_closed_pipe_ends_quietly() -> None:
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written: every write fails with EPIPE
     try:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("GITHUB_", "VERCEL_", "SANITY_", "SUPABASE_"))
-        }
+        env = _no_credentials()
         result = subprocess.run(
             [sys.executable, "-m", "integration_status.cli", "check"],
             stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, env=env,
@@ -150,3 +148,15 @@ def test_a_closed_pipe_ends_quietly() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "BrokenPipe" not in result.stderr
+
+
+def test_check_refuses_a_bad_setting_variable_as_a_usage_error() -> None:
+    """``check`` with an unparsable INTEGRATION_STATUS_* value exits 2 naming the variable, asking no provider."""
+    env = {**_no_credentials(), "INTEGRATION_STATUS_CACHE_TTL": "fast"}
+    result = subprocess.run(
+        [sys.executable, "-m", "integration_status.cli", "check"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "INTEGRATION_STATUS_CACHE_TTL must be a number, not 'fast'" in result.stderr
+    assert result.stdout == ""
