@@ -20,18 +20,27 @@ from urllib.parse import urlsplit
 from cachetools import LRUCache
 
 from integration_status._logging import get_logger
-from integration_status.exceptions import ConfigurationError
+from integration_status.exceptions import ConfigurationError, ProviderError
 from integration_status.protocols import ProviderConnection, Secret
 
 __all__ = [
+    "CONFIG_HINTS",
+    "TOKEN_HINT",
+    "URL_HINT",
     "check_base_url",
     "check_connection",
+    "report_provider_error",
     "token_problem",
     "warn_once",
     "webhook_secret_problem",
 ]
 
 _log = get_logger("integration_status.config")
+
+#: The hints of provider errors that come from the configuration, not from the provider.
+URL_HINT: Final = "Check the API URL"
+TOKEN_HINT: Final = "Check the token"
+CONFIG_HINTS: Final = frozenset({URL_HINT, TOKEN_HINT})
 
 #: How many (project, provider, problem) triples are remembered as already warned about.
 _WARNED_MAX: Final = 10_000
@@ -150,3 +159,12 @@ def check_connection(project: str, provider: str, connection: ProviderConnection
     problem = token_problem(connection.token)
     if problem is not None:
         warn_once("integration_status.config.bad_token", project=project, provider=provider, reason=problem)
+
+
+def report_provider_error(project: str, provider: str, error: ProviderError) -> None:
+    """Warn once when a provider call failed because of the configuration (a base URL that is not the API, a
+    token that cannot be sent); the error's message names the fault and never holds a credential."""
+    if error.hint in CONFIG_HINTS:
+        warn_once(
+            "integration_status.config.provider_answer", project=project, provider=provider, reason=str(error)
+        )

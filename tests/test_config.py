@@ -203,3 +203,29 @@ async def test_a_webhook_with_an_empty_secret_is_refused_even_when_signed_with_i
     ]
     assert webhook_secret_problem(Secret("whsec_ok")) is None
     assert webhook_secret_problem(Secret("whsec_ok\n")) == "has surrounding whitespace"
+
+
+async def test_a_wrong_base_url_shows_the_hint_and_warns_once() -> None:
+    """A GitHub base URL that answers HTML pages: the item's problem hints at the API URL (not a reconnect), and
+    one warning names the project and provider, however often the status is asked for."""
+    pid = project_id()
+    connections = StaticConnections.linked(pid)
+    connections.projects[pid] = ProjectConnections(
+        project_id=pid,
+        providers={
+            "github": ProviderConnection(provider="github", settings={"repository": "o/r"}, token="ghp_ok")
+        },
+    )
+    website = _github(lambda r: httpx.Response(404, html="<html>Page not found</html>"))
+    owner = Viewer(user_id="u", project_roles={pid: {"owner"}})
+    with capture_logs() as logs:
+        async with StatusService(connections=connections, adapters=[website], clock=FakeClock()) as service:
+            for _ in range(3):
+                await service.cache.invalidate(f"{pid}:github")
+                result = await service.status(pid, owner)
+    github = next(item for item in result.envelope.items if item.key == "github")
+    assert github.problem is not None
+    assert (github.problem.code, github.problem.hint) == ("unknown", "Check the API URL")
+    warned = [e for e in logs if e["event"] == "integration_status.config.provider_answer"]
+    assert [(e["project"], e["provider"]) for e in warned] == [(pid, "github")]
+    assert "base URL" in warned[0]["reason"]

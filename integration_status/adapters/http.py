@@ -24,7 +24,7 @@ import attrs
 import httpx
 import tenacity as _t
 
-from integration_status._config import token_problem
+from integration_status._config import TOKEN_HINT, URL_HINT, token_problem
 from integration_status._logging import get_logger
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
@@ -70,8 +70,6 @@ _EPOCH_RESET: Final = frozenset({"github", "vercel"})
 #: An attempt needs at least this much of the budget to be worth starting.
 _MIN_ATTEMPT: Final = 0.05
 _MAX_ATTEMPTS: Final = 3
-#: The hint of answers that show the base URL points somewhere other than the provider's API.
-_URL_HINT: Final = "Check the API URL"
 #: GitHub asks to wait at least a minute after a secondary rate limit that names no Retry-After.
 _SECONDARY_MIN_WAIT: Final = 60.0
 
@@ -197,7 +195,7 @@ def classify_response(
         # Every provider API answers a 404 in JSON; an HTML (or text) page comes from some other server.
         return ProviderUnavailable(
             f"{provider}: HTTP 404 that is not an API answer (is the base URL the API root?)",
-            provider=provider, status_code=404, hint=_URL_HINT,
+            provider=provider, status_code=404, hint=URL_HINT,
         )  # fmt: skip
     if status == 404 and not_found_is_revoked:
         return ProviderAuthError(
@@ -226,7 +224,7 @@ def _parse(provider: str, status: int, raw: bytes, content_type: str, *, strict:
     if strict and not looks_json:
         raise ProviderUnavailable(
             f"{provider}: HTTP {status} (not JSON: is the base URL the API root?)",
-            provider=provider, status_code=status, hint=_URL_HINT,
+            provider=provider, status_code=status, hint=URL_HINT,
         )  # fmt: skip
     try:
         return _json.loads(raw)
@@ -298,9 +296,7 @@ class HttpClient:
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
         if (problem := token_problem(token)) is not None:  # httpx could not even encode the header
-            raise ProviderUnavailable(
-                f"{provider}: the token {problem}", provider=provider, hint="Check the token"
-            )
+            raise ProviderUnavailable(f"{provider}: the token {problem}", provider=provider, hint=TOKEN_HINT)
         deadline = clock.monotonic() + timeout
         idempotent = method.upper() in ("GET", "HEAD")
 

@@ -20,7 +20,7 @@ import anyio
 import attrs
 from cachetools import LRUCache
 
-from integration_status._config import check_connection
+from integration_status._config import check_connection, report_provider_error
 from integration_status._logging import get_logger
 from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
@@ -333,6 +333,7 @@ class Aggregator:
                 )
             except ProviderError as exc:
                 self._failed(key, breaker, exc, started)
+                report_provider_error(*split_cache_key(key), exc)  # once, if the configuration is the cause
                 raise
             except Exception as exc:  # an adapter bug must not take the status endpoint down
                 _log.warning(
