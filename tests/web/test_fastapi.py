@@ -12,7 +12,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from integration_status import ConfigurationError, StatusService, Viewer
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections
-from integration_status.web.fastapi import COMPONENT_PREFIX, TAG, DependencyAuthenticator, include
+from integration_status.web.fastapi import (
+    COMPONENT_PREFIX,
+    TAG,
+    DependencyAuthenticator,
+    include,
+    merge_openapi,
+)
+from integration_status.web.starlette import create_app
 
 with warnings.catch_warnings():  # Starlette's TestClient warns about httpx on import
     warnings.simplefilter("ignore")
@@ -148,3 +155,25 @@ def test_the_operations_are_in_the_apps_openapi_document(client: TestClient) -> 
         assert name in document["components"][kind], ref
     assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").json() == document  # merged once, not again on every call
+
+
+def test_a_mounted_app_finds_the_overrides_through_app_and_merges_its_document() -> None:
+    """Mounted as a sub-application, the authenticator given the app (after the fact: the app needs the service
+    first) still applies the overrides, and ``merge_openapi`` lists the operations under the mount path."""
+    authenticator = DependencyAuthenticator(current_user, viewer=to_viewer)
+    service = StatusService(
+        connections=StaticConnections.linked("p1", "github"),
+        adapters=[ScriptedAdapter("github")],
+        authenticator=authenticator,
+        clock=FakeClock(),
+    )
+    app = FastAPI(lifespan=service.lifespan)
+    authenticator.app = app
+    app.mount("/status-api", create_app(service, prefix="", lifespan=False))
+    merge_openapi(app, prefix="/status-api")
+    app.dependency_overrides[current_user] = lambda: "alice"
+    with TestClient(app) as client:
+        assert client.get("/status-api/status", params={"projectId": "p1"}).status_code == 200
+        assert "/status-api/status" in client.get("/openapi.json").json()["paths"]
+        app.dependency_overrides.clear()
+        assert client.get("/status-api/status", params={"projectId": "p1"}).status_code == 401
