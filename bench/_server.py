@@ -38,6 +38,7 @@ from integration_status.demo.server import DemoConnections
 from integration_status.demo.simulated import World, simulated_adapters
 from integration_status.protocols import RequestInfo, Viewer
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import ScriptedAdapter, StaticConnections, hang_on, snapshot
 from integration_status.web import handlers
 from integration_status.web.starlette import routes as api_routes
@@ -61,6 +62,7 @@ async def header_viewer(request: RequestInfo) -> Viewer | None:
 def throughput_app() -> Starlette:
     world = World(clock=_system_clock())
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=DemoConnections(),
         adapters=simulated_adapters(world),
         authenticator=header_viewer,
@@ -115,6 +117,7 @@ def deadline_app() -> Starlette:
         return snapshot("vercel", "connected", "Live")
 
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("demo", "github", "vercel", "sanity", "supabase"),
         adapters=[
             ScriptedAdapter("github", hang_on()),
@@ -130,6 +133,7 @@ def deadline_app() -> Starlette:
 def sse_app() -> Starlette:
     world = World(clock=_system_clock())
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=DemoConnections(),
         adapters=simulated_adapters(world),
         authenticator=header_viewer,

@@ -23,6 +23,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import ScriptedAdapter, StaticConnections
 
 VIEWER = Viewer(user_id="bench", roles={"owner"})
@@ -42,6 +43,7 @@ async def _round(engine: Any, *, one_key: bool, requests: int = 50) -> tuple[int
         return ActionOutcome(operation_id=ctx.operation_id, changes_state=False)
 
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p1", "vercel"),
         adapters=[ScriptedAdapter("vercel")],
         action_handlers={("vercel", "deploy"): deploy},

@@ -12,6 +12,7 @@ from bench._common import Outcome, report, skipped
 from integration_status.models import ProviderKey
 from integration_status.protocols import Viewer
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.snapshot import ProviderSnapshot
 from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
 
@@ -40,7 +41,11 @@ async def _cold(services: list[StatusService], requests: int) -> None:
 
 async def _memory(requests: int) -> dict[str, int]:
     adapters = _adapters()
-    service = StatusService(connections=StaticConnections.linked("p1", *PROVIDERS), adapters=adapters)
+    service = StatusService(
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p1", *PROVIDERS),
+        adapters=adapters,
+    )
     async with service:
         await _cold([service], requests)
     return {str(a.provider): a.calls for a in adapters}
@@ -54,6 +59,7 @@ async def _redis(requests: int) -> dict[str, int]:
     counts: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
     services = [
         StatusService(
+            authorizer=allow_global_roles,
             connections=StaticConnections.linked("p1", *PROVIDERS),
             adapters=adapters,
             engine=RedisEngine.from_url(REDIS_URL, prefix=prefix),

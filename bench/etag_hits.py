@@ -22,9 +22,9 @@ from integration_status.testing import FakeClock
 BAR = 0.95
 POLL = 10.0
 FRONTENDS = (
-    Viewer(user_id="owner", roles={"owner"}),
-    Viewer(user_id="member", roles={"member"}),
-    Viewer(user_id="viewer", roles={"viewer"}),
+    Viewer(user_id="owner", project_roles={"demo": {"owner"}}),
+    Viewer(user_id="member", project_roles={"demo": {"member"}}),
+    Viewer(user_id="viewer", project_roles={"demo": {"viewer"}}),
 )
 
 

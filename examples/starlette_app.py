@@ -45,7 +45,10 @@ async def authenticate(request: RequestInfo) -> Viewer | None:
     """
     role = request.headers.get("x-role") or request.query.get("role") or "owner"
     user = request.headers.get("x-user") or request.query.get("user") or "demo"
-    return Viewer(user_id=user, roles={role}) if role in {"owner", "admin", "member", "viewer"} else None
+    if role not in {"owner", "admin", "member", "viewer"}:
+        return None
+    # The role is for the one project this example has: a global role alone opens no project.
+    return Viewer(user_id=user, project_roles={"demo": {role}})
 
 
 metrics = PrometheusMetrics()  # its own registry; scraped at /metrics

@@ -12,6 +12,7 @@ Importing this package pulls in no web framework, Redis client or database drive
 import importlib as _importlib
 from types import ModuleType as _ModuleType
 
+from integration_status._version import __version__
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.breaker import BreakerConfig
 from integration_status.core.clock import SYSTEM_CLOCK, SystemClock, epoch_ms
@@ -76,7 +77,7 @@ from integration_status.protocols import (
     WebhookTarget,
 )
 from integration_status.service.actions import ActionResult
-from integration_status.service.facade import StatusService
+from integration_status.service.facade import StatusService, allow_global_roles, allow_project_members
 from integration_status.service.render import StatusResult
 from integration_status.service.settings import Settings
 from integration_status.service.webhooks import WebhookResult, handle_webhook
@@ -91,8 +92,6 @@ from integration_status.snapshot import (
     default_actions,
     render_summary,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_RULES",
@@ -167,6 +166,8 @@ __all__ = [
     "WebhookResult",
     "WebhookTarget",
     "__version__",
+    "allow_global_roles",
+    "allow_project_members",
     "default_actions",
     "epoch_ms",
     "event_from_json",

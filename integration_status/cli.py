@@ -25,11 +25,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import anyio
-import structlog
+import attrs
 
+from integration_status._version import __version__
 from integration_status.adapters.env import (
     CLI_PROJECT_ID,
     DEFAULT_URLS,
+    OPTIONAL,
+    REQUIRED,
     adapter_urls_from_env,
     connections_from_env,
     env_value,
@@ -45,6 +48,7 @@ __all__ = [
     "adapter_urls_from_env",
     "build_parser",
     "connections_from_env",
+    "env_table",
     "env_warnings",
     "exit_code",
     "format_json",
@@ -63,6 +67,38 @@ _LABELS: Final[tuple[tuple[ProviderKey, str], ...]] = (
     ("vercel", "🚀 Deploy"),
     ("sanity", "📝 CMS"),
 )
+
+#: What each variable of ``check`` means, for ``check --help`` and docs/reference.md.
+_MEANINGS: Final[Mapping[str, str]] = {
+    "GITHUB_TOKEN": "GitHub token (repo read access)",
+    "GITHUB_REPOSITORY": "owner/name",
+    "GITHUB_BRANCH": "branch to report (default: the repository's default branch)",
+    "VERCEL_TOKEN": "Vercel access token",
+    "VERCEL_PROJECT_ID": "Vercel project id or name",
+    "VERCEL_TEAM_ID": "team owning the project",
+    "SANITY_TOKEN": "Sanity API token",
+    "SANITY_PROJECT_ID": "Sanity project id",
+    "SANITY_DATASET": "dataset (default: production)",
+    "SUPABASE_PROJECT_REF": "Supabase project ref",
+    "SUPABASE_ACCESS_TOKEN": "Management API token (this or SUPABASE_DB_URL)",
+    "SUPABASE_DB_URL": "PostgreSQL DSN for the direct probe",
+}
+
+
+def env_table() -> str:
+    """The variables ``check`` reads, one per line: name, required or optional, meaning."""
+    lines = []
+    for provider, required in REQUIRED.items():
+        for name in required + OPTIONAL[provider]:
+            need = "required" if name in required else "optional"
+            lines.append(f"  {name:<24} {need:<9} {_MEANINGS[name]}")
+    for variable, default in DEFAULT_URLS.values():
+        lines.append(f"  {variable:<24} {'optional':<9} API base URL (default: {default})")
+    lines.append(
+        f"  {'INTEGRATION_STATUS_*':<24} {'optional':<9} service settings, e.g. INTEGRATION_STATUS_CACHE_TTL"
+    )
+    return "\n".join(lines)
+
 
 # --- envelope -> output (pure) ---------------------------------------------------------------------------
 
@@ -151,6 +187,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="integration-status", description="GitHub / Vercel / Sanity / Supabase connection status."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run the demo server with simulated providers")
@@ -199,8 +236,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "check",
         help="ask the real providers using credentials from environment variables",
         description="Credentials come from the GITHUB_*, VERCEL_*, SANITY_* and SUPABASE_* environment "
-        "variables; a provider without them is reported as disconnected. "
+        "variables; a provider without its required ones is reported as disconnected. "
         "Exit status 1 when any provider is in error, 2 on usage errors.",
+        epilog=f"environment variables:\n{env_table()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("--json", action="store_true", help="print the status envelope as JSON")
     check.add_argument(
@@ -214,6 +253,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``integration-status`` console script; returns the exit status."""
+    try:
+        code = _main(argv, env)
+        sys.stdout.flush()  # inside the try: a reader that went away (``| head``) is noticed here
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly, as command-line tools do, and keep the interpreter from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     env = os.environ if env is None else env
     parser = build_parser(env)
     args = parser.parse_args(argv)
@@ -244,6 +296,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         connections_from_env(env)
         adapter_urls_from_env(env)
+        _load("integration_status.service", "Settings").from_env(env)
     except ConfigurationError as exc:
         print(f"integration-status check: {exc}", file=sys.stderr)
         return 2
@@ -261,11 +314,10 @@ def _check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _configure_logging() -> None:
-    # This is an application entry point, so it may configure structlog (library code never does): log lines
-    # go to stderr and only from warnings up, so that stdout carries nothing but the table or the JSON.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    # This is an application entry point, so it may configure logging (library code never does): log lines go
+    # to stderr and only from warnings up, so that stdout carries nothing but the table or the JSON.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
 
 
@@ -289,15 +341,19 @@ async def _run_check(args: argparse.Namespace, env: Mapping[str, str]) -> Status
     adapters = _load("integration_status.adapters.defaults", "provider_adapters")(http, urls=urls)
     # A one-shot check waits for real answers: the response deadline covers the whole adapter timeout
     # instead of the endpoint's 450 ms, so nothing is reported as a cold-start placeholder.
-    settings = _load("integration_status.service", "Settings")(
-        adapter_timeout=args.timeout, deadline=args.timeout + 0.5
+    settings = attrs.evolve(
+        _load("integration_status.service", "Settings").from_env(env),
+        adapter_timeout=args.timeout,
+        deadline=args.timeout + 0.5,
     )
     service = _load("integration_status.service", "StatusService")(
         connections=resolver, adapters=adapters, settings=settings
     )
     try:
         async with service:
-            result = await service.status(CLI_PROJECT_ID, viewer=Viewer(user_id="cli", roles={"owner"}))
+            result = await service.status(
+                CLI_PROJECT_ID, viewer=Viewer(user_id="cli", project_roles={CLI_PROJECT_ID: {"owner"}})
+            )
     finally:
         await http.aclose()
     envelope: StatusEnvelope = result.envelope

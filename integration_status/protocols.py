@@ -7,7 +7,7 @@ Host seams: :class:`ConnectionResolver`, :class:`Authenticator`, :class:`Authori
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
@@ -165,6 +165,11 @@ def _roles(value: Any) -> frozenset[str]:
     return frozenset([value] if isinstance(value, str) else value)
 
 
+def _project_roles(value: Mapping[str, Iterable[str]] | None) -> Mapping[str, frozenset[str]]:
+    # Sets, lists or a single role name per project, as host code naturally writes them.
+    return {project: _roles(roles) for project, roles in (value or {}).items()}
+
+
 @attrs.frozen(kw_only=True)
 class Viewer:
     """Who is asking. ``roles`` apply to every project unless ``project_roles`` names the project; ``grants``
@@ -172,7 +177,9 @@ class Viewer:
 
     user_id: str
     roles: frozenset[str] = attrs.field(factory=frozenset, converter=_roles)
-    project_roles: Mapping[str, frozenset[str]] = attrs.field(factory=dict, hash=False)
+    project_roles: Mapping[str, frozenset[str]] = attrs.field(
+        factory=dict, hash=False, converter=_project_roles
+    )
     grants: frozenset[str] = attrs.field(factory=frozenset, converter=_roles)
 
     def roles_for(self, project_id: str) -> frozenset[str]:

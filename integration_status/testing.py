@@ -15,16 +15,24 @@ from typing import Any
 
 import anyio
 
+from integration_status._logging import capture_logs
 from integration_status.core.webhooks import sign_github, sign_sanity, sign_vercel
 from integration_status.exceptions import ProviderError
 from integration_status.models import ProviderKey
-from integration_status.protocols import ActionHandler, FetchContext, ProjectConnections, ProviderConnection
+from integration_status.protocols import (
+    ActionHandler,
+    Adapter,
+    FetchContext,
+    ProjectConnections,
+    ProviderConnection,
+)
 from integration_status.snapshot import ProviderSnapshot, Segment
 
 __all__ = [
     "FakeClock",
     "ScriptedAdapter",
     "StaticConnections",
+    "capture_logs",
     "hang_on",
     "sign_github",
     "sign_sanity",
@@ -92,7 +100,7 @@ def snapshot(
 Step = ProviderSnapshot | ProviderError | Callable[[], Awaitable[ProviderSnapshot]]
 
 
-class ScriptedAdapter:
+class ScriptedAdapter(Adapter):
     """An adapter that plays a script: each fetch takes the next step (the last one repeats). A step is a
     snapshot to return, a ProviderError to raise, or an async callable (for delays on a FakeClock, or hanging).
 

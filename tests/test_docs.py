@@ -18,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import require_postgres, require_redis
+
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->\s*$")
+#: ``<!-- needs: postgres redis -->`` on a page: the local services its blocks use (skipped outside CI without).
+NEEDS = re.compile(r"<!--\s*needs:\s*([\w ]+?)\s*-->")
 RUNNER = """
 import json, sys, traceback
 with open(sys.argv[1]) as f:
@@ -74,6 +78,9 @@ def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
         )
         if block["not_run"] is not None:
             assert len(str(block["not_run"])) >= 5, f"{block['file']}:{block['line']}: say why it is not run"
+    needs = NEEDS.search(path.read_text(encoding="utf-8"))
+    for service in needs.group(1).split() if needs else ():
+        {"postgres": require_postgres, "redis": require_redis}[service]()
     runnable = [b for b in found if b["not_run"] is None]
     if not runnable:
         pytest.skip("every python block is marked not-run")
@@ -130,3 +137,22 @@ def test_docs_and_examples_import_only_from_public_doors() -> None:
         for module in sorted(_imported_modules(code) - set(DOORS)):
             offenders.append(f"{where}:{line} imports {module}")
     assert offenders == []
+
+
+def test_docs_speak_of_the_project_alone() -> None:
+    """No page cites a specification document or folders the repository does not contain."""
+    for path in doc_files():
+        text = path.read_text(encoding="utf-8")
+        for needle in ("SPEC.md", "SPEC ", "SPEC:", "shared/"):
+            assert needle not in text, f"{path.relative_to(ROOT)} mentions {needle!r}"
+
+
+def test_relative_links_lead_to_files_that_exist() -> None:
+    """Every relative Markdown link of README.md and docs/ names a file or folder of the repository."""
+    link = re.compile(r"\]\((?!https?://|mailto:|#)([^)#\s]+)(?:#[^)]*)?\)")
+    broken = []
+    for path in doc_files():
+        for target in link.findall(path.read_text(encoding="utf-8")):
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert broken == []

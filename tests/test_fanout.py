@@ -18,6 +18,7 @@ from integration_status.core.sse import encode_event
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import Renderer
 from integration_status.service.streams import HEARTBEAT, StreamHub
 from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive, Visibility
@@ -85,6 +86,7 @@ def github_service(clock: FakeClock) -> StatusService:
         ScriptedAdapter(p, snapshot(p)) for p in ("vercel", "sanity", "supabase")
     ]
     return StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "github", "vercel", "sanity", "supabase"),
         adapters=adapters,
         clock=clock,

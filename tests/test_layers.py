@@ -17,10 +17,12 @@ PACKAGE = Path(integration_status.__file__).parent
 
 #: Layers from the bottom up: a module may import modules of lower layers and of its own folder.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"_lazy", "_urls", "exceptions"}),
+    frozenset({"_lazy", "_logging", "_urls", "_version", "exceptions"}),
     frozenset({"models"}),
     frozenset({"snapshot"}),
     frozenset({"protocols"}),
+    frozenset({"_config"}),
+    frozenset({"_env"}),
     frozenset({"core"}),
     frozenset({"adapters", "backends"}),
     frozenset({"observability"}),

@@ -23,6 +23,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.starlette import create_app
 
@@ -67,6 +68,7 @@ async def driven(
 ) -> AsyncIterator[tuple[StatusService, PrometheusMetrics, httpx.AsyncClient]]:
     metrics = PrometheusMetrics(clock=clock)
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "github", "vercel"),
         adapters=[
             ScriptedAdapter("github", snapshot("github")),
@@ -138,7 +140,11 @@ async def test_timeouts_open_the_breaker_and_show_per_provider(clock: FakeClock)
     metrics = PrometheusMetrics(clock=clock)
     adapter = ScriptedAdapter("github", ProviderTimeout("slow", provider="github"))
     service = StatusService(
-        connections=StaticConnections.linked("p", "github"), adapters=[adapter], clock=clock, metrics=metrics
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[adapter],
+        clock=clock,
+        metrics=metrics,
     )
     async with service:
         connections = await service._connections("p")
@@ -164,7 +170,11 @@ async def test_stale_serves_are_counted(clock: FakeClock) -> None:
     metrics = PrometheusMetrics(clock=clock)
     adapter = ScriptedAdapter("github", snapshot("github"), ProviderUnavailable("down", provider="github"))
     service = StatusService(
-        connections=StaticConnections.linked("p", "github"), adapters=[adapter], clock=clock, metrics=metrics
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[adapter],
+        clock=clock,
+        metrics=metrics,
     )
     async with service:
         connections = await service._connections("p")
@@ -260,7 +270,9 @@ def test_flask_view_serves_the_registry() -> None:
 
 def test_no_metrics_is_the_default_and_a_no_op() -> None:
     """Without metrics the service reports only to its health recorder; NoMetrics records nothing."""
-    service = StatusService(connections=StaticConnections({}), clock=FakeClock())
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections({}), clock=FakeClock()
+    )
     assert service.metrics is service.health
     none = NoMetrics()
     none.observe_fetch("github", 1.0, "ok")

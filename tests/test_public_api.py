@@ -22,6 +22,7 @@ DOORS = (
     "integration_status.observability",
     "integration_status.testing",
     "integration_status.web",
+    "integration_status.web.fastapi",
     "integration_status.web.flask",
     "integration_status.web.serving",
     "integration_status.web.starlette",
@@ -29,6 +30,7 @@ DOORS = (
 #: Doors that are also where their names are implemented: only the names they define themselves are checked.
 IMPLEMENTING = {
     "integration_status.testing",
+    "integration_status.web.fastapi",
     "integration_status.web.flask",
     "integration_status.web.serving",
     "integration_status.web.starlette",

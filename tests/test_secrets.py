@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
+from integration_status._logging import capture_logs
 from integration_status.adapters.defaults import provider_adapters
 from integration_status.adapters.http import HttpClient
 from integration_status.exceptions import ProviderError
@@ -25,6 +25,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import WebhookTarget
 from integration_status.testing import StaticConnections
 from integration_status.web.starlette import create_app
@@ -133,6 +134,7 @@ def exception_text(exc: BaseException) -> str:
 async def service() -> AsyncIterator[StatusService]:
     http = HttpClient(transport=httpx.MockTransport(provider_http))
     svc = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections({"p": connections()}),
         adapters=provider_adapters(http, urls=URLS),
         authenticator=owner,

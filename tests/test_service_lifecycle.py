@@ -16,6 +16,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +26,9 @@ DEPLOY = {"projectId": "p", "provider": "vercel", "action": "deploy"}
 
 async def test_a_failing_background_job_does_not_stop_the_service() -> None:
     """A background job that raises (a store outage during a refresh) is logged; requests keep working."""
-    service = StatusService(connections=StaticConnections.linked("p", "github"), clock=FakeClock())
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p", "github"), clock=FakeClock()
+    )
     async with service:
 
         async def broken() -> None:
@@ -51,6 +54,7 @@ async def test_the_lease_outlives_a_long_action_timeout() -> None:
         return ActionOutcome(operation_id=ctx.operation_id)
 
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "vercel"),
         adapters=[ScriptedAdapter("vercel")],
         action_handlers={("vercel", "deploy"): slow_deploy},
@@ -80,7 +84,10 @@ async def test_a_delivery_whose_events_could_not_be_published_is_not_a_duplicate
         return WebhookTarget(project_id="p", secret=Secret("whsec"))
 
     service = StatusService(
-        connections=StaticConnections.linked("p", "github"), webhooks=resolve, clock=FakeClock()
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p", "github"),
+        webhooks=resolve,
+        clock=FakeClock(),
     )
     body = json.dumps(
         {"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "o/r"}}

@@ -5,8 +5,13 @@ import {
   newIdempotencyKey,
   type IntegrationEvent,
   type IntegrationStatus,
+  OVERLOADED_EVENT,
+  type OverloadedFrame,
   type StatusEnvelope,
+  type StreamStatus,
 } from "./integration-status.js";
+
+const refused: OverloadedFrame = { event: OVERLOADED_EVENT, data: "too many connections", retry: 30000 };
 
 const client = new IntegrationStatusClient({ baseUrl: "/api/integrations", headers: { "X-Role": "owner" } });
 
@@ -25,6 +30,9 @@ export async function example(): Promise<string[]> {
   const operation: string | undefined = result.body.success ? result.body.operationId : result.body.error?.code;
   const stream = client.events("demo", {
     query: { role: "owner" },
+    onStatus(status: StreamStatus) {
+      if (status === "overloaded") console.log(`server busy, back in ${refused.retry} ms`);
+    },
     onEvent(event: IntegrationEvent, id: string | null) {
       switch (event.type) {
         case "status:update":

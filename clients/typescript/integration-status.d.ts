@@ -119,6 +119,7 @@ export type EventType = IntegrationEvent["type"];
 
 export declare const PROVIDERS: readonly ProviderKey[];
 export declare const EVENT_TYPES: readonly EventType[];
+export declare const OVERLOADED_EVENT: OverloadedFrame["event"];
 export declare function newIdempotencyKey(): string;
 
 export interface ClientOptions {
@@ -140,7 +141,20 @@ export interface ActResult {
   body: ActionResponse;
 }
 
-export type StreamStatus = "open" | "reconnecting" | "closed";
+/**
+ * "open": connected. "reconnecting": the browser is retrying by itself (Last-Event-ID sent). "closed": the
+ * browser gave up; the client reopens the stream after a back-off. "overloaded": the server is over its
+ * connection caps; it asked to come back after `retry` milliseconds, and the browser will.
+ */
+export type StreamStatus = "open" | "reconnecting" | "closed" | "overloaded";
+
+/** The one frame of a stream refused over the connection caps (`event: overloaded`, then the stream ends). */
+export interface OverloadedFrame {
+  event: "overloaded";
+  data: string;
+  /** Milliseconds before reconnecting. */
+  retry: number;
+}
 
 export interface EventsOptions {
   onEvent?: (event: IntegrationEvent, id: string | null) => void;

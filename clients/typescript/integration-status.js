@@ -4,6 +4,8 @@
 
 export const PROVIDERS = ["sanity", "github", "vercel", "supabase"];
 export const EVENT_TYPES = ["status:update", "deploy:started", "deploy:finished", "github:push", "sanity:webhook"];
+/** The frame the server sends instead of a stream when it is over its connection caps. */
+export const OVERLOADED_EVENT = "overloaded";
 
 /** A fresh Idempotency-Key: one per user intent (one click), never reused for a different request. */
 export function newIdempotencyKey() {
@@ -69,6 +71,9 @@ export class IntegrationStatusClient {
           onStatus("reconnecting");
         }
       };
+      // Over the server's connection caps: one `overloaded` frame (with `retry:`), then the stream ends and
+      // the browser reconnects after that delay by itself. (Not `error`: that name is EventSource's own.)
+      source.addEventListener(OVERLOADED_EVENT, () => onStatus("overloaded"));
       for (const type of EVENT_TYPES) {
         source.addEventListener(type, (message) => {
           if (message.lastEventId) stream.lastEventId = message.lastEventId;

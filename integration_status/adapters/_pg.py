@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import anyio
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.exceptions import (
     ProviderAuthError,
@@ -70,7 +70,7 @@ _UNREACHABLE_MARKERS: Final = (
     "broken pipe",
 )
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 @attrs.frozen(kw_only=True)

@@ -20,7 +20,9 @@ from integration_status.protocols import ProjectConnections, ProviderConnection
 __all__ = [
     "CLI_PROJECT_ID",
     "DEFAULT_URLS",
+    "OPTIONAL",
     "PUBLIC_URLS",
+    "REQUIRED",
     "URL_VARIABLES",
     "adapter_urls_from_env",
     "connections_from_env",
@@ -53,15 +55,15 @@ DEFAULT_URLS: Final[Mapping[str, tuple[str, str]]] = {
 }
 
 
-# Variables a provider needs (all of them) and those that only refine it. Supabase needs its project ref
-# plus at least one credential; see _supabase_ready.
-_REQUIRED: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
+#: Variables a provider needs (all of them) and those that only refine it. Supabase needs its project ref
+#: plus at least one credential; see _supabase_ready.
+REQUIRED: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
     "github": ("GITHUB_TOKEN", "GITHUB_REPOSITORY"),
     "vercel": ("VERCEL_TOKEN", "VERCEL_PROJECT_ID"),
     "sanity": ("SANITY_TOKEN", "SANITY_PROJECT_ID"),
     "supabase": ("SUPABASE_PROJECT_REF",),
 }
-_OPTIONAL: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
+OPTIONAL: Final[Mapping[ProviderKey, tuple[str, ...]]] = {
     "github": ("GITHUB_BRANCH",),
     "vercel": ("VERCEL_TEAM_ID",),
     "sanity": ("SANITY_DATASET",),
@@ -85,7 +87,7 @@ def _supabase_ready(env: Mapping[str, str]) -> bool:
 def _configured(env: Mapping[str, str], provider: ProviderKey) -> bool:
     if provider == "supabase":
         return _supabase_ready(env)
-    return all(env_value(env, name) is not None for name in _REQUIRED[provider])
+    return all(env_value(env, name) is not None for name in REQUIRED[provider])
 
 
 def connections_from_env(env: Mapping[str, str]) -> ProjectConnections:
@@ -140,8 +142,8 @@ def env_warnings(env: Mapping[str, str]) -> list[str]:
     Names variables only, never values.
     """
     out: list[str] = []
-    for provider, required in _REQUIRED.items():
-        names = required + _OPTIONAL[provider]
+    for provider, required in REQUIRED.items():
+        names = required + OPTIONAL[provider]
         present = [n for n in names if env_value(env, n) is not None]
         if present and not _configured(env, provider):
             missing = [n for n in required if env_value(env, n) is None]

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import (
     UrlHook,
     delegate,
@@ -35,6 +36,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
 )
@@ -144,12 +146,14 @@ def _shape_error(what: str) -> ProviderUnavailable:
     return ProviderUnavailable(f"github: unexpected response shape ({what})", provider=_PROVIDER)
 
 
-class GitHubAdapter:
+class GitHubAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The GitHub adapter. ``push``/``pull`` run host hooks; ``sync`` sends a ``repository_dispatch``
     (event type ``integration-status.sync``, needs contents:write); ``connect`` answers a URL from a host
     hook."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"repository", "branch"})
 
     def __init__(
         self,
@@ -162,7 +166,7 @@ class GitHubAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._stale_after = stale_after
         self._on_push = on_push
         self._on_pull = on_pull

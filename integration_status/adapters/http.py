@@ -22,9 +22,10 @@ from typing import Any, Final, cast
 import anyio
 import attrs
 import httpx
-import structlog
 import tenacity as _t
 
+from integration_status._config import TOKEN_HINT, URL_HINT, token_problem
+from integration_status._logging import get_logger
 from integration_status.adapters.budget import RateBudgets
 from integration_status.core.clock import Clock
 from integration_status.exceptions import (
@@ -64,7 +65,7 @@ class _SecretUrls(logging.Filter):
 _SECRET_URLS = _SecretUrls()
 logging.getLogger("httpx").addFilter(_SECRET_URLS)
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 #: Providers whose ``x-ratelimit-reset`` is a UTC epoch (seconds); the others send seconds remaining.
 _EPOCH_RESET: Final = frozenset({"github", "vercel"})
@@ -219,6 +220,12 @@ def classify_response(
         # "Resource not accessible by ...": the fix is always to reconnect with enough access.
         reason = "token invalid" if isinstance(body, Mapping) and _invalid_token(body) else "access denied"
         return ProviderAuthError(f"{provider}: HTTP 403 ({reason})", provider=provider, status_code=403)
+    if status == 404 and "json" not in headers.get("content-type", "json"):
+        # Every provider API answers a 404 in JSON; an HTML (or text) page comes from some other server.
+        return ProviderUnavailable(
+            f"{provider}: HTTP 404 that is not an API answer (is the base URL the API root?)",
+            provider=provider, status_code=404, hint=URL_HINT,
+        )  # fmt: skip
     if status == 404 and not_found_is_revoked:
         return ProviderAuthError(
             f"{provider}: HTTP 404 (not found or access revoked)", provider=provider, status_code=404
@@ -261,8 +268,9 @@ def _parse(provider: str, status: int, raw: bytes, content_type: str, *, strict:
     looks_json = "json" in content_type.lower() or not content_type
     if strict and not looks_json:
         raise ProviderUnavailable(
-            f"{provider}: HTTP {status} (not JSON)", provider=provider, status_code=status
-        )
+            f"{provider}: HTTP {status} (not JSON: is the base URL the API root?)",
+            provider=provider, status_code=status, hint=URL_HINT,
+        )  # fmt: skip
     try:
         return _json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -342,6 +350,8 @@ class HttpClient:
 
         Raises :class:`~integration_status.exceptions.ProviderError` subclasses only.
         """
+        if (problem := token_problem(token)) is not None:  # httpx could not even encode the header
+            raise ProviderUnavailable(f"{provider}: the token {problem}", provider=provider, hint=TOKEN_HINT)
         wait = self.budgets.refused_for(provider, token, clock.time())
         if wait is not None:
             # The provider refused this token until its reset: asking again before then only spends more.

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import (
     UrlHook,
     gather,
@@ -35,6 +36,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
 )
@@ -185,11 +187,13 @@ def sanity_snapshot(facts: SanityFacts) -> ProviderSnapshot:
     )
 
 
-class SanityAdapter:
+class SanityAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Sanity adapter. ``sync`` runs a host hook or re-reads the project's documents; ``open-studio``
     answers the Studio URL; ``connect`` answers a URL from a host hook."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project_id", "dataset", "studio_url"})
 
     def __init__(
         self,
@@ -201,8 +205,8 @@ class SanityAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._api = api_url.rstrip("/")
-        self._query_url = query_url.rstrip("/")
+        self._api = check_base_url(api_url, provider=_PROVIDER, name="api_url")
+        self._query_url = check_base_url(query_url, provider=_PROVIDER, name="query_url")
         self._on_sync = on_sync
         self._connect_url = connect_url
 

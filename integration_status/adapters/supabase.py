@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import attrs
 
+from integration_status._config import check_base_url
 from integration_status.adapters._common import UrlHook, paced, raise_first, settle, text, url_action
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock
@@ -24,6 +25,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
     Secret,
@@ -158,11 +160,13 @@ def _health(body: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(unhealthy), tuple(coming_up)
 
 
-class SupabaseAdapter:
+class SupabaseAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Supabase adapter. ``test-connection`` probes again; ``reconnect`` and ``connect`` answer URLs from
     host hooks. ``probe`` replaces the PostgreSQL probe (tests, or a host with its own pool)."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project_ref"})
 
     def __init__(
         self,
@@ -176,7 +180,7 @@ class SupabaseAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._latency_warning_ms = latency_warning_ms
         self._probe = probe
         self._samples = probe_samples

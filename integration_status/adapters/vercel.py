@@ -13,8 +13,9 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import attrs
-import structlog
 
+from integration_status._config import check_base_url
+from integration_status._logging import get_logger
 from integration_status.adapters._common import (
     UrlHook,
     paced,
@@ -34,6 +35,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    Adapter,
     FetchContext,
     ProviderConnection,
     Secret,
@@ -48,7 +50,7 @@ _BUILDING: Final = frozenset({"QUEUED", "INITIALIZING", "BUILDING"})
 _WEEK: Final = timedelta(days=7)
 _PAGE_SIZE: Final = 100
 _MAX_PAGES: Final = 5
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 @attrs.frozen(kw_only=True)
@@ -123,12 +125,14 @@ def _production(project: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-class VercelAdapter:
+class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters infers as list[Adapter]
     """The Vercel adapter. ``deploy`` redeploys production (or deploys the linked git branch, or calls the
     connection's ``deploy_hook`` setting), answers 202 and reports ``deploy:started`` and
     ``deploy:finished``."""
 
     provider: ProviderKey = _PROVIDER
+    #: The connection settings this adapter reads; others are reported as a likely typo.
+    settings_keys: frozenset[str] = frozenset({"project", "team_id", "deploy_hook"})
 
     def __init__(
         self,
@@ -141,7 +145,7 @@ class VercelAdapter:
         connect_url: UrlHook | None = None,
     ) -> None:
         self._http = http
-        self._base = base_url.rstrip("/")
+        self._base = check_base_url(base_url, provider=_PROVIDER)
         self._poll = deploy_poll_interval
         self._deploy_timeout = deploy_timeout
         self._link_url = link_url

@@ -13,12 +13,18 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from integration_status._lazy import lazy_door as _lazy_door
 
 if _TYPE_CHECKING:
+    from integration_status.backends.choose import engine_from_env
     from integration_status.backends.memory import MemoryDeliveryLog, MemoryEngine
     from integration_status.backends.redis import RedisEngine
 
-__all__ = ["MemoryDeliveryLog", "MemoryEngine", "RedisEngine"]
+__all__ = ["MemoryDeliveryLog", "MemoryEngine", "RedisEngine", "engine_from_env"]
 
-_WHERE = {"MemoryDeliveryLog": "memory", "MemoryEngine": "memory", "RedisEngine": "redis"}
+_WHERE = {
+    "MemoryDeliveryLog": "memory",
+    "MemoryEngine": "memory",
+    "RedisEngine": "redis",
+    "engine_from_env": "choose",
+}
 
 
 __getattr__, __dir__ = _lazy_door(__name__, globals(), _WHERE)

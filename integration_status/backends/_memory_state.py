@@ -14,9 +14,9 @@ from typing import Literal
 
 import anyio
 import attrs
-import structlog
 from cachetools import TLRUCache
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.core.ratelimit import decide
 from integration_status.exceptions import BackendUnavailable
@@ -81,7 +81,7 @@ class MemoryIdempotencyStore:
         record = self._live(key, self._clock.time())
         owner = record.token if record is not None and record.state == "in_flight" else None
         if record is None or owner is None or not secrets.compare_digest(owner, token):
-            structlog.get_logger().info("integration_status.idempotency.lease_lost")
+            get_logger(__name__).info("integration_status.idempotency.lease_lost")
             return None
         return record
 
@@ -178,7 +178,9 @@ class MemoryDeliveryLog:
         if len(self._seen) >= self._seen.maxsize:
             self._seen.expire()
             if len(self._seen) >= self._seen.maxsize:
-                structlog.get_logger().warning("integration_status.webhook.delivery_log_full")
+                get_logger("integration_status.webhook").warning(
+                    "integration_status.webhook.delivery_log_full"
+                )
                 raise BackendUnavailable("the webhook delivery log is full")
         self._seen[delivery_id] = self._clock.time() + ttl
         return True

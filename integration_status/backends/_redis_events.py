@@ -21,8 +21,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, dumps, to_ms
 from integration_status.exceptions import (
     BackendUnavailable,
@@ -31,7 +31,7 @@ from integration_status.exceptions import (
 )
 from integration_status.protocols import StoredEvent
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 StreamId = tuple[int, int]
 _ZERO: StreamId = (0, 0)

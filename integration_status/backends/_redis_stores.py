@@ -11,15 +11,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import structlog
-
+from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, dumps, to_ms
 from integration_status.exceptions import InvalidModel
 from integration_status.models import Problem
 from integration_status.protocols import BeginResult, CacheEntry, RateDecision, StoredResponse
 from integration_status.snapshot import ProviderSnapshot
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 # --- cache --------------------------------------------------------------------------------------------------
 

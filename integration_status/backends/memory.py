@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+from integration_status._env import build, engine_values, environ
 from integration_status.backends._memory_bus import MemoryEventBus
 from integration_status.backends._memory_cache import MemoryCacheStore
 from integration_status.backends._memory_state import (
@@ -40,6 +42,12 @@ class MemoryEngine:
         self.rate_limiter = MemoryRateLimiter(clock=clock)
         self.events = MemoryEventBus(clock=clock, buffer_size=event_buffer)
         self.deliveries = MemoryDeliveryLog(clock=clock)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> MemoryEngine:
+        """Sized by ``INTEGRATION_STATUS_MEMORY_MAX_ENTRIES`` / ``_EVENT_BUFFER`` in ``env`` (``os.environ``)."""
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        return build(cls, {**engine_values(environ(env), "MEMORY"), **extra}, "the memory engine")
 
     async def __aenter__(self) -> Self:
         return self

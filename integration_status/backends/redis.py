@@ -21,12 +21,15 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "the Redis engine needs the redis package: pip install 'integration-status[redis]'"
     ) from exc
 
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 import anyio
-import structlog
 
+from integration_status._env import engine_values, environ, redis_url
+from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, describe_endpoint
 from integration_status.backends._redis_etag import shared_etag_key
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
@@ -50,7 +53,7 @@ __all__ = [
     "SubscriberLagging",
 ]
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 class RedisEngine:
@@ -70,6 +73,16 @@ class RedisEngine:
         )
         self._stack: AsyncExitStack | None = None
         self._closed = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> RedisEngine:
+        """From ``INTEGRATION_STATUS_REDIS_URL`` (required) and ``INTEGRATION_STATUS_REDIS_*`` in ``env``."""
+        env = environ(env)
+        url = redis_url(env)
+        if url is None:
+            raise ConfigurationError("INTEGRATION_STATUS_REDIS_URL is not set")
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        return cls.from_url(url, **engine_values(env, "REDIS"), **extra)
 
     @classmethod
     def from_url(

@@ -18,9 +18,10 @@ from datetime import datetime
 
 import anyio
 import attrs
-import structlog
 from cachetools import LRUCache
 
+from integration_status._config import check_connection, report_provider_error
+from integration_status._logging import get_logger
 from integration_status.core.activity import WebhookActivity
 from integration_status.core.breaker import BreakerConfig, BreakerPhase, CircuitBreaker
 from integration_status.core.cache import SnapshotCache
@@ -44,7 +45,7 @@ from integration_status.protocols import (
 )
 from integration_status.snapshot import ProviderSnapshot, Segment
 
-_log = structlog.get_logger("integration_status.aggregator")
+_log = get_logger("integration_status.aggregator")
 
 
 def cache_key(project_id: str, provider: ProviderKey) -> str:
@@ -212,6 +213,8 @@ class Aggregator:
             else:
                 self._metrics.cache("miss")
                 connection = connections.get(provider)
+                if connection is not None:  # warns once about a connection that cannot work as configured
+                    check_connection(project_id, provider, connection, self._adapters.get(provider))
                 if connection is not None and provider not in self._adapters:
                     connection = None  # linked, but the host configured no adapter for it
                 pending.append((provider, key, connection, entry))
@@ -342,6 +345,7 @@ class Aggregator:
                 )
             except ProviderError as exc:
                 self._failed(key, breaker, exc, started)
+                report_provider_error(*split_cache_key(key), exc)  # once, if the configuration is the cause
                 raise
             except Exception as exc:  # an adapter bug must not take the status endpoint down
                 _log.warning(

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import Clock
 from integration_status.exceptions import ConfigurationError
 
@@ -198,7 +198,7 @@ class CircuitBreaker:
         old = self._state
         self._state = new
         if new.phase != old.phase:
-            structlog.get_logger().info(_EVENTS[new.phase], provider=self.name, previous=old.phase)
+            get_logger(__name__).info(_EVENTS[new.phase], provider=self.name, previous=old.phase)
             if self._on_transition is not None:
                 self._on_transition(old.phase, new.phase)
 

@@ -28,9 +28,9 @@ from typing import Final, cast
 
 import anyio
 import attrs
-import structlog
 from cachetools import LRUCache
 
+from integration_status._logging import get_logger
 from integration_status.core.clock import Clock, utcnow
 from integration_status.exceptions import (
     BackendUnavailable,
@@ -170,7 +170,7 @@ class SnapshotCache:
         try:
             entry = await self._store.load(key)
         except BackendUnavailable as exc:
-            structlog.get_logger().info("integration_status.cache.store_unavailable", key=key, error=str(exc))
+            get_logger(__name__).info("integration_status.cache.store_unavailable", key=key, error=str(exc))
             self._generation += 1
             return self._last_seen.get(key)
         self._remember(key, entry)
@@ -333,4 +333,4 @@ class SnapshotCache:
             await self._on_change(key, entry)
         except Exception:
             # A failing listener must not turn a good refresh into a failed one; the entry is already stored.
-            structlog.get_logger().exception("integration_status.cache.on_change_failed", key=key)
+            get_logger(__name__).exception("integration_status.cache.on_change_failed", key=key)

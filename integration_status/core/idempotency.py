@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.canonical import canonical_json
 from integration_status.core.clock import Clock
 from integration_status.exceptions import IdempotencyConflict, IdempotencyMismatch, InvalidRequest
@@ -224,7 +224,7 @@ class IdempotencyGuard:
         elapsed = self._clock.monotonic() - started
         if elapsed >= self._lease:
             # The lease ran out while the action ran: a retry may have started a second execution meanwhile.
-            structlog.get_logger().warning(
+            get_logger(__name__).warning(
                 "integration_status.idempotency.lease_overrun", elapsed=round(elapsed, 3), lease=self._lease
             )
         # The action's effects have happened: recording them must survive a client that goes away now.
@@ -241,4 +241,4 @@ class IdempotencyGuard:
             try:
                 await self._store.release(scope, token)
             except Exception:
-                structlog.get_logger().warning("integration_status.idempotency.release_failed", exc_info=True)
+                get_logger(__name__).warning("integration_status.idempotency.release_failed", exc_info=True)

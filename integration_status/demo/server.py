@@ -60,13 +60,19 @@ async def demo_health_authorizer(viewer: Viewer) -> bool:
     return bool(viewer.roles & {"owner", "admin"})
 
 
+def demo_project_ids() -> tuple[str, ...]:
+    """The projects the demo serves."""
+    return tuple(DemoConnections._PROJECTS)
+
+
 async def demo_authenticator(request: RequestInfo) -> Viewer | None:
     """Demo only: trust the X-User / X-Role headers (or ``user`` / ``role`` query parameters)."""
     user = request.headers.get("x-user") or request.query.get("user") or "demo"
     role = (request.headers.get("x-role") or request.query.get("role") or "owner").lower()
     if role not in ROLES:
         return None
-    return Viewer(user_id=user, roles={role})
+    # The demo's projects are open to every demo user with the role asked for.
+    return Viewer(user_id=user, project_roles={key: {role} for key in demo_project_ids()})
 
 
 def build_service(
@@ -197,17 +203,17 @@ def run(
     and body deadlines, head size, connection and request bounds: see :mod:`integration_status.web.serving`)."""
     import logging
 
-    import structlog
     import uvicorn
 
-    # An application entry point may configure logging (library code never does): warnings and up, to stderr.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    # An application entry point may configure logging (library code never does): readable lines on stderr,
+    # the library's own from INFO up (breaker transitions, stale answers, actions), everything else from WARNING.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     limits = limits or ServerLimits()
     # Every allowed connection needs a descriptor, plus some for Redis, providers and the files served.
     raise_fd_limit(limits.max_connections + 256)
+    logging.getLogger("integration_status").setLevel(logging.INFO)
     app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
     print(
         f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"

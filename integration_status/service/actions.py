@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.aggregator import cache_key
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.deadline import call_with_timeout
@@ -52,7 +52,7 @@ from integration_status.protocols import (
 from integration_status.service.settings import Settings
 from integration_status.snapshot import PROVIDER_ACTIONS
 
-_log = structlog.get_logger("integration_status.service.actions")
+_log = get_logger("integration_status.service.actions")
 
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
 MAX_PAYLOAD_DEPTH: Final = 32

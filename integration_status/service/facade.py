@@ -14,8 +14,8 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.activity import WebhookActivity
 from integration_status.core.aggregator import Aggregator, AggregatorConfig, cache_key, split_cache_key
@@ -52,15 +52,25 @@ from integration_status.service.streams import EVENT_PROVIDER, EventStreams, Wri
 from integration_status.service.webhooks import WebhookResult, handle_webhook
 from integration_status.snapshot import Visibility
 
-__all__ = ["StatusService"]
+__all__ = ["StatusService", "allow_global_roles", "allow_project_members"]
 
-_log = structlog.get_logger("integration_status.service")
+_log = get_logger("integration_status.service")
 
 #: Seconds an idempotency lease outlives the action timeout (the answer still has to be stored).
 LEASE_MARGIN = 30.0
 
 
-async def _allow_members(viewer: Viewer, project_id: str) -> bool:
+async def allow_project_members(viewer: Viewer, project_id: str) -> bool:
+    """The default Authorizer: a role for this very project (global roles alone would open every project id
+    to anyone who has one)."""
+    return bool(viewer.project_roles.get(project_id))
+
+
+_allow_members = allow_project_members
+
+
+async def allow_global_roles(viewer: Viewer, project_id: str) -> bool:
+    """The Authorizer for hosts whose global roles mean "every project": any role, global or for the project."""
     return bool(viewer.roles_for(project_id))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
+from integration_status._env import PREFIX, attrs_values, build, environ, settings_rows, warn_unknown
 from integration_status.core.breaker import BreakerConfig
 from integration_status.protocols import Secret
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "settings_variables"]
 
 
 def _secret(value: Secret | str | None) -> Secret | None:
@@ -16,7 +19,7 @@ def _secret(value: Secret | str | None) -> Secret | None:
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """The service's tunables and their defaults. Times in seconds."""
+    """Tunables. Times in seconds; every field can also come from ``INTEGRATION_STATUS_*`` (:meth:`from_env`)."""
 
     cache_ttl: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     cache_jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
@@ -40,3 +43,20 @@ class Settings:
         converter=_secret,
         validator=attrs.validators.optional(attrs.validators.instance_of(Secret)),
     )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The defaults, overridden by the ``INTEGRATION_STATUS_*`` variables set in ``env`` (``os.environ``);
+        a variable that nothing reads is warned about once, with the nearest known name."""
+        env = environ(env)
+        warn_unknown(env, frozenset(row[0] for row in settings_variables()))
+        breaker = build(
+            BreakerConfig, attrs_values(BreakerConfig, env, f"{PREFIX}BREAKER_"), "the breaker settings"
+        )
+        values = attrs_values(cls, env, PREFIX, skip=frozenset({"breaker"}))
+        return build(cls, {**values, "breaker": breaker}, "the settings")
+
+
+def settings_variables() -> list[tuple[str, str, object, str]]:
+    """``(variable, field path, default, unit)`` for every Settings field, breaker fields included."""
+    return settings_rows(Settings, {"breaker": BreakerConfig})

@@ -25,8 +25,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Final, Protocol
 
 import anyio
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
@@ -47,7 +47,7 @@ __all__ = [
     "Writer",
 ]
 
-_log = structlog.get_logger("integration_status.sse")
+_log = get_logger("integration_status.sse")
 
 #: Which provider's visibility applies to an event type.
 EVENT_PROVIDER: Final[Mapping[str, ProviderKey]] = {
@@ -60,7 +60,7 @@ EVENT_PROVIDER: Final[Mapping[str, ProviderKey]] = {
 #: The first frame of every event stream.
 CONNECTED: Final = encode_comment("connected")
 #: What a stream over a cap is sent before it ends: reconnect in 30 s.
-OVERLOADED: Final = encode_event(data="too many connections", event="error", retry=30_000)
+OVERLOADED: Final = encode_event(data="too many connections", event="overloaded", retry=30_000)
 
 #: Markers whose views are kept per project, for streams a few events behind the others.
 MARKERS_PER_PROJECT: Final = 4

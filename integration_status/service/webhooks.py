@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-import structlog
 
+from integration_status._config import warn_once, webhook_secret_problem
+from integration_status._logging import get_logger
 from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
 from integration_status.core.replay import admit_delivery
@@ -79,7 +80,7 @@ class WebhookResult:
 
 
 def _log() -> Any:
-    return structlog.get_logger()
+    return get_logger(__name__)
 
 
 def _reject(provider: str, status: int, code: str, message: str, reason: str) -> WebhookResult:
@@ -130,6 +131,14 @@ async def handle_webhook(
         # The same answer as a bad signature: an unsigned request must not learn which integrations exist.
         return _reject(name, 401, "unauthorized", "Invalid webhook signature", "unknown_integration")
 
+    if (problem := webhook_secret_problem(target.secret)) is not None:  # an empty key signs anything: refuse
+        warn_once(
+            "integration_status.config.bad_webhook_secret",
+            project=target.project_id,
+            provider=name,
+            reason=problem,
+        )
+        return _reject(name, 401, "unauthorized", "Invalid webhook signature", "misconfigured_secret")
     now = clock.time()
     reason = check_signature(name, target.secret.reveal(), lowered, body, now=now, tolerance=tolerance)
     if reason is not None:

@@ -46,9 +46,10 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream
+
+from integration_status._logging import get_logger
 
 try:
     from flask import Blueprint, Flask, current_app, request
@@ -74,7 +75,7 @@ DEFAULT_PREFIX: Final = "/api/integrations"
 EXTENSION_KEY: Final = "integration_status"
 MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
 
-_log = structlog.get_logger("integration_status.web.flask")
+_log = get_logger("integration_status.web.flask")
 _T = TypeVar("_T")
 
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, Final, ParamSpec
 
 import attrs
-import structlog
 
+from integration_status._logging import get_logger
 from integration_status.core.events import resume_event_id
 from integration_status.core.health import LIVENESS
 from integration_status.core.sse import SSE_HEADERS
@@ -38,7 +38,7 @@ __all__ = [
     "request_info",
 ]
 
-_log = structlog.get_logger("integration_status.web")
+_log = get_logger("integration_status.web")
 
 JSON_TYPE: Final = "application/json"
 NO_STORE: Final = ("Cache-Control", "no-store")

@@ -272,7 +272,10 @@ def _schemas() -> Json:
                 ),
                 _obj(
                     {
-                        "event": {"const": "error"},
+                        "event": {
+                            "const": "overloaded",
+                            "description": "Over the connection caps: reconnect after `retry` ms.",
+                        },
                         "data": {"type": "string"},
                         "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds."},
                     },

@@ -28,11 +28,12 @@ import resource
 from typing import Any, Final
 
 import attrs
-import structlog
+
+from integration_status._logging import get_logger
 
 __all__ = ["ServerLimits", "guarded_protocol", "raise_fd_limit", "uvicorn_options"]
 
-_log = structlog.get_logger("integration_status.web")
+_log = get_logger("integration_status.web")
 
 
 @attrs.frozen(kw_only=True)

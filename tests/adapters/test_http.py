@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from adapter_support import AutoClock, Router, respond
 from hypothesis import given
 from hypothesis import strategies as st
 
+from integration_status._logging import capture_logs
 from integration_status.adapters.http import HttpClient, classify_response
 from integration_status.core.clock import SYSTEM_CLOCK
 from integration_status.exceptions import (
@@ -287,7 +287,7 @@ async def test_connect_errors_are_timeouts_and_retried(
 async def test_token_never_in_errors_or_logs(http: HttpClient, router: Router, auto_clock: AutoClock) -> None:
     """Neither the token nor the body appear in exception text, reprs or log events."""
     router.add("GET", "/thing", httpx.Response(500, json={"message": "token ghp_SUPERSECRETTOKEN123 is bad"}))
-    with structlog.testing.capture_logs() as logs, pytest.raises(ProviderUnavailable) as info:
+    with capture_logs() as logs, pytest.raises(ProviderUnavailable) as info:
         await _get(http, auto_clock, timeout=30)
     assert logs, "retries are logged"
     dumped = json.dumps(logs, default=str) + str(info.value) + repr(info.value) + repr(http) + repr(TOKEN)

@@ -11,6 +11,7 @@ from integration_status.exceptions import ProviderAuthError, ProviderRateLimited
 from integration_status.models import PROVIDERS
 from integration_status.protocols import Viewer
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, hang_on, snapshot
 
 pytestmark = pytest.mark.anyio
@@ -19,6 +20,7 @@ OWNER = Viewer(user_id="u", roles={"owner"})
 
 def make_service(clock: FakeClock, *adapters: ScriptedAdapter, **settings: object) -> StatusService:
     return StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", *(a.provider for a in adapters)),
         adapters=adapters,
         settings=Settings(**settings),  # type: ignore[arg-type]
@@ -43,7 +45,12 @@ def clock() -> FakeClock:
 async def test_unlinked_providers_are_disconnected_without_calls(clock: FakeClock) -> None:
     """Providers the project has not linked are `disconnected`, and no adapter is asked."""
     github = ScriptedAdapter("github", snapshot("github"))
-    service = StatusService(connections=StaticConnections.linked("p"), adapters=[github], clock=clock)
+    service = StatusService(
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p"),
+        adapters=[github],
+        clock=clock,
+    )
     async with service:
         got = await items(service)
     assert [got[p]["status"] for p in PROVIDERS] == ["disconnected"] * 4

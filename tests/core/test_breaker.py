@@ -8,8 +8,8 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from structlog.testing import capture_logs
 
+from integration_status._logging import capture_logs
 from integration_status.core.breaker import (
     BreakerConfig,
     BreakerState,

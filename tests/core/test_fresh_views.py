@@ -14,6 +14,7 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.exceptions import BackendUnavailable
 from integration_status.protocols import CacheEntry, Secret, Viewer
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 
@@ -44,6 +45,7 @@ def make_service(clock: FakeClock, store: MemoryCacheStore, **adapters: Any) -> 
     engine.cache_store = store
     scripted = [adapters.get(p) or ScriptedAdapter(p, snapshot(p)) for p in LINKED]
     return StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", *LINKED),
         adapters=scripted,
         engine=engine,

@@ -6,8 +6,8 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
+from integration_status._logging import capture_logs
 from integration_status.backends._memory_state import MemoryIdempotencyStore
 from integration_status.core.idempotency import (
     DEFAULT_LEASE,

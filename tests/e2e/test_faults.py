@@ -19,6 +19,7 @@ from integration_status.adapters.http import HttpClient
 from integration_status.core.breaker import BreakerConfig
 from integration_status.protocols import RequestInfo, Viewer
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import StaticConnections
 from integration_status.web.starlette import create_app
 from tests.e2e.conftest import serve
@@ -53,6 +54,7 @@ class Stack:
     def __init__(self, base_url: str, *, breaker: BreakerConfig | None = None) -> None:
         self.http = HttpClient()
         self.service = StatusService(
+            authorizer=allow_global_roles,
             connections=connections(),
             adapters=provider_adapters(self.http, urls={"github": base_url}),
             authenticator=owner,

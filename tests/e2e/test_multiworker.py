@@ -33,6 +33,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import WebhookTarget
 from integration_status.snapshot import ProviderSnapshot
 from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
@@ -108,6 +109,7 @@ async def instances(
         for url in urls:
             adapters = {p: adapter(p) for p in PROVIDERS}
             service = StatusService(
+                authorizer=allow_global_roles,
                 connections=StaticConnections.linked(PROJECT, *PROVIDERS),
                 adapters=adapters,
                 authenticator=authenticate,

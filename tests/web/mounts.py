@@ -37,6 +37,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.starlette import create_app
 
@@ -92,6 +93,7 @@ def make_service(
     if adapters is None:
         adapters = [ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")]
     return StatusService(
+        authorizer=allow_global_roles,
         connections=connections(*projects),
         adapters=list(adapters),
         authenticator=header_auth,

@@ -33,6 +33,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.flask import IntegrationStatus
@@ -89,6 +90,7 @@ class Harness:
 
         adapter = ScriptedAdapter("github", snapshot("github"), handlers={"sync": sync, "pull": self.gate})
         self.service = StatusService(
+            authorizer=allow_global_roles,
             connections=StaticConnections.linked("p", "github"),
             adapters=[adapter],
             authenticator=header_auth,
@@ -176,7 +178,9 @@ def test_service_starts_on_first_request_and_stops_on_close(h: Harness) -> None:
 
 def test_state_and_config_keys() -> None:
     """init_app stores the extension in app.extensions and honours INTEGRATION_STATUS_PREFIX."""
-    service = StatusService(connections=StaticConnections.linked("p"), authenticator=header_auth)
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p"), authenticator=header_auth
+    )
     ext = IntegrationStatus(service=service)
     app = Flask(__name__)
     app.config["INTEGRATION_STATUS_PREFIX"] = "/x/"
@@ -193,7 +197,9 @@ def test_state_and_config_keys() -> None:
 
 def test_eager_start_enters_the_service_in_init_app() -> None:
     """INTEGRATION_STATUS_EAGER_START starts the portal and the service in init_app."""
-    service = StatusService(connections=StaticConnections.linked("p"), authenticator=header_auth)
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p"), authenticator=header_auth
+    )
     app = Flask(__name__)
     app.config["INTEGRATION_STATUS_EAGER_START"] = True
     ext = IntegrationStatus(app, service=service)
@@ -330,7 +336,11 @@ def test_viewer_role_is_403(h: Harness) -> None:
 )
 def test_oversized_body_is_refused_after_reading_limit_plus_one(path: str, limit: int, status: int) -> None:
     """Actions and webhooks read at most limit + 1 bytes of a larger body, then refuse it."""
-    service = StatusService(connections=StaticConnections.linked("p", "github"), authenticator=header_auth)
+    service = StatusService(
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p", "github"),
+        authenticator=header_auth,
+    )
     app = Flask(__name__)
     ext = IntegrationStatus(app, service=service)
     stream = io.BytesIO(b"{" + b" " * (limit * 3) + b"}")
@@ -368,7 +378,9 @@ def test_events_start_with_a_snapshot_and_stream_headers(h: Harness) -> None:
 
 def test_the_mount_sets_no_connection_header() -> None:
     """The streamed response itself carries no Connection header (hop-by-hop, forbidden in HTTP/2)."""
-    service = StatusService(connections=StaticConnections.linked("p"), authenticator=header_auth)
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p"), authenticator=header_auth
+    )
     app = Flask(__name__)
     ext = IntegrationStatus(app, service=service)
     try:
@@ -430,7 +442,9 @@ def test_close_ends_open_streams(h: Harness) -> None:
 
 def test_head_on_events_releases_its_slot() -> None:
     """A HEAD request gets the headers only, and the writer it started is cancelled."""
-    service = StatusService(connections=StaticConnections.linked("p"), authenticator=header_auth)
+    service = StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p"), authenticator=header_auth
+    )
     app = Flask(__name__)
     ext = IntegrationStatus(app, service=service)
     try:

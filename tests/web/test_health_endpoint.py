@@ -13,6 +13,7 @@ from integration_status.exceptions import ProviderTimeout
 from integration_status.observability import HealthRecorder
 from integration_status.protocols import RequestInfo, Viewer
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.snapshot import ProviderSnapshot
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.starlette import create_app
@@ -48,6 +49,7 @@ async def make() -> AsyncIterator[Make]:
                 }
             )
             service = StatusService(
+                authorizer=allow_global_roles,
                 connections=connections,
                 adapters=list(adapters),
                 authenticator=owner,

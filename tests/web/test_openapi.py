@@ -31,6 +31,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import validate_project_id
 from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.snapshot import PROVIDER_ACTIONS
@@ -207,6 +208,7 @@ class World:
 async def setup() -> AsyncIterator[tuple[httpx.AsyncClient, StatusService, World]]:
     world = World()
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "github", "vercel"),
         adapters=[
             ScriptedAdapter(
@@ -516,14 +518,14 @@ def test_action_request_lists_each_providers_actions() -> None:
 
 @pytest.mark.anyio
 async def test_refused_stream_frame_matches_the_document(setup: Setup) -> None:
-    """Over the connection cap, the single `error` frame with its retry delay is a documented frame."""
+    """Over the connection cap, the single `overloaded` frame with its retry delay is a documented frame."""
     _, service, _ = setup
     app = create_app(service, lifespan=False)
     while service.sse_connections.acquire("u1"):  # the viewer of header_auth
         pass
     status, _, frames = await sse_frames(app, b"projectId=p", 1)
     assert status == 200
-    assert frames == [{"event": "error", "retry": "30000", "data": "too many connections"}]
-    refusal = {"event": "error", "retry": 30000, "data": frames[0]["data"]}
+    assert frames == [{"event": "overloaded", "retry": "30000", "data": "too many connections"}]
+    refusal = {"event": "overloaded", "retry": 30000, "data": frames[0]["data"]}
     errors = list(validator("/components/schemas/EventStreamFrame").iter_errors(refusal))
     assert not errors, errors[0].message

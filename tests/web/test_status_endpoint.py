@@ -9,6 +9,7 @@ import pytest
 
 from integration_status.protocols import RequestInfo, Viewer
 from integration_status.service import StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections
 from integration_status.web.starlette import create_app
@@ -32,6 +33,7 @@ async def header_auth(request: RequestInfo) -> Viewer | None:
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", "github"),
         adapters=[ScriptedAdapter("github", GITHUB)],
         authenticator=header_auth,

@@ -23,6 +23,7 @@ from integration_status.protocols import (
     Viewer,
 )
 from integration_status.service import Settings, StatusService
+from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web import handlers
 
@@ -66,6 +67,7 @@ def make(clock: FakeClock, executions: list[str]) -> Made:
 
     adapters = {p: ScriptedAdapter(p, snapshot(p, text=f"{p} ok")) for p in PROVIDERS}
     service = StatusService(
+        authorizer=allow_global_roles,
         connections=StaticConnections.linked("p", *PROVIDERS),
         adapters=adapters,
         authenticator=authenticate,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
+from integration_status._logging import capture_logs
 from integration_status.core.webhooks import (
     WebhookProvider,
     check_signature,
