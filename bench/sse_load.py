@@ -104,7 +104,7 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
     )
 
     async def stats(request: Request) -> Response:
-        sse = service.health.snapshot().sse
+        sse = service.health.stats().sse
         body = {"streams": service.sse_connections.count, "dropped": sse.dropped, "ended": sse.ended}
         return Response(content=json.dumps(body), media_type="application/json")
 

@@ -323,6 +323,6 @@ def test_health_recorder_ages_out_slow_requests() -> None:
     recorder.observe_request("status", 9.0, 404)  # errors are not status timings
     assert not recorder.report().healthy
     clock.advance(61)
-    snap: Any = recorder.snapshot()
+    snap: Any = recorder.stats()
     assert snap.status_durations == ()
     assert recorder.report().healthy

@@ -1,11 +1,11 @@
-"""The health decision: a pure function from a frozen :class:`HealthSnapshot` of recent statistics to a
+"""The health decision: a pure function from a frozen :class:`HealthStats` of recent statistics to a
 :class:`HealthReport`.
 
 The thresholds are the ones of the requirements' "Health Checks": each adapter's timeout and error rate under
 5%, the status endpoint's p95 under 500 ms, and SSE connection stability over 99%. A check with fewer than
 ``min_samples`` observations in the window passes (there is too little traffic to judge), and says so.
 
->>> snap = HealthSnapshot(window=300.0, adapters=(AdapterStats(provider="github", calls=40, timeouts=3),))
+>>> snap = HealthStats(window=300.0, adapters=(AdapterStats(provider="github", calls=40, timeouts=3),))
 >>> report = evaluate(snap)
 >>> report.healthy, [c.name for c in report.checks if not c.passed]
 (False, ['adapter.github'])
@@ -27,7 +27,7 @@ __all__ = [
     "HealthAuthorizer",
     "HealthCheck",
     "HealthReport",
-    "HealthSnapshot",
+    "HealthStats",
     "HealthThresholds",
     "SseStats",
     "evaluate",
@@ -84,7 +84,7 @@ class SseStats:
 
 
 @attrs.frozen(kw_only=True)
-class HealthSnapshot:
+class HealthStats:
     """Everything the decision looks at, frozen at one moment. ``status_durations`` are the most recent
     status request durations (seconds), in any order."""
 
@@ -160,24 +160,24 @@ def _too_few(samples: int, thresholds: HealthThresholds) -> str:
     return f"fewer than {thresholds.min_samples} samples" if samples < thresholds.min_samples else ""
 
 
-def evaluate(snapshot: HealthSnapshot, thresholds: HealthThresholds | None = None) -> HealthReport:
-    """Judge ``snapshot``: one check per adapter (``adapter.<provider>``), ``status.p95`` and
+def evaluate(stats: HealthStats, thresholds: HealthThresholds | None = None) -> HealthReport:
+    """Judge ``stats``: one check per adapter (``adapter.<provider>``), ``status.p95`` and
     ``sse.stability``. A rate or percentile passes strictly inside its limit, or with too few samples."""
     t = thresholds or HealthThresholds()
     checks: list[HealthCheck] = []
-    for stats in sorted(snapshot.adapters, key=lambda a: a.provider):
-        few = _too_few(stats.calls, t)
+    for adapter in sorted(stats.adapters, key=lambda a: a.provider):
+        few = _too_few(adapter.calls, t)
         checks.append(
             HealthCheck(
-                name=f"adapter.{stats.provider}",
-                passed=bool(few) or stats.failure_rate < t.max_adapter_failure_rate,
-                observed=stats.failure_rate if stats.calls else None,
+                name=f"adapter.{adapter.provider}",
+                passed=bool(few) or adapter.failure_rate < t.max_adapter_failure_rate,
+                observed=adapter.failure_rate if adapter.calls else None,
                 threshold=t.max_adapter_failure_rate,
-                samples=stats.calls,
-                detail=few or f"{stats.timeouts} timeouts, {stats.errors} errors",
+                samples=adapter.calls,
+                detail=few or f"{adapter.timeouts} timeouts, {adapter.errors} errors",
             )
         )
-    durations = snapshot.status_durations
+    durations = stats.status_durations
     p95 = percentile(durations, 95)
     few = _too_few(len(durations), t)
     checks.append(
@@ -190,7 +190,7 @@ def evaluate(snapshot: HealthSnapshot, thresholds: HealthThresholds | None = Non
             detail=few,
         )
     )
-    sse = snapshot.sse
+    sse = stats.sse
     few = _too_few(sse.ended, t)
     checks.append(
         HealthCheck(
@@ -202,7 +202,7 @@ def evaluate(snapshot: HealthSnapshot, thresholds: HealthThresholds | None = Non
             detail=few or f"{sse.open} open, {sse.dropped} of {sse.ended} ended by an error",
         )
     )
-    return HealthReport(checks=tuple(checks), window=snapshot.window)
+    return HealthReport(checks=tuple(checks), window=stats.window)
 
 
 #: ``viewer -> may they read the detailed checks?`` (the host decides, e.g. staff only). The checks name providers

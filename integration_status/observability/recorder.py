@@ -6,7 +6,7 @@ from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.core.health import (
     AdapterStats,
     HealthReport,
-    HealthSnapshot,
+    HealthStats,
     HealthThresholds,
     SseStats,
     evaluate,
@@ -108,7 +108,7 @@ class HealthRecorder(NoMetrics):
         if delta < 0:
             self._streams.add("sse", "dropped" if dropped else "ended")
 
-    def snapshot(self) -> HealthSnapshot:
+    def stats(self) -> HealthStats:
         """The statistics now, frozen."""
         adapters = []
         for provider in self._fetches.keys():  # noqa: SIM118 - not a dict
@@ -126,10 +126,8 @@ class HealthRecorder(NoMetrics):
         streams = self._streams.totals("sse")
         dropped = streams.get("dropped", 0)
         sse = SseStats(open=max(0, self._open), ended=streams.get("ended", 0) + dropped, dropped=dropped)
-        return HealthSnapshot(
-            window=self.window, adapters=tuple(adapters), status_durations=durations, sse=sse
-        )
+        return HealthStats(window=self.window, adapters=tuple(adapters), status_durations=durations, sse=sse)
 
     def report(self) -> HealthReport:
-        """The health verdict over :meth:`snapshot`."""
-        return evaluate(self.snapshot(), self.thresholds)
+        """The health verdict over :meth:`stats`."""
+        return evaluate(self.stats(), self.thresholds)

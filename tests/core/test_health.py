@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from integration_status.core.health import (
     AdapterStats,
-    HealthSnapshot,
+    HealthStats,
     HealthThresholds,
     SseStats,
     evaluate,
@@ -32,7 +32,7 @@ def adapter_stats() -> st.SearchStrategy[AdapterStats]:
 
 
 snapshots = st.builds(
-    HealthSnapshot,
+    HealthStats,
     window=st.just(300.0),
     adapters=st.lists(adapter_stats(), max_size=4, unique_by=lambda a: a.provider).map(tuple),
     status_durations=st.lists(st.floats(0, 3, allow_nan=False), max_size=60).map(tuple),
@@ -61,7 +61,7 @@ def test_percentile_of_nothing_is_none() -> None:
 
 
 @given(snapshots)
-def test_healthy_exactly_when_every_judged_figure_is_inside_its_limit(snap: HealthSnapshot) -> None:
+def test_healthy_exactly_when_every_judged_figure_is_inside_its_limit(snap: HealthStats) -> None:
     """The verdict matches the requirements' thresholds, applied only where there are enough samples."""
     t = HealthThresholds()
     adapters_ok = all(
@@ -78,7 +78,7 @@ def test_healthy_exactly_when_every_judged_figure_is_inside_its_limit(snap: Heal
 
 
 @given(snapshots)
-def test_report_json_lists_every_check(snap: HealthSnapshot) -> None:
+def test_report_json_lists_every_check(snap: HealthStats) -> None:
     """The JSON body names each check with whether it passed, and the overall status agrees."""
     report = evaluate(snap)
     body = report.to_json()
@@ -89,15 +89,15 @@ def test_report_json_lists_every_check(snap: HealthSnapshot) -> None:
 
 def test_five_percent_failures_is_already_unhealthy() -> None:
     """The limit is strict: 1 timeout in 20 calls (5%) fails, 1 in 21 passes."""
-    at = HealthSnapshot(window=300, adapters=(AdapterStats(provider="vercel", calls=20, timeouts=1),))
-    under = HealthSnapshot(window=300, adapters=(AdapterStats(provider="vercel", calls=21, errors=1),))
+    at = HealthStats(window=300, adapters=(AdapterStats(provider="vercel", calls=20, timeouts=1),))
+    under = HealthStats(window=300, adapters=(AdapterStats(provider="vercel", calls=21, errors=1),))
     assert not evaluate(at).healthy
     assert evaluate(under).healthy
 
 
 def test_too_few_samples_pass_and_say_so() -> None:
     """A provider failing its only call does not make the service unhealthy; the check explains why."""
-    snap = HealthSnapshot(window=300, adapters=(AdapterStats(provider="github", calls=1, timeouts=1),))
+    snap = HealthStats(window=300, adapters=(AdapterStats(provider="github", calls=1, timeouts=1),))
     check = evaluate(snap).checks[0]
     assert check.passed
     assert check.samples == 1
@@ -106,7 +106,7 @@ def test_too_few_samples_pass_and_say_so() -> None:
 
 def test_slow_p95_fails_with_the_observed_value() -> None:
     """p95 at or over 500 ms fails and reports the observed p95."""
-    snap = HealthSnapshot(window=300, status_durations=(*FAST[:36], 0.6, 0.7, 0.8, 0.9))
+    snap = HealthStats(window=300, status_durations=(*FAST[:36], 0.6, 0.7, 0.8, 0.9))
     report = evaluate(snap)
     check = next(c for c in report.checks if c.name == "status.p95")
     assert not check.passed
@@ -116,5 +116,5 @@ def test_slow_p95_fails_with_the_observed_value() -> None:
 
 def test_sse_stability_counts_drops_among_ended_streams() -> None:
     """One stream in 100 ended by an error is exactly 99%: not over the limit; one in 101 is."""
-    assert not evaluate(HealthSnapshot(window=300, sse=SseStats(ended=100, dropped=1))).healthy
-    assert evaluate(HealthSnapshot(window=300, sse=SseStats(ended=101, dropped=1))).healthy
+    assert not evaluate(HealthStats(window=300, sse=SseStats(ended=100, dropped=1))).healthy
+    assert evaluate(HealthStats(window=300, sse=SseStats(ended=101, dropped=1))).healthy
