@@ -206,6 +206,11 @@ class Authenticator(Protocol):
     async def __call__(self, request: RequestInfo) -> Viewer | None: ...
 
 
+#: ``viewer -> may they read the detailed checks?`` (the host decides, e.g. staff only). The checks name providers
+#: and their error rates, which tell an outsider which integrations a deployment has and how they are doing.
+HealthAuthorizer: TypeAlias = Callable[[Viewer], Awaitable[bool]]
+
+
 @runtime_checkable
 class Authorizer(Protocol):
     """May this viewer see this project at all? False answers 404, never 403, so existence is not revealed."""

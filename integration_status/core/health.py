@@ -14,12 +14,12 @@ The thresholds are the ones of the requirements' "Health Checks": each adapter's
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeAlias
+from collections.abc import Sequence
+from typing import Any, Final
 
 import attrs
 
-from integration_status.protocols import Viewer
+from integration_status.protocols import HealthAuthorizer
 
 __all__ = [
     "LIVENESS",
@@ -204,10 +204,6 @@ def evaluate(stats: HealthStats, thresholds: HealthThresholds | None = None) -> 
     )
     return HealthReport(checks=tuple(checks), window=stats.window)
 
-
-#: ``viewer -> may they read the detailed checks?`` (the host decides, e.g. staff only). The checks name providers
-#: and their error rates, which tell an outsider which integrations a deployment has and how they are doing.
-HealthAuthorizer: TypeAlias = Callable[[Viewer], Awaitable[bool]]
 
 #: The health answer for everyone else: the process is up and serving. Always 200: a provider's outage must not
 #: take the instances out of a load balancer's rotation.

@@ -23,7 +23,6 @@ from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.etag import etag_key
-from integration_status.core.health import HealthAuthorizer
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Grants, ProviderView, RolePolicy, grants_for
 from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
@@ -37,6 +36,7 @@ from integration_status.protocols import (
     CacheEntry,
     ConnectionResolver,
     Engine,
+    HealthAuthorizer,
     Metrics,
     Policy,
     ProjectConnections,
