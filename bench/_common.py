@@ -138,6 +138,35 @@ async def fetch(
         writer.close()
 
 
+async def keepalive_latencies(
+    port: int, path: str, *, clients: int, seconds: float, pause: float = 0.0
+) -> tuple[list[float], int]:
+    """``clients`` keep-alive connections requesting ``path`` in a loop (``pause`` seconds between requests)
+    for ``seconds``: every latency in ms, and how many answers were not 200."""
+    stop = time.perf_counter() + seconds
+    payload = request_bytes(path)
+    latencies: list[float] = []
+    bad = 0
+
+    async def client() -> None:
+        nonlocal bad
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                writer.write(payload)
+                status, _, _ = await read_response(reader)
+                latencies.append((time.perf_counter() - started) * 1000)
+                bad += status != 200
+                if pause:
+                    await asyncio.sleep(pause)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, bad
+
+
 def now() -> float:
     return time.perf_counter()
 

@@ -4,35 +4,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from bench._common import Outcome, bench_server, percentile, read_response, report, request_bytes
+from bench._common import (
+    Outcome,
+    bench_server,
+    keepalive_latencies,
+    percentile,
+    report,
+)
 from bench._server import STATUS_PATH
 
 BAR_MS = 500.0
 
 
 async def _clients(port: int, clients: int, seconds: float) -> tuple[list[float], int]:
-    stop = time.perf_counter() + seconds
-    latencies: list[float] = []
-    bad = 0
-    payload = request_bytes(STATUS_PATH)
-
-    async def client() -> None:
-        nonlocal bad
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                writer.write(payload)
-                status, _, _ = await read_response(reader)
-                latencies.append((time.perf_counter() - started) * 1000)
-                bad += status != 200
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies, bad
+    return await keepalive_latencies(port, STATUS_PATH, clients=clients, seconds=seconds)
 
 
 def _process(port: int, clients: int, seconds: float) -> tuple[list[float], int]:

@@ -15,7 +15,15 @@ import contextlib
 import multiprocessing
 import time
 
-from bench._common import Outcome, bench_server, percentile, read_response, report, request_bytes
+from bench._common import (
+    Outcome,
+    bench_server,
+    keepalive_latencies,
+    percentile,
+    read_response,
+    report,
+    request_bytes,
+)
 from bench._server import STATUS_PATH
 
 BAR_MS = 50.0
@@ -52,27 +60,11 @@ def _attacker(port: int, seconds: float) -> int:
     return asyncio.run(run())
 
 
-async def _poll(port: int, seconds: float, clients: int = 2) -> list[float]:
-    """Latencies (ms) of ordinary status polls on ``clients`` keep-alive connections."""
-    stop = time.perf_counter() + seconds
-    payload = request_bytes(STATUS_PATH)
-    latencies: list[float] = []
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                writer.write(payload)
-                status, _, _ = await read_response(reader)
-                latencies.append((time.perf_counter() - started) * 1000)
-                if status != 200:
-                    raise RuntimeError(f"a status poll got {status}")
-                await asyncio.sleep(0.01)  # a poller, not a load generator
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one() for _ in range(clients)))
+async def _poll(port: int, seconds: float) -> list[float]:
+    """Latencies (ms) of ordinary status polls on 2 keep-alive connections (a poller, not a load generator)."""
+    latencies, bad = await keepalive_latencies(port, STATUS_PATH, clients=2, seconds=seconds, pause=0.01)
+    if bad:
+        raise RuntimeError(f"{bad} status polls did not get a 200")
     return latencies
 
 

@@ -42,13 +42,14 @@ def document() -> dict[str, Any]:
 
 
 def test_sections_are_found() -> None:
-    """The page documents the five endpoints, each with a status table."""
+    """The page documents the six endpoints, each with a status table."""
     found = sections()
     assert set(found) == {
         ("get", "/status"),
         ("post", "/actions"),
         ("get", "/events"),
         ("post", "/webhooks/{provider}"),
+        ("get", "/health"),
         ("get", "/openapi.json"),
     }
     for text in found.values():

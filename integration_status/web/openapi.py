@@ -566,6 +566,7 @@ def _paths(prefix: str) -> Json:
                         "headers": _h("Cache-Control"),
                         "content": _json({"oneOf": [_ref("HealthReport"), _ref("Liveness")]}),
                     },
+                    "400": _error("A repeated query parameter.", "invalid_request"),
                     "503": {
                         "description": "At least one check failed; the body says which (allowed viewers only).",
                         "headers": _h("Cache-Control"),
