@@ -73,7 +73,7 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
     from starlette.routing import Route
 
     from bench._server import header_viewer, server_options
-    from integration_status import Secret, Settings, StatusService, WebhookTarget
+    from integration_status import Secret, Settings, StatusService, WebhookTarget, allow_global_roles
     from integration_status.demo import World, simulated_adapters
     from integration_status.demo.server import DemoConnections
     from integration_status.web.starlette import routes
@@ -100,6 +100,7 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
         authenticator=header_viewer,
         engine=engine,
         webhooks=resolve,
+        authorizer=allow_global_roles,
         settings=Settings(sse_per_viewer=100_000, sse_per_process=100_000, heartbeat=30.0),
     )
 

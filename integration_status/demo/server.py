@@ -57,7 +57,8 @@ class DemoConnections:
 
 async def demo_health_authorizer(viewer: Viewer) -> bool:
     """Demo only: owners and admins read the detailed health checks; everyone else gets the liveness answer."""
-    return bool(viewer.roles & {"owner", "admin"})
+    roles = set(viewer.roles).union(*viewer.project_roles.values())
+    return bool(roles & {"owner", "admin"})
 
 
 def demo_project_ids() -> tuple[str, ...]:

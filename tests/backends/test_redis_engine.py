@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from integration_status import allow_global_roles
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
 
@@ -183,6 +184,7 @@ async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, r
             adapters=[ScriptedAdapter("github", snapshot("github"))],
             engine=engine,
             clock=FakeClock(),
+            authorizer=allow_global_roles,
         )
 
     owner = Viewer(user_id="o", roles={"owner"})

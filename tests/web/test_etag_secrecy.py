@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from integration_status import allow_global_roles
 from integration_status.core.etag import canonical_json
 from integration_status.protocols import Viewer
 from integration_status.service import Settings, StatusService
@@ -32,6 +33,7 @@ def service(clock: FakeClock, **settings: Any) -> StatusService:
         adapters=[ScriptedAdapter("github", GITHUB)],
         settings=Settings(**settings),
         clock=clock,
+        authorizer=allow_global_roles,
     )
 
 

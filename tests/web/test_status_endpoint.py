@@ -140,6 +140,7 @@ async def test_hash_is_the_keyed_hash_of_the_body_without_hash() -> None:
         authenticator=header_auth,
         settings=Settings(etag_secret="deployment-secret"),
         clock=FakeClock(),
+        authorizer=allow_global_roles,
     )
     async with service:
         transport = httpx.ASGITransport(app=create_app(service, lifespan=False))
