@@ -267,20 +267,34 @@ class BeginResult:
     """The answer of :meth:`IdempotencyStore.begin`.
 
     - ``started``: this caller holds the lease (``token``) and must ``complete`` or ``release`` it
-    - ``replay``: a finished response with the same fingerprint (``response``)
+    - ``resume``: an earlier attempt checkpointed (it may have reached the provider) and its worker stopped:
+      this caller holds the lease (``token``) and must reconcile from ``checkpoint``, never simply re-run
+    - ``replay``: a finished response with the same fingerprint (``response``); with a ``token`` too when the
+      attempt's follow-up (e.g. following a deployment) was abandoned and this caller took it over
     - ``in_flight``: another request with this key is running (409)
     - ``mismatch``: the key was used for a different request (422)
     """
 
-    state: Literal["started", "replay", "in_flight", "mismatch"]
+    state: Literal["started", "resume", "replay", "in_flight", "mismatch"]
     token: str | None = None
     response: StoredResponse | None = None
+    checkpoint: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 class IdempotencyStore(Protocol):
+    """The contract is in :mod:`integration_status.core.idempotency`."""
+
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult: ...
 
-    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None: ...
+    async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool: ...
+
+    async def complete(
+        self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
+    ) -> None: ...
+
+    async def renew(self, key: str, token: str, *, lease: float) -> bool: ...
+
+    async def settle(self, key: str, token: str) -> None: ...
 
     async def release(self, key: str, token: str) -> None: ...
 

@@ -112,93 +112,186 @@ class RedisCacheStore:
 
 # --- idempotency --------------------------------------------------------------------------------------------
 
-# KEYS[1] done record (hash: fp, status, body, headers); KEYS[2] lease (hash: token, fp).
-# ARGV[1] fingerprint; ARGV[2] new owner token; ARGV[3] lease ms.
-_BEGIN = """
-local fp = redis.call('HGET', KEYS[1], 'fp')
-if fp then
-  if fp == ARGV[1] then
-    local r = redis.call('HMGET', KEYS[1], 'status', 'body', 'headers')
-    return {'replay', r[1], r[2], r[3]}
-  end
-  return {'mismatch'}
+# One hash per key: fp, state ('run' | 'done'), token, until (ms: the lease of the attempt, or of the
+# follow-up), cp (checkpoint JSON), exp (ms: retention end), status, body, headers. The key also expires
+# after ``keep_for`` in Redis; times come from the injected clock (ARGV), like the rate limiter. A 'run'
+# record without cp whose lease is over provably never started: it counts as absent.
+_IDEM_LIVE = """
+local function live(r, now)
+  if not r[1] then return false end
+  if r[6] and tonumber(r[6]) <= now then return false end
+  if r[2] == 'run' and not r[5] and tonumber(r[4]) <= now then return false end
+  return true
 end
-local held = redis.call('HGET', KEYS[2], 'fp')
-if held then
-  if held == ARGV[1] then return {'in_flight'} end
-  return {'mismatch'}
-end
-redis.call('HSET', KEYS[2], 'token', ARGV[2], 'fp', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {'started', ARGV[2]}
 """
 
-# KEYS[1] lease; KEYS[2] done record. ARGV: token, status, body, headers, keep ms.
+# KEYS[1] record. ARGV: fingerprint, new token, now ms, lease ms, keep ms.
+_BEGIN = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp', 'status', 'body', 'headers')
+local now = tonumber(ARGV[3])
+if not live(r, now) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'run', 'token', ARGV[2], 'until', now + tonumber(ARGV[4]),
+    'exp', now + tonumber(ARGV[5]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'started', ARGV[2]}
+end
+if r[1] ~= ARGV[1] then return {'mismatch'} end
+local abandoned = r[4] and tonumber(r[4]) <= now
+if not abandoned then
+  if r[2] == 'run' then return {'in_flight'} end
+  return {'replay', r[7], r[8], r[9]}
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'until', now + tonumber(ARGV[4]))
+if r[2] == 'run' then return {'resume', ARGV[2], r[5]} end
+return {'replay', r[7], r[8], r[9], ARGV[2], r[5] or ''}
+"""
+)
+
+# KEYS[1] record. ARGV: token, checkpoint JSON, now ms, lease ms.
+_CHECKPOINT = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
+if not live(r, tonumber(ARGV[3])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'until', tonumber(ARGV[3]) + tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token, status, body, headers, keep ms, now ms, follow-up lease ms ('' for none).
 # A holder whose lease expired (and was maybe taken over) must not overwrite the newer owner's result.
-_COMPLETE = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-local fp = redis.call('HGET', KEYS[1], 'fp')
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'fp', fp, 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('DEL', KEYS[1])
+_COMPLETE = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
+if not live(r, tonumber(ARGV[6])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4],
+  'exp', tonumber(ARGV[6]) + tonumber(ARGV[5]))
+if ARGV[7] == '' then
+  redis.call('HDEL', KEYS[1], 'token', 'until')
+else
+  redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[6]) + tonumber(ARGV[7]))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token, now ms, lease ms.
+_RENEW = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
+if not live(r, tonumber(ARGV[2])) or r[3] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token.
+_SETTLE = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'done' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'token', 'until')
 return 1
 """
 
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+# KEYS[1] record. ARGV: token, now ms.
+_RELEASE = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
+if not live(r, tonumber(ARGV[2])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+if r[5] then
+  redis.call('HSET', KEYS[1], 'until', ARGV[2])
+  return 1
 end
-return 0
+return redis.call('DEL', KEYS[1])
 """
+)
+
+
+def _optional_json(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
 
 
 class RedisIdempotencyStore:
-    """Idempotency records shared by all workers: a lease ``{prefix}:idem:lease:{key}`` while the action runs,
-    then the finished response ``{prefix}:idem:done:{key}`` for replay."""
+    """Idempotency records shared by all workers: one hash ``{prefix}:idem:{key}`` per key, holding the
+    attempt's lease and checkpoint while the action runs, then the finished response for replay."""
 
     def __init__(self, shared: Shared) -> None:
         self._s = shared
         self._begin = shared.client.register_script(_BEGIN)
+        self._checkpoint = shared.client.register_script(_CHECKPOINT)
         self._complete = shared.client.register_script(_COMPLETE)
+        self._renew = shared.client.register_script(_RENEW)
+        self._settle = shared.client.register_script(_SETTLE)
         self._release = shared.client.register_script(_RELEASE)
 
-    def _keys(self, key: str) -> tuple[str, str]:
-        return self._s.key("idem", "done", key), self._s.key("idem", "lease", key)
+    def _key(self, key: str) -> str:
+        return self._s.key("idem", key)
+
+    def _now(self) -> str:
+        return repr(self._s.clock.time() * 1000)
 
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
-        done, held = self._keys(key)
+        args: list[str | int] = [fingerprint, uuid.uuid4().hex, self._now(), to_ms(lease), to_ms(keep_for)]
         with self._s.errors("checking an idempotency key"):
-            reply = await self._begin(keys=[done, held], args=[fingerprint, uuid.uuid4().hex, to_ms(lease)])
+            reply = await self._begin(keys=[self._key(key)], args=args)
         state = reply[0]
         if state == "started":
             return BeginResult(state="started", token=reply[1])
+        if state == "resume":
+            return BeginResult(state="resume", token=reply[1], checkpoint=_optional_json(reply[2]))
         if state == "replay":
             response = StoredResponse(
                 status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
             )
+            if len(reply) > 4:
+                return BeginResult(
+                    state="replay", response=response, token=reply[4], checkpoint=_optional_json(reply[5])
+                )
             return BeginResult(state="replay", response=response)
         if state == "in_flight":
             return BeginResult(state="in_flight")
         return BeginResult(state="mismatch")
 
-    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None:
-        done, held = self._keys(key)
+    async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool:
+        args: list[str | int] = [token, dumps(dict(data)), self._now(), to_ms(lease)]
+        with self._s.errors("recording an action checkpoint"):
+            return bool(await self._checkpoint(keys=[self._key(key)], args=args))
+
+    async def complete(
+        self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
+    ) -> None:
         args: list[str | int] = [
             token,
             response.status,
             dumps(dict(response.body)),
             dumps(dict(response.headers)),
             to_ms(keep_for),
+            self._now(),
+            "" if follow is None else to_ms(follow),
         ]
         with self._s.errors("storing an idempotent response"):
-            stored = await self._complete(keys=[held, done], args=args)
+            stored = await self._complete(keys=[self._key(key)], args=args)
         if not stored:
             _log.warning("integration_status.redis.idempotency.lease_lost", status=response.status)
 
+    async def renew(self, key: str, token: str, *, lease: float) -> bool:
+        with self._s.errors("renewing an idempotency lease"):
+            return bool(await self._renew(keys=[self._key(key)], args=[token, self._now(), to_ms(lease)]))
+
+    async def settle(self, key: str, token: str) -> None:
+        with self._s.errors("settling an action's follow-up"):
+            await self._settle(keys=[self._key(key)], args=[token])
+
     async def release(self, key: str, token: str) -> None:
         with self._s.errors("releasing an idempotency key"):
-            await self._release(keys=[self._keys(key)[1]], args=[token])
+            await self._release(keys=[self._key(key)], args=[token, self._now()])
 
 
 # --- rate limiting ------------------------------------------------------------------------------------------
