@@ -192,6 +192,10 @@ class ActionOutcome:
     changes_state: bool = True
 
 
+async def _no_checkpoint(data: Mapping[str, Any]) -> None:
+    """A context built without the service (tests, direct calls) records nothing."""
+
+
 @attrs.frozen(kw_only=True)
 class ActionContext:
     """Services an action handler may use: publish events, run work on after answering (202), the clock."""
@@ -202,6 +206,14 @@ class ActionContext:
     publish: Callable[[Mapping[str, Any]], Awaitable[None]]
     spawn: Callable[[Callable[[], Awaitable[None]]], None]
     snapshot: ProviderSnapshot | None = None
+    #: Record what a retry needs to reconcile this action if the worker dies (e.g. the provider's deployment
+    #: id), as soon as it is known. The service records the start itself, before calling the handler.
+    checkpoint: Callable[[Mapping[str, Any]], Awaitable[None]] = _no_checkpoint
+    #: Set when an earlier attempt with the same Idempotency-Key stopped after it may have reached the
+    #: provider: its last checkpoint. Only handlers marked ``@reconciling`` are called with it; they must
+    #: reconcile (look the operation up, follow it), never simply run again. ``resume["answered"]`` is True
+    #: when that attempt's answer was stored and only its follow-up (e.g. following a deployment) is left.
+    resume: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 ActionHandler: TypeAlias = Callable[

@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import structlog
@@ -69,9 +69,11 @@ __all__ = [
     "STORABLE",
     "Attempt",
     "IdempotencyGuard",
+    "can_reconcile",
     "fingerprint",
     "is_storable",
     "parse_idempotency_key",
+    "reconciling",
     "scope_key",
 ]
 
@@ -192,6 +194,25 @@ def is_storable(status: int) -> bool:
 
 #: The name used in SPEC discussions; the same function as :func:`is_storable`.
 STORABLE: Final = is_storable
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def reconciling(handler: _F) -> _F:
+    """Mark an action handler that can reconcile: called with ``ctx.resume`` (the checkpoint of an attempt
+    whose worker died), it looks the provider's operation up and follows it instead of starting another.
+
+    A handler without the mark is never called again after its attempt may have reached the provider: the
+    retry is answered :class:`~integration_status.exceptions.OutcomeUnknown`.
+    """
+    handler.__dict__["reconciles"] = True
+    return handler
+
+
+def can_reconcile(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler`` (a function, or a bound method of one) was marked with :func:`reconciling`."""
+    return getattr(handler, "reconciles", False) is True
 
 
 class Attempt:

@@ -16,12 +16,20 @@ import attrs
 import structlog
 
 from integration_status.core.aggregator import cache_key
+from integration_status.core.clock import epoch_ms
 from integration_status.core.deadline import call_with_timeout
-from integration_status.core.idempotency import fingerprint, parse_idempotency_key, scope_key
+from integration_status.core.idempotency import (
+    Attempt,
+    can_reconcile,
+    fingerprint,
+    parse_idempotency_key,
+    scope_key,
+)
 from integration_status.core.ratelimit import rate_key, rate_limit_headers, retry_after_seconds
 from integration_status.exceptions import (
     Forbidden,
     InvalidRequest,
+    OutcomeUnknown,
     ProviderError,
     ProviderRateLimited,
     ProviderTimeout,
@@ -197,7 +205,11 @@ class ActionRunner:
             raise InvalidRequest(f"{call.action} is not available on this server for {call.provider}")
         decision_headers: dict[str, str] = {}
 
-        async def run() -> StoredResponse:
+        async def run(attempt: Attempt) -> StoredResponse:
+            if attempt.resume is not None:  # the first attempt spent the rate-limit slot already
+                return await self._dispatch(
+                    call, viewer, connection or ProviderConnection(provider=call.provider), handler, attempt
+                )
             decision = await service.engine.rate_limiter.hit(
                 rate_key(viewer.user_id, call.project_id),
                 limit=service.settings.rate_limit,
@@ -211,11 +223,11 @@ class ActionRunner:
                     retry_after=retry_after_seconds(decision),
                 )
             return await self._dispatch(
-                call, viewer, connection or ProviderConnection(provider=call.provider), handler
+                call, viewer, connection or ProviderConnection(provider=call.provider), handler, attempt
             )
 
         try:
-            stored, replayed = await service.idempotency.run(
+            stored, replayed = await service.idempotency.execute(
                 scope=scope_key(viewer.user_id, call.project_id, key),
                 fingerprint=fingerprint(method, path, call.to_json()),
                 action=run,
@@ -239,22 +251,47 @@ class ActionRunner:
             raise InvalidRequest(f"{call.action} cannot run now: {reason}", hint=reason)
 
     async def _dispatch(
-        self, call: ActionCall, viewer: Viewer, connection: ProviderConnection, handler: ActionHandler
+        self,
+        call: ActionCall,
+        viewer: Viewer,
+        connection: ProviderConnection,
+        handler: ActionHandler,
+        attempt: Attempt,
     ) -> StoredResponse:
         service = self._service
-        operation_id = new_operation_id()
+        resume = attempt.resume
+        operation_id = str((resume or {}).get("operationId") or new_operation_id())
+        if resume is not None and not can_reconcile(handler):
+            if attempt.follow_only:
+                return StoredResponse(status=204, body={})  # nothing this handler can take over
+            return self._failed(call, outcome_unknown(call))
         entry = await service.cache.peek(cache_key(call.project_id, call.provider))
+        # What every checkpoint carries: a resumed attempt answers and reports under the same operation id,
+        # and knows since when to look for the provider's operation.
+        base = {"operationId": operation_id, "at": int((resume or {}).get("at") or epoch_ms(service.clock))}
+        if resume is None:
+            # Recorded before the provider can be called: from here on a crash is resumed, never re-run.
+            await attempt.checkpoint(base)
 
         async def publish(event: Mapping[str, Any]) -> None:
             await service.publish(call.project_id, event)
+
+        async def checkpoint(data: Mapping[str, Any]) -> None:
+            await attempt.checkpoint({**base, **data})
+
+        def spawn(fn: Callable[[], Awaitable[None]]) -> None:
+            service.spawn(attempt.follow(fn))
 
         ctx = ActionContext(
             clock=service.clock,
             operation_id=operation_id,
             timeout=service.settings.action_timeout,
             publish=publish,
-            spawn=service.spawn,
+            spawn=spawn,
             snapshot=None if entry is None else entry.snapshot,
+            checkpoint=checkpoint,
+            # ``answered``: the response is stored already, only the follow-up is left to take over.
+            resume=None if resume is None else {**resume, "answered": attempt.follow_only},
         )
         request = ActionRequest(
             project_id=call.project_id,
@@ -273,7 +310,11 @@ class ActionRunner:
             )
             return self._failed(call, outcome_exc)
         except ProviderError as exc:
+            if attempt.follow_only:
+                raise  # the stored answer stands; the follow-up is left to the next retry
             return self._failed(call, exc)
+        if attempt.follow_only:
+            return StoredResponse(status=204, body={})  # discarded: the stored answer is replayed
         _log.info(
             "integration_status.action.succeeded",
             provider=call.provider,
@@ -298,6 +339,17 @@ class ActionRunner:
         self._service.metrics.action(call.provider, call.action, outcome)
         status, body, headers = failure_body(exc)
         return StoredResponse(status=status, body=body, headers=headers)
+
+
+def outcome_unknown(call: ActionCall) -> OutcomeUnknown:
+    """The answer to a retry of an action whose worker stopped after it may have reached the provider, when
+    the provider cannot be asked what happened."""
+    return OutcomeUnknown(
+        f"The outcome of {call.provider} {call.action} is unknown: the server handling it stopped after it may "
+        f"have reached {call.provider}",
+        provider=call.provider,
+        hint=f"Check {call.provider} for it before running it again with a new Idempotency-Key",
+    )
 
 
 def _refresh_later(
