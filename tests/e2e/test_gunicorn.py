@@ -48,7 +48,10 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"gunicorn did not start:\n{log.read_text()[-3000:]}"
             try:
-                if httpx.get(f"{base}{API}/status", params={"projectId": "demo"}, timeout=2).status_code == 200:
+                if (
+                    httpx.get(f"{base}{API}/status", params={"projectId": "demo"}, timeout=2).status_code
+                    == 200
+                ):
                     break
             except httpx.TransportError:
                 time.sleep(0.1)

@@ -508,7 +508,9 @@ def test_streams_over_the_configured_cap_get_a_retry_frame_at_once() -> None:
         first = client.get(url, headers=headers, buffered=False)
         assert next(first.response).startswith(b":")  # streaming
         second = client.get(url, headers=headers)
-        assert second.get_data() == b"event: error\nretry: 4000\ndata: too many open streams on this worker\n\n"
+        assert (
+            second.get_data() == b"event: error\nretry: 4000\ndata: too many open streams on this worker\n\n"
+        )
         assert second.mimetype == "text/event-stream"
         first.close()
         third = client.get(url, headers=headers, buffered=False)
