@@ -123,6 +123,12 @@ local function live(r, now)
   if r[2] == 'run' and not r[5] and tonumber(r[4]) <= now then return false end
   return true
 end
+-- The record if ``token`` owns it (and it is in ``state``, unless that is nil), else nil.
+local function owned(key, token, now, state)
+  local r = redis.call('HMGET', key, 'fp', 'state', 'token', 'until', 'cp', 'exp')
+  if not live(r, now) or r[3] ~= token or (state and r[2] ~= state) then return nil end
+  return r
+end
 """
 
 # KEYS[1] record. ARGV: fingerprint, new token, now ms, lease ms, keep ms.
@@ -154,8 +160,7 @@ return {'replay', r[7], r[8], r[9], ARGV[2], r[5] or ''}
 _CHECKPOINT = (
     _IDEM_LIVE
     + """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
-if not live(r, tonumber(ARGV[3])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+if not owned(KEYS[1], ARGV[1], tonumber(ARGV[3]), 'run') then return 0 end
 redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'until', tonumber(ARGV[3]) + tonumber(ARGV[4]))
 return 1
 """
@@ -166,8 +171,7 @@ return 1
 _COMPLETE = (
     _IDEM_LIVE
     + """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
-if not live(r, tonumber(ARGV[6])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+if not owned(KEYS[1], ARGV[1], tonumber(ARGV[6]), 'run') then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4],
   'exp', tonumber(ARGV[6]) + tonumber(ARGV[5]))
 if ARGV[7] == '' then
@@ -184,8 +188,7 @@ return 1
 _RENEW = (
     _IDEM_LIVE
     + """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
-if not live(r, tonumber(ARGV[2])) or r[3] ~= ARGV[1] then return 0 end
+if not owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), nil) then return 0 end
 redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 return 1
 """
@@ -203,8 +206,8 @@ return 1
 _RELEASE = (
     _IDEM_LIVE
     + """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp')
-if not live(r, tonumber(ARGV[2])) or r[2] ~= 'run' or r[3] ~= ARGV[1] then return 0 end
+local r = owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), 'run')
+if not r then return 0 end
 if r[5] then
   redis.call('HSET', KEYS[1], 'until', ARGV[2])
   return 1

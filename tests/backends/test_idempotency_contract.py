@@ -194,16 +194,21 @@ async def test_stored_response_expires_after_keep_for(stores: Pair, redis_clock:
 
 async def test_fifty_concurrent_begins_start_exactly_once(stores: Pair) -> None:
     """The same key begun 50 times at once across two workers: one started, 49 in flight."""
+    states = await begin_at_once(stores, 50)
+    assert (states.count("started"), states.count("in_flight")) == (1, 49)
+
+
+async def begin_at_once(stores: Pair, n: int) -> list[str]:
+    """The states of ``n`` concurrent begins of one key, alternating between the two workers."""
     results: list[BeginResult] = []
 
     async def one(store: IdempotencyStore) -> None:
         results.append(await begin(store))
 
     async with anyio.create_task_group() as tg:
-        for i in range(50):
+        for i in range(n):
             tg.start_soon(one, stores[i % 2])
-    states = sorted(r.state for r in results)
-    assert (states.count("started"), states.count("in_flight")) == (1, 49)
+    return [r.state for r in results]
 
 
 async def test_fifty_concurrent_takeovers_of_an_abandoned_attempt_resume_once(
@@ -214,15 +219,7 @@ async def test_fifty_concurrent_takeovers_of_an_abandoned_attempt_resume_once(
     assert first.token is not None
     await stores[0].checkpoint("k", first.token, {"at": 1}, lease=LEASE)
     redis_clock.advance(LEASE)
-    results: list[BeginResult] = []
-
-    async def one(store: IdempotencyStore) -> None:
-        results.append(await begin(store))
-
-    async with anyio.create_task_group() as tg:
-        for i in range(50):
-            tg.start_soon(one, stores[i % 2])
-    states = sorted(r.state for r in results)
+    states = await begin_at_once(stores, 50)
     assert (states.count("resume"), states.count("in_flight")) == (1, 49)
 
 
