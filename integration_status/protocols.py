@@ -310,6 +310,8 @@ class IdempotencyStore(Protocol):
 
     async def release(self, key: str, token: str) -> None: ...
 
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]: ...
+
 
 @attrs.frozen(kw_only=True)
 class RateDecision:

@@ -163,6 +163,20 @@ class MemoryIdempotencyStore:
         else:
             self._records[key] = attrs.evolve(record, lease_until=self._clock.time())
 
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract)."""
+        now = self._clock.time()
+        claimed: list[tuple[str, BeginResult]] = []
+        for key, record in list(self._records.items()):
+            if len(claimed) >= limit:
+                break
+            if self._expired(record, now) or record.lease_until is None or now < record.lease_until:
+                continue
+            if record.state == "in_flight" and record.checkpoint is None:  # pragma: no cover - expired above
+                continue
+            claimed.append((key, await self.begin(key, record.fingerprint, lease=lease, keep_for=1.0)))
+        return claimed
+
     def __len__(self) -> int:
         """Records held right now, expired ones included until the next sweep (for tests and metrics)."""
         return len(self._records)

@@ -116,6 +116,9 @@ class RedisCacheStore:
 # follow-up), cp (checkpoint JSON), exp (ms: retention end), status, body, headers. The key also expires
 # after ``keep_for`` in Redis; times come from the injected clock (ARGV), like the rate limiter. A 'run'
 # record without cp whose lease is over provably never started: it counts as absent.
+# Every lease that a dead worker may leave to others (a checkpointed attempt, a follow-up) is also in the
+# sorted set ``{prefix}:idem:leases`` (KEYS[2], member: the key, score: ``until``), where
+# ``claim_abandoned`` finds the ones that ran out. The member is always the last ARGV.
 _IDEM_LIVE = """
 local function live(r, now)
   if not r[1] then return false end
@@ -137,8 +140,10 @@ _BEGIN = (
     + """
 local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp', 'status', 'body', 'headers')
 local now = tonumber(ARGV[3])
+local member = ARGV[#ARGV]
 if not live(r, now) then
   redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], member)
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'run', 'token', ARGV[2], 'until', now + tonumber(ARGV[4]),
     'exp', now + tonumber(ARGV[5]))
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -151,6 +156,7 @@ if not abandoned then
   return {'replay', r[7], r[8], r[9]}
 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'until', now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), member)
 if r[2] == 'run' then return {'resume', ARGV[2], r[5]} end
 return {'replay', r[7], r[8], r[9], ARGV[2], r[5] or ''}
 """
@@ -162,6 +168,7 @@ _CHECKPOINT = (
     + """
 if not owned(KEYS[1], ARGV[1], tonumber(ARGV[3]), 'run') then return 0 end
 redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'until', tonumber(ARGV[3]) + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[#ARGV])
 return 1
 """
 )
@@ -176,8 +183,10 @@ redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[2], 'body', ARGV[3],
   'exp', tonumber(ARGV[6]) + tonumber(ARGV[5]))
 if ARGV[7] == '' then
   redis.call('HDEL', KEYS[1], 'token', 'until')
+  redis.call('ZREM', KEYS[2], ARGV[#ARGV])
 else
   redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[6]) + tonumber(ARGV[7]))
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[#ARGV])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
@@ -188,8 +197,12 @@ return 1
 _RENEW = (
     _IDEM_LIVE
     + """
-if not owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), nil) then return 0 end
+local r = owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), nil)
+if not r then return 0 end
 redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+if r[5] or r[2] == 'done' then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[#ARGV])
+end
 return 1
 """
 )
@@ -199,6 +212,7 @@ _SETTLE = """
 local r = redis.call('HMGET', KEYS[1], 'state', 'token')
 if r[1] ~= 'done' or r[2] ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'token', 'until')
+redis.call('ZREM', KEYS[2], ARGV[#ARGV])
 return 1
 """
 
@@ -210,15 +224,60 @@ local r = owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), 'run')
 if not r then return 0 end
 if r[5] then
   redis.call('HSET', KEYS[1], 'until', ARGV[2])
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[#ARGV])
   return 1
 end
+redis.call('ZREM', KEYS[2], ARGV[#ARGV])
 return redis.call('DEL', KEYS[1])
+"""
+)
+
+# KEYS[1] record, KEYS[2] index. ARGV: new token, now ms, lease ms, member. Takes over a lease that ran
+# out, as BEGIN does for a retry; drops index entries of records that are gone or need nobody.
+_CLAIM = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp', 'status', 'body', 'headers')
+local now = tonumber(ARGV[2])
+if not live(r, now) or not r[4] or (r[2] == 'done' and not r[3]) or (r[2] == 'run' and not r[5]) then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  return {'gone'}
+end
+if tonumber(r[4]) > now then
+  redis.call('ZADD', KEYS[2], tonumber(r[4]), ARGV[4])
+  return {'held'}
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'until', now + tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+if r[2] == 'run' then return {'resume', ARGV[1], r[5]} end
+return {'replay', r[7], r[8], r[9], ARGV[1], r[5] or ''}
 """
 )
 
 
 def _optional_json(raw: str | None) -> Any:
     return json.loads(raw) if raw else None
+
+
+def _begin_result(reply: list[Any]) -> BeginResult:
+    """A BEGIN (or CLAIM) script's answer as a BeginResult."""
+    state = reply[0]
+    if state == "started":
+        return BeginResult(state="started", token=reply[1])
+    if state == "resume":
+        return BeginResult(state="resume", token=reply[1], checkpoint=_optional_json(reply[2]))
+    if state == "replay":
+        response = StoredResponse(
+            status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
+        )
+        if len(reply) > 4:
+            return BeginResult(
+                state="replay", response=response, token=reply[4], checkpoint=_optional_json(reply[5])
+            )
+        return BeginResult(state="replay", response=response)
+    if state == "in_flight":
+        return BeginResult(state="in_flight")
+    return BeginResult(state="mismatch")
 
 
 class RedisIdempotencyStore:
@@ -233,9 +292,10 @@ class RedisIdempotencyStore:
         self._renew = shared.client.register_script(_RENEW)
         self._settle = shared.client.register_script(_SETTLE)
         self._release = shared.client.register_script(_RELEASE)
+        self._claim = shared.client.register_script(_CLAIM)
 
-    def _key(self, key: str) -> str:
-        return self._s.key("idem", key)
+    def _keys(self, key: str) -> list[str]:
+        return [self._s.key("idem", key), self._s.key("idem", "leases")]
 
     def _now(self) -> str:
         return repr(self._s.clock.time() * 1000)
@@ -243,29 +303,12 @@ class RedisIdempotencyStore:
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
         args: list[str | int] = [fingerprint, uuid.uuid4().hex, self._now(), to_ms(lease), to_ms(keep_for)]
         with self._s.errors("checking an idempotency key"):
-            reply = await self._begin(keys=[self._key(key)], args=args)
-        state = reply[0]
-        if state == "started":
-            return BeginResult(state="started", token=reply[1])
-        if state == "resume":
-            return BeginResult(state="resume", token=reply[1], checkpoint=_optional_json(reply[2]))
-        if state == "replay":
-            response = StoredResponse(
-                status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
-            )
-            if len(reply) > 4:
-                return BeginResult(
-                    state="replay", response=response, token=reply[4], checkpoint=_optional_json(reply[5])
-                )
-            return BeginResult(state="replay", response=response)
-        if state == "in_flight":
-            return BeginResult(state="in_flight")
-        return BeginResult(state="mismatch")
+            return _begin_result(await self._begin(keys=self._keys(key), args=[*args, key]))
 
     async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool:
         args: list[str | int] = [token, dumps(dict(data)), self._now(), to_ms(lease)]
         with self._s.errors("recording an action checkpoint"):
-            return bool(await self._checkpoint(keys=[self._key(key)], args=args))
+            return bool(await self._checkpoint(keys=self._keys(key), args=[*args, key]))
 
     async def complete(
         self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
@@ -280,21 +323,35 @@ class RedisIdempotencyStore:
             "" if follow is None else to_ms(follow),
         ]
         with self._s.errors("storing an idempotent response"):
-            stored = await self._complete(keys=[self._key(key)], args=args)
+            stored = await self._complete(keys=self._keys(key), args=[*args, key])
         if not stored:
             _log.warning("integration_status.redis.idempotency.lease_lost", status=response.status)
 
     async def renew(self, key: str, token: str, *, lease: float) -> bool:
         with self._s.errors("renewing an idempotency lease"):
-            return bool(await self._renew(keys=[self._key(key)], args=[token, self._now(), to_ms(lease)]))
+            return bool(await self._renew(keys=self._keys(key), args=[token, self._now(), to_ms(lease), key]))
 
     async def settle(self, key: str, token: str) -> None:
         with self._s.errors("settling an action's follow-up"):
-            await self._settle(keys=[self._key(key)], args=[token])
+            await self._settle(keys=self._keys(key), args=[token, key])
 
     async def release(self, key: str, token: str) -> None:
         with self._s.errors("releasing an idempotency key"):
-            await self._release(keys=[self._key(key)], args=[token, self._now()])
+            await self._release(keys=self._keys(key), args=[token, self._now(), key])
+
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract)."""
+        index = self._s.key("idem", "leases")
+        with self._s.errors("looking for abandoned actions"):
+            due = await self._s.client.zrangebyscore(index, "-inf", self._now(), start=0, num=limit)
+            claimed: list[tuple[str, BeginResult]] = []
+            for member in due:
+                key = str(member)  # decode_responses: members are str
+                args: list[str | int] = [uuid.uuid4().hex, self._now(), to_ms(lease), key]
+                reply = await self._claim(keys=self._keys(key), args=args)
+                if reply[0] in ("resume", "replay"):
+                    claimed.append((key, _begin_result(reply)))
+        return claimed
 
 
 # --- rate limiting ------------------------------------------------------------------------------------------

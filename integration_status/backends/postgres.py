@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     headers      jsonb
 );
 CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at);
+CREATE INDEX IF NOT EXISTS {lease_index} ON {table} (lease_until) WHERE lease_until IS NOT NULL;
 """
 
 _COLUMNS: Final = "fingerprint, state, token, lease_until, expires_at, checkpoint, status, body, headers"
@@ -71,7 +72,9 @@ def migration_sql(*, schema: str = "public", table: str = DEFAULT_TABLE) -> str:
     >>> print(migration_sql(schema="app").splitlines()[0])
     CREATE TABLE IF NOT EXISTS "app"."integration_status_idempotency" (
     """
-    return MIGRATION_SQL.format(table=f'"{schema}"."{table}"', index=f'"{table}_expires_at"')
+    return MIGRATION_SQL.format(
+        table=f'"{schema}"."{table}"', index=f'"{table}_expires_at"', lease_index=f'"{table}_lease_until"'
+    )
 
 
 def _endpoint(dsn: str) -> str:
@@ -192,9 +195,15 @@ class PostgresIdempotencyStore:
         self._open = True
         if self._create:
             statement = sql.SQL(MIGRATION_SQL).format(
-                table=self._table, index=sql.Identifier(f"{self._table_name}_expires_at")
+                table=self._table,
+                index=sql.Identifier(f"{self._table_name}_expires_at"),
+                lease_index=sql.Identifier(f"{self._table_name}_lease_until"),
             )
-            async with self._conn("creating the idempotency table") as conn:
+            async with self._conn("creating the idempotency table") as conn, conn.transaction():
+                # Workers start together, and CREATE ... IF NOT EXISTS is not safe against a concurrent twin:
+                # one migration at a time per table.
+                lock = f"integration_status:{self._schema}.{self._table_name}"
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
                 await conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
                 )
@@ -369,6 +378,37 @@ class PostgresIdempotencyStore:
                 await conn.execute(
                     sql.SQL("UPDATE {} SET lease_until = %s WHERE key = %s").format(self._table), (now, key)
                 )
+
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract); rows
+        another worker is deciding on right now are skipped, not waited for."""
+        now = self._clock.time()
+        tokens = [secrets.token_hex(16) for _ in range(limit)]
+        async with self._conn("looking for abandoned actions") as conn, conn.transaction():
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT key, " + _COLUMNS + " FROM {} WHERE lease_until <= %s AND expires_at > %s "
+                    "AND ((state = 'in_flight' AND checkpoint IS NOT NULL) "
+                    "OR (state = 'done' AND token IS NOT NULL)) "
+                    "ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED"
+                ).format(self._table),
+                (now, now, limit),
+            )
+            rows = await cur.fetchall()
+            claimed: list[tuple[str, BeginResult]] = []
+            for row, token in zip(rows, tokens, strict=False):
+                await conn.execute(
+                    sql.SQL("UPDATE {} SET token = %s, lease_until = %s WHERE key = %s").format(self._table),
+                    (token, now + lease, row["key"]),
+                )
+                if row["state"] == "in_flight":
+                    begun = BeginResult(state="resume", token=token, checkpoint=row["checkpoint"])
+                else:
+                    begun = BeginResult(
+                        state="replay", response=_response(row), token=token, checkpoint=row["checkpoint"]
+                    )
+                claimed.append((row["key"], begun))
+        return claimed
 
     async def _sweep(self, now: float) -> None:
         if now < self._next_sweep:

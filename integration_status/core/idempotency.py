@@ -37,6 +37,11 @@ silent second run.
     ends the caller's in-flight attempt: a record that never checkpointed is deleted, so the same key may be
     retried at once; a checkpointed one only loses its lease, so the next ``begin`` resumes it. A stale token
     is a no-op; a done record is never deleted by ``release``.
+``claim_abandoned(lease=L, limit=N)``
+    takes over, as ``begin`` would for a retry, up to ``N`` records whose lease ran out after a checkpoint (a
+    dead worker's attempt: ``(k, BeginResult(state="resume", ...))``) or whose follow-up lease ran out
+    (``(k, BeginResult(state="replay", token=..., ...))``), so that a live worker finishes them even when no
+    client retries. Each record is claimed by one caller only.
 
 Times are wall-clock seconds (``clock.time()``) so a record means the same in every worker.
 

@@ -223,6 +223,51 @@ async def test_fifty_concurrent_takeovers_of_an_abandoned_attempt_resume_once(
     assert (states.count("resume"), states.count("in_flight")) == (1, 49)
 
 
+async def test_abandoned_attempts_and_follow_ups_are_claimed_once(
+    stores: Pair, redis_clock: FakeClock
+) -> None:
+    """claim_abandoned takes over exactly the leases a dead worker left after a checkpoint or with a
+    follow-up, once; live leases, settled records and attempts that never started are left alone."""
+    a, b = stores
+
+    async def begun(key: str) -> str:
+        result = await a.begin(key, "fp", lease=LEASE, keep_for=KEEP)
+        assert result.token is not None
+        return result.token
+
+    dead_attempt, dead_follow, _never_started, settled = (
+        await begun("attempt"),
+        await begun("follow"),
+        await begun("fresh"),
+        await begun("settled"),
+    )
+    await a.checkpoint("attempt", dead_attempt, {"at": 1}, lease=LEASE)
+    await a.checkpoint("follow", dead_follow, {"deploymentId": "dpl_1"}, lease=LEASE)
+    await a.complete("follow", dead_follow, OK, keep_for=KEEP, follow=LEASE)
+    await a.complete("settled", settled, OK, keep_for=KEEP, follow=LEASE)
+    await a.settle("settled", settled)
+    assert await b.claim_abandoned(lease=LEASE, limit=10) == []  # every lease still live
+    redis_clock.advance(LEASE)
+    live = await begun("live")
+    await a.checkpoint("live", live, {"at": 2}, lease=LEASE)
+    claimed = dict(await b.claim_abandoned(lease=LEASE, limit=10))
+    assert sorted(claimed) == ["attempt", "follow"]
+    assert (claimed["attempt"].state, claimed["attempt"].checkpoint) == ("resume", {"at": 1})
+    follow = claimed["follow"]
+    assert (follow.state, follow.response, follow.checkpoint) == ("replay", OK, {"deploymentId": "dpl_1"})
+    assert await a.claim_abandoned(lease=LEASE, limit=10) == []  # claimed: their leases are live again
+    assert (await begin_key(a, "attempt")).state == "in_flight"
+    assert follow.token is not None
+    await b.settle("follow", follow.token)
+    redis_clock.advance(LEASE)
+    again = await a.claim_abandoned(lease=LEASE, limit=10)  # the claimer died too; the settled one is done
+    assert sorted(key for key, _ in again) == ["attempt", "live"]
+
+
+async def begin_key(store: IdempotencyStore, key: str) -> BeginResult:
+    return await store.begin(key, "fp", lease=LEASE, keep_for=KEEP)
+
+
 # --- the guard on each engine -------------------------------------------------------------------------------
 
 
@@ -307,3 +352,24 @@ async def test_redis_engine_with_a_postgres_store_keeps_records_when_redis_loses
 
 async def _ok() -> StoredResponse:
     return OK
+
+
+async def test_workers_starting_together_create_the_table_once(
+    postgres_schema: str, redis_clock: FakeClock
+) -> None:
+    """Eight stores opening at once on a fresh schema all succeed (the migration runs one at a time)."""
+    from integration_status.backends.postgres import PostgresIdempotencyStore
+
+    stores = [
+        PostgresIdempotencyStore.from_dsn(POSTGRES_DSN, schema=postgres_schema, clock=redis_clock)
+        for _ in range(8)
+    ]
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.connect)
+        assert (await begin(stores[0])).state == "started"
+        assert (await begin(stores[7])).state == "in_flight"
+    finally:
+        for store in stores:
+            await store.aclose()
