@@ -284,6 +284,9 @@ class RedisIdempotencyStore:
     """Idempotency records shared by all workers: one hash ``{prefix}:idem:{key}`` per key, holding the
     attempt's lease and checkpoint while the action runs, then the finished response for replay."""
 
+    #: Other processes use these records too (so abandoned actions are swept, see ``claim_abandoned``).
+    shared = True
+
     def __init__(self, shared: Shared) -> None:
         self._s = shared
         self._begin = shared.client.register_script(_BEGIN)

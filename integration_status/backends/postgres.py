@@ -110,6 +110,9 @@ def _owns(row: Mapping[str, Any] | None, token: str, now: float, state: str | No
 class PostgresIdempotencyStore:
     """Idempotency records in one PostgreSQL table, shared by every worker that uses it."""
 
+    #: Other processes use these records too (so abandoned actions are swept, see ``claim_abandoned``).
+    shared = True
+
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],

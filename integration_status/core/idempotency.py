@@ -63,7 +63,7 @@ import structlog
 
 from integration_status.core.clock import Clock
 from integration_status.exceptions import IdempotencyConflict, IdempotencyMismatch, InvalidRequest
-from integration_status.protocols import IdempotencyStore, StoredResponse
+from integration_status.protocols import BeginResult, IdempotencyStore, StoredResponse
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -380,7 +380,31 @@ class IdempotencyGuard:
             raise RuntimeError("idempotency store started a request without a token")
         if begun.state == "resume":
             structlog.get_logger().info("integration_status.idempotency.resumed")
-        attempt = Attempt(self, scope, token, resume=begun.checkpoint if begun.state == "resume" else None)
+        return await self._run_attempt(
+            scope, token, begun.checkpoint if begun.state == "resume" else None, action
+        ), False
+
+    async def finish_abandoned(
+        self, *, scope: str, begun: BeginResult, action: Callable[[Attempt], Awaitable[StoredResponse]]
+    ) -> None:
+        """Finish what a dead worker left, as claimed by ``store.claim_abandoned``: resume its attempt (and
+        store the answer, for the client's retry) or take over its follow-up."""
+        if begun.token is None:  # pragma: no cover - a store bug
+            raise RuntimeError("idempotency store claimed a record without a token")
+        if begun.state == "resume":
+            structlog.get_logger().info("integration_status.idempotency.resumed", by="sweep")
+            await self._run_attempt(scope, begun.token, begun.checkpoint or {}, action)
+        else:
+            await self._take_over_follow_up(scope, begun.token, begun.checkpoint, action)
+
+    async def _run_attempt(
+        self,
+        scope: str,
+        token: str,
+        resume: Mapping[str, Any] | None,
+        action: Callable[[Attempt], Awaitable[StoredResponse]],
+    ) -> StoredResponse:
+        attempt = Attempt(self, scope, token, resume=resume)
         started = self.clock.monotonic()
         try:
             response = await action(attempt)
@@ -396,7 +420,7 @@ class IdempotencyGuard:
         # The action's effects have happened: recording them must survive a client that goes away now.
         with anyio.CancelScope(shield=True):
             await attempt._store(response)
-        return response, False
+        return response
 
     async def _take_over_follow_up(
         self,

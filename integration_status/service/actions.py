@@ -27,6 +27,7 @@ from integration_status.core.idempotency import (
 )
 from integration_status.core.ratelimit import rate_key, rate_limit_headers, retry_after_seconds
 from integration_status.exceptions import (
+    BackendUnavailable,
     Forbidden,
     InvalidRequest,
     OutcomeUnknown,
@@ -41,6 +42,7 @@ from integration_status.protocols import (
     ActionHandler,
     ActionOutcome,
     ActionRequest,
+    BeginResult,
     ProjectConnections,
     ProviderConnection,
     StoredResponse,
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("integration_status.service.actions")
 
 MAX_BODY: Final = 64 * 1024
+#: How many abandoned actions one sweep finishes at most.
+SWEEP_BATCH: Final = 20
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
 MAX_PAYLOAD_DEPTH: Final = 32
 #: HTTP status of an action whose provider failed, by problem code (the body carries the code).
@@ -165,6 +169,49 @@ class ActionRunner:
         self._service = service
         self._overrides = dict(overrides or {})
 
+    def start(self, spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+        """Start looking for actions that a dead worker left unfinished (with the service). Only for a store
+        that other processes share: a store in this process's memory dies with its worker."""
+        store = self._service.idempotency.store
+        if getattr(store, "shared", False) and callable(getattr(store, "claim_abandoned", None)):
+            spawn(self._sweep)
+
+    async def _sweep(self) -> None:
+        """Every half lease: finish the attempts and follow-ups whose worker died (its lease ran out), so that
+        a deploy answered 202 still reaches deploy:finished though its client never retries."""
+        guard = self._service.idempotency
+        while True:
+            await self._service.clock.sleep(guard.lease / 2)
+            try:
+                claimed = await guard.store.claim_abandoned(lease=guard.lease, limit=SWEEP_BATCH)
+            except BackendUnavailable:
+                continue  # the store is away: the next sweep tries again
+            for scope, begun in claimed:
+                try:
+                    await self._finish_abandoned(scope, begun)
+                except Exception as exc:
+                    _log.warning("integration_status.action.abandoned_failed", error=type(exc).__name__)
+
+    async def _finish_abandoned(self, scope: str, begun: BeginResult) -> None:
+        service = self._service
+        request = (begun.checkpoint or {}).get("request")
+        if not isinstance(request, Mapping):
+            return  # recorded without its request: only the client's retry can finish it
+        call = parse_action_body({k: v for k, v in request.items() if k != "userId"})
+        viewer = Viewer(user_id=str(request.get("userId", "")))
+        connections = await service._connections(call.project_id)
+        connection = None if connections is None else connections.get(call.provider)
+        handler = self.handler(call.provider, call.action)
+        if handler is None:
+            return
+        _log.info("integration_status.action.abandoned", provider=call.provider, action=call.action)
+
+        async def action(attempt: Attempt) -> StoredResponse:
+            conn = connection or ProviderConnection(provider=call.provider)
+            return await self._dispatch(call, viewer, conn, handler, attempt)
+
+        await service.idempotency.finish_abandoned(scope=scope, begun=begun, action=action)
+
     def handler(self, provider: ProviderKey, action: str) -> ActionHandler | None:
         override = self._overrides.get((provider, action))
         if override is not None:
@@ -268,7 +315,12 @@ class ActionRunner:
         entry = await service.cache.peek(cache_key(call.project_id, call.provider))
         # What every checkpoint carries: a resumed attempt answers and reports under the same operation id,
         # and knows since when to look for the provider's operation.
-        base = {"operationId": operation_id, "at": int((resume or {}).get("at") or epoch_ms(service.clock))}
+        base = {
+            "operationId": operation_id,
+            "at": int((resume or {}).get("at") or epoch_ms(service.clock)),
+            # Enough for a live worker to finish what this one started, should it die with no client retrying.
+            "request": {**call.to_json(), "userId": viewer.user_id},
+        }
         if resume is None:
             # Recorded before the provider can be called: from here on a crash is resumed, never re-run.
             await attempt.checkpoint(base)

@@ -170,6 +170,7 @@ class StatusService:
         self.closing = anyio.Event()
         self.streams.reopen()
         self.cache.start(self._spawn)
+        self.actions.start(self._spawn)
         return self
 
     async def __aexit__(

@@ -5,6 +5,7 @@ with the idempotency records in Redis and in PostgreSQL. Real processes: ``uvico
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -232,6 +233,53 @@ def test_a_worker_killed_at_any_step_of_a_deploy_deploys_once_and_finishes(
         assert set(started) <= set(finished)
         assert len(finished) == 1
         assert set(finished) == {final.json()["operationId"]}
+        assert not re.search(r"Traceback|ERROR", b.log.read_text()), b.log.read_text()[-3000:]
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("step", ["before_call", "after_answer"])
+def test_without_a_retry_another_worker_finishes_what_the_dead_one_started(
+    step: str, store_env: dict[str, str], vercel: FakeVercel, tmp_path: Path
+) -> None:
+    """No client retries: the other worker's sweep finds the dead worker's lease and finishes the deploy
+    (one deployment, deploy:finished for every deploy:started); a late retry replays the stored 202."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CRASH_VERCEL_URL": vercel.url,
+        "CRASH_LEASE": "2",
+        **store_env,
+    }
+    a = Worker({**env, "CRASH_AT": step}, tmp_path / "a.log")
+    b = Worker(env, tmp_path / "b.log")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        headers = {"Idempotency-Key": f"sweep-{step}", "X-User": "u1"}
+        with contextlib.suppress(httpx.TransportError):
+            httpx.post(f"{a.base}{API}/actions", json=DEPLOY, headers=headers, timeout=10)
+        assert a.proc.wait(timeout=10) == -9
+        began = time.monotonic()
+        while time.monotonic() - began < 20:  # bounded: lease 2 s, a sweep every 1 s, a build of 0.8 s
+            started, finished = deploy_events(store_env["CRASH_PREFIX"])
+            if finished and set(started) <= set(finished):
+                break
+            time.sleep(0.2)
+        took = time.monotonic() - began
+        started, finished = deploy_events(store_env["CRASH_PREFIX"])
+        late = httpx.post(f"{b.base}{API}/actions", json=DEPLOY, headers=headers, timeout=10)
+        print(
+            f"\n{step}, no retry ({'postgres' if 'CRASH_PG_SCHEMA' in store_env else 'redis'}): "
+            f"deployments={vercel.created} started={len(started)} finished={len(finished)} in {took:.2f}s; "
+            f"late retry {late.status_code} replayed={late.headers.get('idempotent-replayed')}"
+        )
+        assert vercel.created == 1
+        assert len(finished) == 1
+        assert set(started) <= set(finished)
+        assert (late.status_code, late.headers.get("idempotent-replayed")) == (202, "true")
+        assert set(finished) == {late.json()["operationId"]}
         assert not re.search(r"Traceback|ERROR", b.log.read_text()), b.log.read_text()[-3000:]
     finally:
         a.stop()

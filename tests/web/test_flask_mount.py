@@ -416,14 +416,17 @@ def test_heartbeat_is_a_comment_frame(h: Harness) -> None:
 
 
 def test_close_ends_open_streams(h: Harness) -> None:
-    """Closing the extension ends open event streams cleanly and frees their slots."""
+    """Closing the extension ends open event streams cleanly, with a retry hint, and frees their slots."""
     with h.client.stream("GET", "/events", params={"projectId": "p"}) as r:
         stream = frames(r)
         first_event(stream)
         closer = threading.Thread(target=h.ext.close)
         closer.start()
-        assert list(stream) == []  # the stream ends, with no error
+        rest = list(stream)  # the stream ends, with no error
         closer.join(5)
+    assert rest[0] == {"comment": "server stopping"}
+    assert 1000 <= int(rest[1]["retry"]) <= 3000
+    assert len(rest) == 2
     assert h.service.sse_connections.count == 0
     assert not h.service.running
 
