@@ -184,12 +184,11 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{env["CRASH_PG_SCHEMA"]}" CASCADE')
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_a_worker_killed_at_any_step_of_a_deploy_deploys_once_and_finishes(
+@contextlib.contextmanager
+def workers(
     step: str, store_env: dict[str, str], vercel: FakeVercel, tmp_path: Path
-) -> None:
-    """SIGKILL at `step` on worker A; retries with the same key on worker B: one deployment at Vercel, the
-    answer is the deploy's 202, and every deploy:started has its deploy:finished."""
+) -> Iterator[tuple[Worker, Worker]]:
+    """Worker A (killed at ``step``) and worker B, started and ready; both stopped afterwards."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -202,6 +201,19 @@ def test_a_worker_killed_at_any_step_of_a_deploy_deploys_once_and_finishes(
     try:
         a.wait_ready()
         b.wait_ready()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_worker_killed_at_any_step_of_a_deploy_deploys_once_and_finishes(
+    step: str, store_env: dict[str, str], vercel: FakeVercel, tmp_path: Path
+) -> None:
+    """SIGKILL at `step` on worker A; retries with the same key on worker B: one deployment at Vercel, the
+    answer is the deploy's 202, and every deploy:started has its deploy:finished."""
+    with workers(step, store_env, vercel, tmp_path) as (a, b):
         headers = {"Idempotency-Key": f"crash-{step}", "X-User": "u1"}
         try:
             first = httpx.post(f"{a.base}{API}/actions", json=DEPLOY, headers=headers, timeout=10)
@@ -234,9 +246,6 @@ def test_a_worker_killed_at_any_step_of_a_deploy_deploys_once_and_finishes(
         assert len(finished) == 1
         assert set(finished) == {final.json()["operationId"]}
         assert not re.search(r"Traceback|ERROR", b.log.read_text()), b.log.read_text()[-3000:]
-    finally:
-        a.stop()
-        b.stop()
 
 
 @pytest.mark.parametrize("step", ["before_call", "after_answer"])
@@ -245,18 +254,7 @@ def test_without_a_retry_another_worker_finishes_what_the_dead_one_started(
 ) -> None:
     """No client retries: the other worker's sweep finds the dead worker's lease and finishes the deploy
     (one deployment, deploy:finished for every deploy:started); a late retry replays the stored 202."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CRASH_VERCEL_URL": vercel.url,
-        "CRASH_LEASE": "2",
-        **store_env,
-    }
-    a = Worker({**env, "CRASH_AT": step}, tmp_path / "a.log")
-    b = Worker(env, tmp_path / "b.log")
-    try:
-        a.wait_ready()
-        b.wait_ready()
+    with workers(step, store_env, vercel, tmp_path) as (a, b):
         headers = {"Idempotency-Key": f"sweep-{step}", "X-User": "u1"}
         with contextlib.suppress(httpx.TransportError):
             httpx.post(f"{a.base}{API}/actions", json=DEPLOY, headers=headers, timeout=10)
@@ -281,6 +279,3 @@ def test_without_a_retry_another_worker_finishes_what_the_dead_one_started(
         assert (late.status_code, late.headers.get("idempotent-replayed")) == (202, "true")
         assert set(finished) == {late.json()["operationId"]}
         assert not re.search(r"Traceback|ERROR", b.log.read_text()), b.log.read_text()[-3000:]
-    finally:
-        a.stop()
-        b.stop()
