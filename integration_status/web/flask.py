@@ -154,6 +154,7 @@ class IntegrationStatus:
         self._pid: int | None = None
         self._streams = 0  # event streams open in this process, under ``_lock``
         self._stream_cap: int | Literal["unset"] | None = "unset"
+        self._watching: int | None = None  # the pid whose server's exit is watched
         if app is not None:
             self.init_app(app)
 
@@ -252,6 +253,18 @@ class IntegrationStatus:
                 return False
             self._streams += 1
             return True
+
+    def _watch_server(self, environ: Mapping[str, Any]) -> None:
+        """Once per process: under gunicorn, end the streams when the worker is told to stop."""
+        if self._watching == os.getpid() or not str(environ.get("SERVER_SOFTWARE", "")).startswith(
+            "gunicorn"
+        ):
+            return
+        worker = _gunicorn_worker()
+        if worker is None or not hasattr(worker, "alive") or self.service is None:
+            return
+        self._watching = os.getpid()
+        self.portal.start_task_soon(_end_streams_when_stopping, self.service, worker)
 
     def _release_stream(self) -> None:
         with self._lock:
@@ -359,6 +372,7 @@ def _blueprint(prefix: str) -> Blueprint:
             frame = encode_event(data="too many open streams on this worker", event="error", retry=retry)
             return FlaskResponse(response=frame, status=200, headers=list(SSE_HEADERS.items()))
         try:
+            ext._watch_server(request.environ)
             response = ext.call(handlers.handle_events, ext.service, _info())
         except BaseException:
             ext._release_stream()
@@ -387,6 +401,15 @@ def _blueprint(prefix: str) -> Blueprint:
 
 
 # --- event streams ------------------------------------------------------------------------------------------
+
+
+async def _end_streams_when_stopping(service: StatusService, worker: Any) -> None:
+    """A gunicorn worker told to stop (SIGTERM) waits up to ``--graceful-timeout`` for its requests, streams
+    included: end them as soon as its ``alive`` flag drops, each with a ``retry:`` hint, so it need not wait."""
+    while worker.alive:  # noqa: ASYNC110 - gunicorn exposes a flag, not an event
+        await anyio.sleep(0.1)
+    _log.info("integration_status.flask.server_stopping", streams=len(service.streams))
+    service.streams.shutdown()
 
 
 class _EventStream:

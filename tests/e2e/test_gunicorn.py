@@ -4,6 +4,7 @@ never freeze it. Streams over the worker's cap get a `retry:` frame at once; sta
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,15 +31,16 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``gunicorn -k gthread --threads 4 examples.flask_app:app`` on a free loopback port."""
+def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """``gunicorn -k gthread --threads 4 examples.flask_app:app`` on a free loopback port (graceful timeout
+    10 s: longer than any test here waits)."""
     pytest.importorskip("gunicorn")
     port = free_port()
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1",
-             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "examples.flask_app:app"],
+             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "10", "examples.flask_app:app"],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -55,7 +57,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield base, log
+        yield base, log, proc
     finally:
         proc.terminate()
         try:
@@ -66,11 +68,11 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 async def test_twenty_streams_on_four_threads_leave_status_fast_and_refuse_at_once(
-    gunicorn: tuple[str, Path],
+    gunicorn: tuple[str, Path, subprocess.Popen[bytes]],
 ) -> None:
     """20 streams from one viewer: those over the cap get `retry:` within 1 s, the rest stream, and status
     requests meanwhile answer with p95 < 100 ms."""
-    base, log = gunicorn
+    base, log, _ = gunicorn
     refused: list[float] = []
     streaming: list[float] = []
     status_ms: list[float] = []
@@ -122,4 +124,39 @@ async def test_twenty_streams_on_four_threads_leave_status_fast_and_refuse_at_on
     assert len(streaming) == 2  # half of the four threads
     assert max(refused) < 1.0
     assert p95 < 100
+    assert "Traceback" not in log.read_text()
+
+
+async def test_sigterm_ends_open_streams_with_retry_and_the_worker_exits_fast(
+    gunicorn: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
+    """Two open streams and SIGTERM: gunicorn's worker does not wait out its graceful timeout (10 s); each
+    stream ends with the `retry:` hint and gunicorn exits within 3 s."""
+    base, log, proc = gunicorn
+    tails: list[bytes] = []
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+        async def stream(opened: anyio.Event) -> None:
+            async with client.stream("GET", f"{API}/events", params={"projectId": "demo"}) as response:
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if b"connected" in body:
+                        opened.set()
+                tails.append(body)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(2):
+                    opened = anyio.Event()
+                    tg.start_soon(stream, opened)
+                    await opened.wait()
+                began = time.perf_counter()
+                proc.send_signal(signal.SIGTERM)
+    # The client's idle keep-alive connections are closed here: gunicorn would wait --keep-alive (2 s) for them.
+    await anyio.to_thread.run_sync(proc.wait, 10)
+    took = time.perf_counter() - began
+    print(f"\ngunicorn gthread, 2 streams, SIGTERM -> exit in {took:.2f}s (code {proc.returncode})")
+    assert all(b"\nretry: " in tail for tail in tails), tails
+    assert took < 3
     assert "Traceback" not in log.read_text()
