@@ -12,6 +12,7 @@
     │   ├── ProviderRateLimited                 -> problem.code "rate_limited"
     │   ├── ProviderTimeout                     -> problem.code "timeout"
     │   └── ProviderUnavailable                 -> problem.code "unknown" (5xx, malformed, unexpected shape)
+    │       └── OutcomeUnknown                  an action's worker stopped mid-call: whether it ran is unknown
     └── RequestError                            a request to our endpoints is refused; carries http_status, code
         ├── InvalidRequest          400 invalid_request
         ├── Unauthorized            401 unauthorized
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidModel",
     "InvalidRequest",
     "NotFound",
+    "OutcomeUnknown",
     "ProviderAuthError",
     "ProviderError",
     "ProviderRateLimited",
@@ -144,6 +146,11 @@ class ProviderUnavailable(ProviderError):
 
     problem_code = "unknown"
     default_hint = "Provider error"
+
+
+class OutcomeUnknown(ProviderUnavailable):
+    """The worker running an action stopped after the action may have reached the provider, and the provider
+    cannot be asked whether it did: a retry with the same key gets this answer instead of a second run."""
 
 
 class RequestError(IntegrationStatusError):

@@ -267,6 +267,10 @@ class ActionOutcome:
     changes_state: bool = True
 
 
+async def _no_checkpoint(data: Mapping[str, Any]) -> None:
+    """A context built without the service (tests, direct calls) records nothing."""
+
+
 @attrs.frozen(kw_only=True)
 class ActionContext:
     """Services an action handler may use: publish events, run work on after answering (202), the clock."""
@@ -277,6 +281,14 @@ class ActionContext:
     publish: Callable[[Mapping[str, Any]], Awaitable[None]]
     spawn: Callable[[Callable[[], Awaitable[None]]], None]
     snapshot: ProviderSnapshot | None = None
+    #: Record what a retry needs to reconcile this action if the worker dies (e.g. the provider's deployment
+    #: id), as soon as it is known. The service records the start itself, before calling the handler.
+    checkpoint: Callable[[Mapping[str, Any]], Awaitable[None]] = _no_checkpoint
+    #: Set when an earlier attempt with the same Idempotency-Key stopped after it may have reached the
+    #: provider: its last checkpoint. Only handlers marked ``@reconciling`` are called with it; they must
+    #: reconcile (look the operation up, follow it), never simply run again. ``resume["answered"]`` is True
+    #: when that attempt's answer was stored and only its follow-up (e.g. following a deployment) is left.
+    resume: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 ActionHandler: TypeAlias = Callable[
@@ -342,22 +354,38 @@ class BeginResult:
     """The answer of :meth:`IdempotencyStore.begin`.
 
     - ``started``: this caller holds the lease (``token``) and must ``complete`` or ``release`` it
-    - ``replay``: a finished response with the same fingerprint (``response``)
+    - ``resume``: an earlier attempt checkpointed (it may have reached the provider) and its worker stopped:
+      this caller holds the lease (``token``) and must reconcile from ``checkpoint``, never simply re-run
+    - ``replay``: a finished response with the same fingerprint (``response``); with a ``token`` too when the
+      attempt's follow-up (e.g. following a deployment) was abandoned and this caller took it over
     - ``in_flight``: another request with this key is running (409)
     - ``mismatch``: the key was used for a different request (422)
     """
 
-    state: Literal["started", "replay", "in_flight", "mismatch"]
+    state: Literal["started", "resume", "replay", "in_flight", "mismatch"]
     token: str | None = None
     response: StoredResponse | None = None
+    checkpoint: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 class IdempotencyStore(Protocol):
+    """The contract is in :mod:`integration_status.core.idempotency`."""
+
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult: ...
 
-    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None: ...
+    async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool: ...
+
+    async def complete(
+        self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
+    ) -> None: ...
+
+    async def renew(self, key: str, token: str, *, lease: float) -> bool: ...
+
+    async def settle(self, key: str, token: str) -> None: ...
 
     async def release(self, key: str, token: str) -> None: ...
+
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]: ...
 
 
 @attrs.frozen(kw_only=True)

@@ -32,6 +32,7 @@ __all__ = [
     "FakeClock",
     "ScriptedAdapter",
     "StaticConnections",
+    "Step",
     "capture_logs",
     "hang_on",
     "sign_github",
@@ -97,6 +98,7 @@ def snapshot(
     return ProviderSnapshot(provider=provider, status=status, summary=(Segment(pieces=(text,)),), **kwargs)  # type: ignore[arg-type]
 
 
+#: One step of a :class:`ScriptedAdapter`: a snapshot to return, an error to raise, or an async callable.
 Step = ProviderSnapshot | ProviderError | Callable[[], Awaitable[ProviderSnapshot]]
 
 

@@ -3,10 +3,12 @@ is documented, the root lists names and not modules, and importing a door pulls 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -43,20 +45,30 @@ def isort_style(name: str) -> tuple[int, str]:  # constants, then classes, then 
     return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
 
+def defined_here(module: ModuleType) -> set[str]:
+    """The names the module's own top-level statements define (classes, functions, assignments), not imports."""
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
 def public_members(module: ModuleType) -> set[str]:
-    """The public names a door holds; for an implementing door, those it defines (its own classes and
-    functions, and its constants), not what it imported to do its work."""
+    """The public names a door holds; for an implementing door, those it defines itself, not what it imported
+    to do its work."""
     names = {
         name
         for name, value in vars(module).items()
         if (not name.startswith("_") or name in LISTED_PRIVATE) and not isinstance(value, ModuleType)
     }
     if module.__name__ in IMPLEMENTING:
-        names = {
-            name
-            for name in names
-            if getattr(vars(module)[name], "__module__", None) == module.__name__ or name.isupper()
-        }
+        names &= defined_here(module)
     return names
 
 

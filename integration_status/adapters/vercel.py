@@ -28,7 +28,13 @@ from integration_status.adapters._common import (
 )
 from integration_status.adapters.http import HttpClient, JsonResponse
 from integration_status.core.clock import Clock, epoch_ms
-from integration_status.exceptions import ProviderAuthError, ProviderError, ProviderUnavailable
+from integration_status.core.idempotency import reconciling
+from integration_status.exceptions import (
+    OutcomeUnknown,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+)
 from integration_status.models import ProviderKey, StatusValue
 from integration_status.protocols import (
     ActionContext,
@@ -273,10 +279,20 @@ class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters 
             "connect": url_action(_PROVIDER, "connect", self._connect_url),
         }
 
+    @reconciling
     async def _deploy(
         self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
     ) -> ActionOutcome:
-        """Start a production deployment and follow it in the background."""
+        """Start a production deployment and follow it in the background; resumed after a crash, find the
+        deployment the crashed attempt started and follow that one instead."""
+        if ctx.resume is not None:
+            found = await self._reconcile(connection, ctx, ctx.resume)
+            if found is not None:
+                since = int(ctx.resume.get("at") or epoch_ms(ctx.clock))
+                return self._follow_in_background(request, connection, ctx, *found, started_ms=since)
+            if ctx.resume.get("answered"):  # only following was left to do, and there is nothing to follow
+                return ActionOutcome(operation_id=ctx.operation_id, done=False, changes_state=False)
+            # Vercel has no deployment since the crashed attempt began: it provably never started one.
         started_ms = epoch_ms(ctx.clock)
         hook = _hook(connection)
         deployment_id: str | None = None
@@ -286,6 +302,7 @@ class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters 
             await self._http.request_json(
                 _PROVIDER, "POST", hook, token=None, timeout=ctx.timeout, clock=ctx.clock
             )
+            await ctx.checkpoint({"hook": True})
         else:
             ref = connection.settings.get("project", "").strip()
             if not ref:
@@ -301,6 +318,7 @@ class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters 
                     "vercel: unexpected response shape (deployment)", provider=_PROVIDER
                 )
             deployment_id = resp.body["id"]
+            await ctx.checkpoint({"deploymentId": deployment_id, "vercelProjectId": project_id})
         await ctx.publish(
             {
                 "type": "deploy:started",
@@ -310,6 +328,20 @@ class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters 
                 "ts": started_ms,
             }
         )
+        return self._follow_in_background(
+            request, connection, ctx, deployment_id, project_id, started_ms=started_ms
+        )
+
+    def _follow_in_background(
+        self,
+        request: ActionRequest,
+        connection: ProviderConnection,
+        ctx: ActionContext,
+        deployment_id: str | None,
+        project_id: str | None,
+        *,
+        started_ms: int,
+    ) -> ActionOutcome:
 
         async def follow() -> None:
             success, url = await self._follow(connection, ctx, deployment_id, project_id, started_ms)
@@ -327,6 +359,37 @@ class VercelAdapter(Adapter):  # nominally an Adapter: a list of mixed adapters 
 
         ctx.spawn(follow)
         return ActionOutcome(operation_id=ctx.operation_id, done=False, changes_state=True)
+
+    async def _reconcile(
+        self, connection: ProviderConnection, ctx: ActionContext, resume: Mapping[str, Any]
+    ) -> tuple[str | None, str | None] | None:
+        """The deployment a crashed attempt started, from its checkpoint or by asking Vercel for one created
+        since the attempt began: ``(deployment id or None while a hook's job has none yet, project id)``, or
+        None when Vercel has none (the attempt never reached it). Raises OutcomeUnknown when Vercel cannot
+        be asked (a hook-only connection without a token)."""
+        project_id = resume.get("vercelProjectId")
+        if isinstance(resume.get("deploymentId"), str):
+            return resume["deploymentId"], project_id
+        if resume.get("hook") and connection.token is None:
+            return None, None  # the hook answered; following finds the deployment, or gives up
+        since = int(resume.get("at") or 0)
+        try:
+            found, project_id = await self._find_hook_deployment(
+                connection, ctx, project_id, since, ctx.timeout
+            )
+        except ProviderAuthError:
+            raise OutcomeUnknown(
+                "The outcome of vercel deploy is unknown: the server handling it stopped, and vercel cannot "
+                "be asked without a project token",
+                provider=_PROVIDER,
+                hint="Check the project's deployments on Vercel before deploying again with a new Idempotency-Key",
+            ) from None
+        if found is None and resume.get("hook"):
+            return None, project_id  # the hook answered: its deployment may not be listed yet
+        if found is not None:
+            await ctx.checkpoint({"deploymentId": found, "vercelProjectId": project_id})
+            return found, project_id
+        return None
 
     async def _follow(
         self,

@@ -10,7 +10,8 @@ stays bounded by the keys that are live within roughly one retention period.
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import anyio
 import attrs
@@ -29,10 +30,14 @@ __all__ = ["MemoryDeliveryLog", "MemoryIdempotencyStore", "MemoryRateLimiter"]
 class _Record:
     fingerprint: str
     state: Literal["in_flight", "done"]
-    #: Wall-clock time after which the record no longer exists (lease end, or retention end).
+    #: Wall-clock time after which the record no longer exists (retention end).
     expires_at: float
+    #: In flight: the end of the attempt's lease. Done: the end of the follow-up's lease (None: no follow-up).
+    lease_until: float | None = None
     token: str | None = None
     response: StoredResponse | None = None
+    #: What a later attempt needs to reconcile; None while the action provably has not started.
+    checkpoint: Mapping[str, Any] | None = None
 
 
 class MemoryIdempotencyStore:
@@ -44,9 +49,19 @@ class MemoryIdempotencyStore:
         self._sweep_every = sweep_every
         self._next_sweep = clock.time() + sweep_every
 
+    @staticmethod
+    def _expired(record: _Record, now: float) -> bool:
+        if now >= record.expires_at:
+            return True
+        # An attempt that never checkpointed and lost its lease provably did not start: it is forgotten.
+        lease = record.lease_until
+        return (
+            record.state == "in_flight" and record.checkpoint is None and lease is not None and now >= lease
+        )
+
     def _live(self, key: str, now: float) -> _Record | None:
         record = self._records.get(key)
-        if record is not None and now >= record.expires_at:
+        if record is not None and self._expired(record, now):
             del self._records[key]
             return None
         return record
@@ -55,7 +70,7 @@ class MemoryIdempotencyStore:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._sweep_every
-        for key in [k for k, r in self._records.items() if now >= r.expires_at]:
+        for key in [k for k, r in self._records.items() if self._expired(r, now)]:
             del self._records[key]
 
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
@@ -68,35 +83,100 @@ class MemoryIdempotencyStore:
         if record is None:
             token = secrets.token_hex(16)
             self._records[key] = _Record(
-                fingerprint=fingerprint, state="in_flight", expires_at=now + lease, token=token
+                fingerprint=fingerprint,
+                state="in_flight",
+                expires_at=now + keep_for,
+                lease_until=now + lease,
+                token=token,
             )
             return BeginResult(state="started", token=token)
         if record.fingerprint != fingerprint:
             return BeginResult(state="mismatch")
-        if record.state == "in_flight":
+        abandoned = record.lease_until is not None and now >= record.lease_until
+        if record.state == "in_flight" and not abandoned:
             return BeginResult(state="in_flight")
-        return BeginResult(state="replay", response=record.response)
+        if not abandoned:
+            return BeginResult(state="replay", response=record.response)
+        token = secrets.token_hex(16)
+        self._records[key] = attrs.evolve(record, token=token, lease_until=now + lease)
+        if record.state == "in_flight":
+            return BeginResult(state="resume", token=token, checkpoint=record.checkpoint)
+        return BeginResult(
+            state="replay", response=record.response, token=token, checkpoint=record.checkpoint
+        )
 
-    def _owned(self, key: str, token: str) -> _Record | None:
+    def _owned(self, key: str, token: str, state: str = "in_flight") -> _Record | None:
         record = self._live(key, self._clock.time())
-        owner = record.token if record is not None and record.state == "in_flight" else None
+        owner = record.token if record is not None and record.state == state else None
         if record is None or owner is None or not secrets.compare_digest(owner, token):
             get_logger(__name__).info("integration_status.idempotency.lease_lost")
             return None
         return record
 
-    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None:
+    async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool:
+        """Record ``data`` for a later attempt to reconcile from, and renew the lease."""
+        record = self._owned(key, token)
+        if record is None:
+            return False
+        self._records[key] = attrs.evolve(
+            record, checkpoint=dict(data), lease_until=self._clock.time() + lease
+        )
+        return True
+
+    async def complete(
+        self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
+    ) -> None:
         """Store ``response`` for replay for ``keep_for`` seconds; a no-op when ``token`` lost the lease."""
         record = self._owned(key, token)
         if record is not None:
+            now = self._clock.time()
             self._records[key] = attrs.evolve(
-                record, state="done", token=None, response=response, expires_at=self._clock.time() + keep_for
+                record,
+                state="done",
+                token=None if follow is None else token,
+                lease_until=None if follow is None else now + follow,
+                response=response,
+                expires_at=now + keep_for,
             )
 
+    async def renew(self, key: str, token: str, *, lease: float) -> bool:
+        """Extend the owner's lease (of the attempt or of its follow-up); False when it was lost."""
+        record = self._live(key, self._clock.time())
+        if record is None or record.token is None or not secrets.compare_digest(record.token, token):
+            return False
+        self._records[key] = attrs.evolve(record, lease_until=self._clock.time() + lease)
+        return True
+
+    async def settle(self, key: str, token: str) -> None:
+        """The follow-up ended: keep only the response."""
+        record = self._owned(key, token, "done")
+        if record is not None:
+            self._records[key] = attrs.evolve(record, token=None, lease_until=None)
+
     async def release(self, key: str, token: str) -> None:
-        """Forget the in-flight record so the key can be retried; a no-op when ``token`` lost the lease."""
-        if self._owned(key, token) is not None:
+        """End the attempt: forget it when it never checkpointed, else end its lease so the next begin resumes
+        it; a no-op when ``token`` lost the lease."""
+        record = self._owned(key, token)
+        if record is None:
+            return
+        if record.checkpoint is None:
             del self._records[key]
+        else:
+            self._records[key] = attrs.evolve(record, lease_until=self._clock.time())
+
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract)."""
+        now = self._clock.time()
+        claimed: list[tuple[str, BeginResult]] = []
+        for key, record in list(self._records.items()):
+            if len(claimed) >= limit:
+                break
+            if self._expired(record, now) or record.lease_until is None or now < record.lease_until:
+                continue
+            if record.state == "in_flight" and record.checkpoint is None:  # pragma: no cover - expired above
+                continue
+            claimed.append((key, await self.begin(key, record.fingerprint, lease=lease, keep_for=1.0)))
+        return claimed
 
     def __len__(self) -> int:
         """Records held right now, expired ones included until the next sweep (for tests and metrics)."""

@@ -111,93 +111,249 @@ class RedisCacheStore:
 
 # --- idempotency --------------------------------------------------------------------------------------------
 
-# KEYS[1] done record (hash: fp, status, body, headers); KEYS[2] lease (hash: token, fp).
-# ARGV[1] fingerprint; ARGV[2] new owner token; ARGV[3] lease ms.
-_BEGIN = """
-local fp = redis.call('HGET', KEYS[1], 'fp')
-if fp then
-  if fp == ARGV[1] then
-    local r = redis.call('HMGET', KEYS[1], 'status', 'body', 'headers')
-    return {'replay', r[1], r[2], r[3]}
-  end
-  return {'mismatch'}
+# One hash per key: fp, state ('run' | 'done'), token, until (ms: the lease of the attempt, or of the
+# follow-up), cp (checkpoint JSON), exp (ms: retention end), status, body, headers. The key also expires
+# after ``keep_for`` in Redis; times come from the injected clock (ARGV), like the rate limiter. A 'run'
+# record without cp whose lease is over provably never started: it counts as absent.
+# Every lease that a dead worker may leave to others (a checkpointed attempt, a follow-up) is also in the
+# sorted set ``{prefix}:idem:leases`` (KEYS[2], member: the key, score: ``until``), where
+# ``claim_abandoned`` finds the ones that ran out. The member is always the last ARGV.
+_IDEM_LIVE = """
+local function live(r, now)
+  if not r[1] then return false end
+  if r[6] and tonumber(r[6]) <= now then return false end
+  if r[2] == 'run' and not r[5] and tonumber(r[4]) <= now then return false end
+  return true
 end
-local held = redis.call('HGET', KEYS[2], 'fp')
-if held then
-  if held == ARGV[1] then return {'in_flight'} end
-  return {'mismatch'}
+-- The record if ``token`` owns it (and it is in ``state``, unless that is nil), else nil.
+local function owned(key, token, now, state)
+  local r = redis.call('HMGET', key, 'fp', 'state', 'token', 'until', 'cp', 'exp')
+  if not live(r, now) or r[3] ~= token or (state and r[2] ~= state) then return nil end
+  return r
 end
-redis.call('HSET', KEYS[2], 'token', ARGV[2], 'fp', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {'started', ARGV[2]}
 """
 
-# KEYS[1] lease; KEYS[2] done record. ARGV: token, status, body, headers, keep ms.
+# KEYS[1] record. ARGV: fingerprint, new token, now ms, lease ms, keep ms.
+_BEGIN = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp', 'status', 'body', 'headers')
+local now = tonumber(ARGV[3])
+local member = ARGV[#ARGV]
+if not live(r, now) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'run', 'token', ARGV[2], 'until', now + tonumber(ARGV[4]),
+    'exp', now + tonumber(ARGV[5]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'started', ARGV[2]}
+end
+if r[1] ~= ARGV[1] then return {'mismatch'} end
+local abandoned = r[4] and tonumber(r[4]) <= now
+if not abandoned then
+  if r[2] == 'run' then return {'in_flight'} end
+  return {'replay', r[7], r[8], r[9]}
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'until', now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), member)
+if r[2] == 'run' then return {'resume', ARGV[2], r[5]} end
+return {'replay', r[7], r[8], r[9], ARGV[2], r[5] or ''}
+"""
+)
+
+# KEYS[1] record. ARGV: token, checkpoint JSON, now ms, lease ms.
+_CHECKPOINT = (
+    _IDEM_LIVE
+    + """
+if not owned(KEYS[1], ARGV[1], tonumber(ARGV[3]), 'run') then return 0 end
+redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'until', tonumber(ARGV[3]) + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[#ARGV])
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token, status, body, headers, keep ms, now ms, follow-up lease ms ('' for none).
 # A holder whose lease expired (and was maybe taken over) must not overwrite the newer owner's result.
-_COMPLETE = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-local fp = redis.call('HGET', KEYS[1], 'fp')
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'fp', fp, 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('DEL', KEYS[1])
+_COMPLETE = (
+    _IDEM_LIVE
+    + """
+if not owned(KEYS[1], ARGV[1], tonumber(ARGV[6]), 'run') then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[2], 'body', ARGV[3], 'headers', ARGV[4],
+  'exp', tonumber(ARGV[6]) + tonumber(ARGV[5]))
+if ARGV[7] == '' then
+  redis.call('HDEL', KEYS[1], 'token', 'until')
+  redis.call('ZREM', KEYS[2], ARGV[#ARGV])
+else
+  redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[6]) + tonumber(ARGV[7]))
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[#ARGV])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token, now ms, lease ms.
+_RENEW = (
+    _IDEM_LIVE
+    + """
+local r = owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), nil)
+if not r then return 0 end
+redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+if r[5] or r[2] == 'done' then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[#ARGV])
+end
+return 1
+"""
+)
+
+# KEYS[1] record. ARGV: token.
+_SETTLE = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'done' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'token', 'until')
+redis.call('ZREM', KEYS[2], ARGV[#ARGV])
 return 1
 """
 
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+# KEYS[1] record. ARGV: token, now ms.
+_RELEASE = (
+    _IDEM_LIVE
+    + """
+local r = owned(KEYS[1], ARGV[1], tonumber(ARGV[2]), 'run')
+if not r then return 0 end
+if r[5] then
+  redis.call('HSET', KEYS[1], 'until', ARGV[2])
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[#ARGV])
+  return 1
 end
-return 0
+redis.call('ZREM', KEYS[2], ARGV[#ARGV])
+return redis.call('DEL', KEYS[1])
 """
+)
+
+# KEYS[1] record, KEYS[2] index. ARGV: new token, now ms, lease ms, member. Takes over a lease that ran
+# out, as BEGIN does for a retry; drops index entries of records that are gone or need nobody.
+_CLAIM = (
+    _IDEM_LIVE
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'token', 'until', 'cp', 'exp', 'status', 'body', 'headers')
+local now = tonumber(ARGV[2])
+if not live(r, now) or not r[4] or (r[2] == 'done' and not r[3]) or (r[2] == 'run' and not r[5]) then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  return {'gone'}
+end
+if tonumber(r[4]) > now then
+  redis.call('ZADD', KEYS[2], tonumber(r[4]), ARGV[4])
+  return {'held'}
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'until', now + tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+if r[2] == 'run' then return {'resume', ARGV[1], r[5]} end
+return {'replay', r[7], r[8], r[9], ARGV[1], r[5] or ''}
+"""
+)
+
+
+def _optional_json(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def _begin_result(reply: list[Any]) -> BeginResult:
+    """A BEGIN (or CLAIM) script's answer as a BeginResult."""
+    state = reply[0]
+    if state == "started":
+        return BeginResult(state="started", token=reply[1])
+    if state == "resume":
+        return BeginResult(state="resume", token=reply[1], checkpoint=_optional_json(reply[2]))
+    if state == "replay":
+        response = StoredResponse(
+            status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
+        )
+        if len(reply) > 4:
+            return BeginResult(
+                state="replay", response=response, token=reply[4], checkpoint=_optional_json(reply[5])
+            )
+        return BeginResult(state="replay", response=response)
+    if state == "in_flight":
+        return BeginResult(state="in_flight")
+    return BeginResult(state="mismatch")
 
 
 class RedisIdempotencyStore:
-    """Idempotency records shared by all workers: a lease ``{prefix}:idem:lease:{key}`` while the action runs,
-    then the finished response ``{prefix}:idem:done:{key}`` for replay."""
+    """Idempotency records shared by all workers: one hash ``{prefix}:idem:{key}`` per key, holding the
+    attempt's lease and checkpoint while the action runs, then the finished response for replay."""
+
+    #: Other processes use these records too (so abandoned actions are swept, see ``claim_abandoned``).
+    shared = True
 
     def __init__(self, shared: Shared) -> None:
         self._s = shared
         self._begin = shared.client.register_script(_BEGIN)
+        self._checkpoint = shared.client.register_script(_CHECKPOINT)
         self._complete = shared.client.register_script(_COMPLETE)
+        self._renew = shared.client.register_script(_RENEW)
+        self._settle = shared.client.register_script(_SETTLE)
         self._release = shared.client.register_script(_RELEASE)
+        self._claim = shared.client.register_script(_CLAIM)
 
-    def _keys(self, key: str) -> tuple[str, str]:
-        return self._s.key("idem", "done", key), self._s.key("idem", "lease", key)
+    def _keys(self, key: str) -> list[str]:
+        return [self._s.key("idem", key), self._s.key("idem", "leases")]
+
+    def _now(self) -> str:
+        return repr(self._s.clock.time() * 1000)
 
     async def begin(self, key: str, fingerprint: str, *, lease: float, keep_for: float) -> BeginResult:
-        done, held = self._keys(key)
+        args: list[str | int] = [fingerprint, uuid.uuid4().hex, self._now(), to_ms(lease), to_ms(keep_for)]
         with self._s.errors("checking an idempotency key"):
-            reply = await self._begin(keys=[done, held], args=[fingerprint, uuid.uuid4().hex, to_ms(lease)])
-        state = reply[0]
-        if state == "started":
-            return BeginResult(state="started", token=reply[1])
-        if state == "replay":
-            response = StoredResponse(
-                status=int(reply[1]), body=json.loads(reply[2]), headers=json.loads(reply[3])
-            )
-            return BeginResult(state="replay", response=response)
-        if state == "in_flight":
-            return BeginResult(state="in_flight")
-        return BeginResult(state="mismatch")
+            return _begin_result(await self._begin(keys=self._keys(key), args=[*args, key]))
 
-    async def complete(self, key: str, token: str, response: StoredResponse, *, keep_for: float) -> None:
-        done, held = self._keys(key)
+    async def checkpoint(self, key: str, token: str, data: Mapping[str, Any], *, lease: float) -> bool:
+        args: list[str | int] = [token, dumps(dict(data)), self._now(), to_ms(lease)]
+        with self._s.errors("recording an action checkpoint"):
+            return bool(await self._checkpoint(keys=self._keys(key), args=[*args, key]))
+
+    async def complete(
+        self, key: str, token: str, response: StoredResponse, *, keep_for: float, follow: float | None = None
+    ) -> None:
         args: list[str | int] = [
             token,
             response.status,
             dumps(dict(response.body)),
             dumps(dict(response.headers)),
             to_ms(keep_for),
+            self._now(),
+            "" if follow is None else to_ms(follow),
         ]
         with self._s.errors("storing an idempotent response"):
-            stored = await self._complete(keys=[held, done], args=args)
+            stored = await self._complete(keys=self._keys(key), args=[*args, key])
         if not stored:
             _log.warning("integration_status.redis.idempotency.lease_lost", status=response.status)
 
+    async def renew(self, key: str, token: str, *, lease: float) -> bool:
+        with self._s.errors("renewing an idempotency lease"):
+            return bool(await self._renew(keys=self._keys(key), args=[token, self._now(), to_ms(lease), key]))
+
+    async def settle(self, key: str, token: str) -> None:
+        with self._s.errors("settling an action's follow-up"):
+            await self._settle(keys=self._keys(key), args=[token, key])
+
     async def release(self, key: str, token: str) -> None:
         with self._s.errors("releasing an idempotency key"):
-            await self._release(keys=[self._keys(key)[1]], args=[token])
+            await self._release(keys=self._keys(key), args=[token, self._now(), key])
+
+    async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract)."""
+        index = self._s.key("idem", "leases")
+        with self._s.errors("looking for abandoned actions"):
+            due = await self._s.client.zrangebyscore(index, "-inf", self._now(), start=0, num=limit)
+            claimed: list[tuple[str, BeginResult]] = []
+            for member in due:
+                key = str(member)  # decode_responses: members are str
+                args: list[str | int] = [uuid.uuid4().hex, self._now(), to_ms(lease), key]
+                reply = await self._claim(keys=self._keys(key), args=args)
+                if reply[0] in ("resume", "replay"):
+                    claimed.append((key, _begin_result(reply)))
+        return claimed
 
 
 # --- rate limiting ------------------------------------------------------------------------------------------

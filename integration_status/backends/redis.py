@@ -41,6 +41,7 @@ from integration_status.backends._redis_stores import (
 )
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
+from integration_status.protocols import IdempotencyStore
 
 __all__ = [
     "RedisCacheStore",
@@ -60,12 +61,21 @@ class RedisEngine:
     """All Redis-backed stores over one connection pool and one key prefix. Build it with :meth:`from_url`."""
 
     def __init__(
-        self, shared: Shared, *, stream_maxlen: int, stream_ttl: float, queue_size: int, block: float
+        self,
+        shared: Shared,
+        *,
+        stream_maxlen: int,
+        stream_ttl: float,
+        queue_size: int,
+        block: float,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         """Internal: use :meth:`from_url`."""
         self._s = shared
         self._cache = RedisCacheStore(shared)
-        self._idempotency = RedisIdempotencyStore(shared)
+        self._idempotency: IdempotencyStore = idempotency or RedisIdempotencyStore(shared)
+        # A store of its own (e.g. PostgreSQL) is opened and closed with the engine.
+        self._own_store: Any = idempotency
         self._rate_limiter = RedisRateLimiter(shared)
         self._deliveries = RedisDeliveryLog(shared)
         self._events = RedisEventBus(
@@ -97,6 +107,7 @@ class RedisEngine:
         stream_ttl: float = 3_600.0,
         queue_size: int = 256,
         block: float = 0.1,
+        idempotency: IdempotencyStore | None = None,
     ) -> RedisEngine:
         """An engine for the Redis at ``url`` (``redis://[:password@]host:port/db``, ``rediss://``, ``unix://``).
 
@@ -105,7 +116,9 @@ class RedisEngine:
         (event readers use one more connection per project with local subscribers). ``stream_maxlen`` is how
         many events each project's stream keeps (approximately) for ``Last-Event-ID`` replay, ``stream_ttl``
         how long an idle stream lives, ``queue_size`` how far one subscriber may fall behind, ``block`` the
-        reader's ``XREAD BLOCK`` time in seconds.
+        reader's ``XREAD BLOCK`` time in seconds. ``idempotency`` replaces the Redis idempotency records with
+        another store (e.g. :class:`~integration_status.backends.postgres.PostgresIdempotencyStore`, which
+        survives a Redis restart); the engine opens and closes it with itself.
         """
         if not prefix or any(c.isspace() for c in prefix):
             raise ConfigurationError("the Redis key prefix must be a non-empty string without whitespace")
@@ -146,7 +159,12 @@ class RedisEngine:
             socket_timeout=socket_timeout,
         )
         return cls(
-            shared, stream_maxlen=stream_maxlen, stream_ttl=stream_ttl, queue_size=queue_size, block=block
+            shared,
+            stream_maxlen=stream_maxlen,
+            stream_ttl=stream_ttl,
+            queue_size=queue_size,
+            block=block,
+            idempotency=idempotency,
         )
 
     # --- the stores ---
@@ -156,7 +174,7 @@ class RedisEngine:
         return self._cache
 
     @property
-    def idempotency(self) -> RedisIdempotencyStore:
+    def idempotency(self) -> IdempotencyStore:
         return self._idempotency
 
     @property
@@ -200,9 +218,13 @@ class RedisEngine:
             await stack.aclose()
         await self._s.client.aclose()
         await self._s.reader.aclose()
+        if self._own_store is not None and hasattr(self._own_store, "aclose"):
+            await self._own_store.aclose()
 
     async def __aenter__(self) -> RedisEngine:
         await self.connect()
+        if self._own_store is not None and hasattr(self._own_store, "connect"):
+            await self._own_store.connect()
         stack = AsyncExitStack()
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(self._events._detach)

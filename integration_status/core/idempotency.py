@@ -1,23 +1,47 @@
 """Idempotent quick actions: the ``Idempotency-Key`` header, request fingerprints, the guard around an action.
 
-The contract every :class:`~integration_status.protocols.IdempotencyStore` engine (memory, Redis) implements,
-for a scoped key ``k`` (see :func:`scope_key`) and a request fingerprint ``f`` (see :func:`fingerprint`):
+The contract every :class:`~integration_status.protocols.IdempotencyStore` engine (memory, Redis, PostgreSQL)
+implements, for a scoped key ``k`` (see :func:`scope_key`) and a request fingerprint ``f`` (see
+:func:`fingerprint`). A record is in flight (an attempt holds its lease) or done (a stored response); an
+attempt that may have reached the provider says so with ``checkpoint`` first, so a crash never turns into a
+silent second run.
 
 ``begin(k, f, lease=L, keep_for=K)``
-    - no record for ``k``, or only an expired one (a finished record older than its ``keep_for``, or an
-      in-flight lease older than ``L`` - a worker that crashed mid-action) -> a new in-flight record with a
-      fresh random owner token: ``BeginResult(state="started", token=...)``.
-    - a record (finished or in flight) whose fingerprint differs from ``f`` -> ``state="mismatch"`` (422). A
+    - no record, or only an expired one (a done record older than its ``keep_for``, or an in-flight lease
+      older than ``L`` that never checkpointed: the action provably did not start) -> a new in-flight record
+      with a fresh random owner token: ``BeginResult(state="started", token=...)``.
+    - a record (done or in flight) whose fingerprint differs from ``f`` -> ``state="mismatch"`` (422). A
       different request never learns whether the first one finished.
-    - an in-flight record with fingerprint ``f`` -> ``state="in_flight"`` (409).
-    - a finished record with fingerprint ``f`` -> ``state="replay"`` with the stored response.
-    ``begin`` is atomic: of N concurrent callers with one key, exactly one gets ``started``.
-``complete(k, token, response, keep_for=K)``
-    turns the caller's in-flight record into a finished one, kept ``K`` seconds from now. A token that no
-    longer owns the record (its lease expired and another request took over) is a no-op.
+    - an in-flight record with fingerprint ``f`` and a live lease -> ``state="in_flight"`` (409).
+    - an in-flight record with fingerprint ``f`` whose lease ran out after a checkpoint (its worker died
+      after the action may have reached the provider) -> the caller takes the lease over:
+      ``state="resume"`` with a new token and the last ``checkpoint``; it must reconcile, never re-run.
+    - a done record with fingerprint ``f`` -> ``state="replay"`` with the stored response. When the record
+      still has a follow-up (work after the answer, e.g. following a deployment) whose lease ran out, the
+      caller also takes that over: the replay carries a new ``token`` and the ``checkpoint``.
+    ``begin`` is atomic: of N concurrent callers with one key, exactly one gets ``started`` (or ``resume``,
+    or the follow-up token).
+``checkpoint(k, token, data, lease=L)``
+    the owner records what a later attempt needs to reconcile (replacing earlier data) and renews its lease;
+    from now on the record survives its lease. False when ``token`` no longer owns the record.
+``complete(k, token, response, keep_for=K, follow=None)``
+    turns the caller's in-flight record into a done one, kept ``K`` seconds from now. With ``follow=F`` the
+    token keeps owning the record's follow-up, leased for ``F`` seconds. A token that no longer owns the
+    record (its lease expired and another request took over) is a no-op.
+``renew(k, token, lease=L)``
+    extends the owner's lease (in flight, or of the follow-up) to ``L`` seconds from now; False when the token
+    no longer owns it.
+``settle(k, token)``
+    the follow-up ended: the done record keeps only its response. A stale token is a no-op.
 ``release(k, token)``
-    deletes the caller's in-flight record so the same key may be retried at once. A stale token is a no-op;
-    a finished record is never deleted by ``release``.
+    ends the caller's in-flight attempt: a record that never checkpointed is deleted, so the same key may be
+    retried at once; a checkpointed one only loses its lease, so the next ``begin`` resumes it. A stale token
+    is a no-op; a done record is never deleted by ``release``.
+``claim_abandoned(lease=L, limit=N)``
+    takes over, as ``begin`` would for a retry, up to ``N`` records whose lease ran out after a checkpoint (a
+    dead worker's attempt: ``(k, BeginResult(state="resume", ...))``) or whose follow-up lease ran out
+    (``(k, BeginResult(state="replay", token=..., ...))``), so that a live worker finishes them even when no
+    client retries. Each record is claimed by one caller only.
 
 Times are wall-clock seconds (``clock.time()``) so a record means the same in every worker.
 
@@ -31,7 +55,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -39,7 +63,7 @@ from integration_status._logging import get_logger
 from integration_status.core.canonical import canonical_json
 from integration_status.core.clock import Clock
 from integration_status.exceptions import IdempotencyConflict, IdempotencyMismatch, InvalidRequest
-from integration_status.protocols import IdempotencyStore, StoredResponse
+from integration_status.protocols import BeginResult, IdempotencyStore, StoredResponse
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -47,10 +71,13 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
     "RETENTION",
+    "Attempt",
     "IdempotencyGuard",
+    "can_reconcile",
     "fingerprint",
     "is_storable",
     "parse_idempotency_key",
+    "reconciling",
     "scope_key",
 ]
 
@@ -168,12 +195,133 @@ def is_storable(status: int) -> bool:
     return 200 <= status <= 299 or 500 <= status <= 599
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def reconciling(handler: _F) -> _F:
+    """Mark an action handler that can reconcile: called with ``ctx.resume`` (the checkpoint of an attempt
+    whose worker died), it looks the provider's operation up and follows it instead of starting another.
+
+    A handler without the mark is never called again after its attempt may have reached the provider: the
+    retry is answered :class:`~integration_status.exceptions.OutcomeUnknown`.
+    """
+    handler.__dict__["reconciles"] = True
+    return handler
+
+
+def can_reconcile(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler`` (a function, or a bound method of one) was marked with :func:`reconciling`."""
+    return getattr(handler, "reconciles", False) is True
+
+
+class Attempt:
+    """One run of an action under :meth:`IdempotencyGuard.execute`: what the action may tell the store.
+
+    ``resume`` is the checkpoint of an earlier attempt whose worker stopped after it may have reached the
+    provider: the action must reconcile from it (look the operation up, follow it), never simply run again.
+    ``follow_only`` is True when that attempt's response is already stored and only its follow-up (work it
+    spawned after answering) is to be taken over; the action's own answer is then discarded.
+    """
+
+    def __init__(
+        self,
+        guard: IdempotencyGuard,
+        scope: str,
+        token: str,
+        *,
+        resume: Mapping[str, Any] | None = None,
+        follow_only: bool = False,
+    ) -> None:
+        self._guard = guard
+        self._scope = scope
+        self._token = token
+        self.resume = resume
+        self.follow_only = follow_only
+        self.checkpointed = resume is not None
+        self._pending = 0
+        self._stored: anyio.Event | None = None  # set once the response is stored (complete returned)
+        self._follow_stored = False  # the response was stored with a follow-up lease
+
+    async def checkpoint(self, data: Mapping[str, Any]) -> None:
+        """Record what a later attempt needs (before the provider is called, then its operation id): from now
+        on a crash of this worker is resumed from ``data``, never re-run blindly."""
+        if self.follow_only:
+            return  # the response is stored: a later take-over resumes from the stored checkpoint
+        stored = await self._guard.store.checkpoint(self._scope, self._token, data, lease=self._guard.lease)
+        if not stored:
+            get_logger(__name__).warning("integration_status.idempotency.checkpoint_lost")
+        self.checkpointed = True
+
+    def follow(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``fn`` (background work after the answer) wrapped so that the record's lease is renewed while it
+        runs and released when it ends: a worker that dies meanwhile leaves the follow-up to the next retry."""
+        self._pending += 1
+        guard = self._guard
+
+        async def run() -> None:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_lease)
+                    try:
+                        await fn()
+                    finally:
+                        tg.cancel_scope.cancel()
+            finally:
+                self._pending -= 1
+                if self._pending == 0:
+                    with anyio.CancelScope(shield=True):
+                        await self._settle_when_stored(guard)
+
+        return run
+
+    async def _keep_lease(self) -> None:
+        guard = self._guard
+        while True:
+            await guard.clock.sleep(guard.lease / 3)
+            if not await guard.store.renew(self._scope, self._token, lease=guard.lease):
+                get_logger(__name__).warning("integration_status.idempotency.follow_lease_lost")
+                return
+
+    async def _settle_when_stored(self, guard: IdempotencyGuard) -> None:
+        if self._stored is not None:
+            await self._stored.wait()
+        if self._follow_stored:
+            try:
+                await guard.store.settle(self._scope, self._token)
+            except Exception:
+                get_logger(__name__).warning("integration_status.idempotency.settle_failed", exc_info=True)
+
+    async def _store(self, response: StoredResponse) -> None:
+        guard = self._guard
+        self._stored = anyio.Event()
+        try:
+            if is_storable(response.status):
+                follow = guard.lease if self._pending else None
+                await guard.store.complete(
+                    self._scope, self._token, response, keep_for=guard.keep_for, **_follow_kw(follow)
+                )
+                self._follow_stored = follow is not None
+            else:
+                await guard.store.release(self._scope, self._token)
+        finally:
+            self._stored.set()
+        if self._follow_stored and self._pending == 0:  # the follow-up ended while the response was stored
+            await guard.store.settle(self._scope, self._token)
+            self._follow_stored = False
+
+
+def _follow_kw(follow: float | None) -> dict[str, float]:
+    # Passed only when there is a follow-up, so stores written before follow-ups existed keep working.
+    return {} if follow is None else {"follow": follow}
+
+
 class IdempotencyGuard:
     """Runs an action at most once per scoped key and replays its stored response.
 
     The caller checks the rate limit *inside* ``action`` so a replay never spends a slot nor gets a 429.
     ``lease`` must exceed the longest action: an action that outlives it is logged
-    (``integration_status.idempotency.lease_overrun``), since a retry may have run it a second time.
+    (``integration_status.idempotency.lease_overrun``), since a retry may have run it a second time; an
+    action that checkpoints (see :class:`Attempt`) is never re-run after its lease, it is resumed.
     """
 
     def __init__(
@@ -186,25 +334,34 @@ class IdempotencyGuard:
     ) -> None:
         if keep_for <= 0 or lease <= 0:
             raise ValueError("keep_for and lease must be positive")
-        self._store = store
-        self._clock = clock
-        self._keep_for = keep_for
-        self._lease = lease
+        self.store = store
+        self.clock = clock
+        self.keep_for = keep_for
+        self.lease = lease
 
     async def run(
         self, *, scope: str, fingerprint: str, action: Callable[[], Awaitable[StoredResponse]]
+    ) -> tuple[StoredResponse, bool]:
+        """``(response, replayed)`` for an action that never checkpoints (see :meth:`execute`)."""
+        return await self.execute(scope=scope, fingerprint=fingerprint, action=lambda _attempt: action())
+
+    async def execute(
+        self, *, scope: str, fingerprint: str, action: Callable[[Attempt], Awaitable[StoredResponse]]
     ) -> tuple[StoredResponse, bool]:
         """``(response, replayed)``.
 
         Raises :class:`IdempotencyConflict` (409) while another request with the key runs and
         :class:`IdempotencyMismatch` (422) when the key was used for a different request. Whatever ``action``
         raises (a RequestError such as RateLimitExceeded, a crash, a cancellation) releases the key and
-        propagates; its response is stored only when :func:`is_storable`, otherwise the key is released.
+        propagates; its response is stored only when :func:`is_storable`, otherwise the key is released. A
+        replay whose follow-up was abandoned by a dead worker runs ``action`` with ``follow_only`` first.
         """
-        begun = await self._store.begin(scope, fingerprint, lease=self._lease, keep_for=self._keep_for)
+        begun = await self.store.begin(scope, fingerprint, lease=self.lease, keep_for=self.keep_for)
         if begun.state == "replay":
             if begun.response is None:  # pragma: no cover - a store bug, not a client error
                 raise RuntimeError("idempotency store returned a replay without a response")
+            if begun.token is not None:
+                await self._take_over_follow_up(scope, begun.token, begun.checkpoint, action)
             return begun.response, True
         if begun.state == "in_flight":
             raise IdempotencyConflict(
@@ -215,30 +372,75 @@ class IdempotencyGuard:
         token = begun.token
         if token is None:  # pragma: no cover - a store bug
             raise RuntimeError("idempotency store started a request without a token")
-        started = self._clock.monotonic()
+        if begun.state == "resume":
+            get_logger(__name__).info("integration_status.idempotency.resumed")
+        return await self._run_attempt(
+            scope, token, begun.checkpoint if begun.state == "resume" else None, action
+        ), False
+
+    async def finish_abandoned(
+        self, *, scope: str, begun: BeginResult, action: Callable[[Attempt], Awaitable[StoredResponse]]
+    ) -> None:
+        """Finish what a dead worker left, as claimed by ``store.claim_abandoned``: resume its attempt (and
+        store the answer, for the client's retry) or take over its follow-up."""
+        if begun.token is None:  # pragma: no cover - a store bug
+            raise RuntimeError("idempotency store claimed a record without a token")
+        if begun.state == "resume":
+            get_logger(__name__).info("integration_status.idempotency.resumed", by="sweep")
+            await self._run_attempt(scope, begun.token, begun.checkpoint or {}, action)
+        else:
+            await self._take_over_follow_up(scope, begun.token, begun.checkpoint, action)
+
+    async def _run_attempt(
+        self,
+        scope: str,
+        token: str,
+        resume: Mapping[str, Any] | None,
+        action: Callable[[Attempt], Awaitable[StoredResponse]],
+    ) -> StoredResponse:
+        attempt = Attempt(self, scope, token, resume=resume)
+        started = self.clock.monotonic()
         try:
-            response = await action()
+            response = await action(attempt)
         except BaseException:
             await self._release_quietly(scope, token)
             raise
-        elapsed = self._clock.monotonic() - started
-        if elapsed >= self._lease:
+        elapsed = self.clock.monotonic() - started
+        if elapsed >= self.lease and not attempt.checkpointed:
             # The lease ran out while the action ran: a retry may have started a second execution meanwhile.
             get_logger(__name__).warning(
-                "integration_status.idempotency.lease_overrun", elapsed=round(elapsed, 3), lease=self._lease
+                "integration_status.idempotency.lease_overrun", elapsed=round(elapsed, 3), lease=self.lease
             )
         # The action's effects have happened: recording them must survive a client that goes away now.
         with anyio.CancelScope(shield=True):
-            if is_storable(response.status):
-                await self._store.complete(scope, token, response, keep_for=self._keep_for)
-            else:
-                await self._store.release(scope, token)
-        return response, False
+            await attempt._store(response)
+        return response
+
+    async def _take_over_follow_up(
+        self,
+        scope: str,
+        token: str,
+        checkpoint: Mapping[str, Any] | None,
+        action: Callable[[Attempt], Awaitable[StoredResponse]],
+    ) -> None:
+        attempt = Attempt(self, scope, token, resume=checkpoint or {}, follow_only=True)
+        get_logger(__name__).info("integration_status.idempotency.follow_up_resumed")
+        attempt._stored = anyio.Event()
+        attempt._stored.set()
+        attempt._follow_stored = True
+        try:
+            await action(attempt)
+        except Exception:
+            # Left to its lease: the next retry takes it over again.
+            get_logger(__name__).warning("integration_status.idempotency.follow_up_failed", exc_info=True)
+            return
+        if attempt._pending == 0:
+            await self.store.settle(scope, token)
 
     async def _release_quietly(self, scope: str, token: str) -> None:
         # Shielded so a cancelled request still frees its key; a failing store must not hide the first error.
         with anyio.CancelScope(shield=True):
             try:
-                await self._store.release(scope, token)
+                await self.store.release(scope, token)
             except Exception:
                 get_logger(__name__).warning("integration_status.idempotency.release_failed", exc_info=True)

@@ -30,7 +30,7 @@ from integration_status.core.metrics import (
     NoMetrics,
 )
 from integration_status.core.rolling import RollingCounts
-from integration_status.observability.prometheus import DURATION_BUCKETS, PrometheusMetrics
+from integration_status.observability.prometheus import DURATION_BUCKETS, PrometheusMetrics, mark_process_dead
 from integration_status.observability.recorder import HealthRecorder, combine
 
 __all__ = [
@@ -46,4 +46,5 @@ __all__ = [
     "PrometheusMetrics",
     "RollingCounts",
     "combine",
+    "mark_process_dead",
 ]

@@ -6,24 +6,29 @@ Recording is plain arithmetic on dicts and lists; ``prometheus_client`` is impor
 
 from __future__ import annotations
 
+import atexit
 import bisect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.core.rolling import RollingCounts
 
-__all__ = ["DURATION_BUCKETS", "PrometheusMetrics"]
+__all__ = ["DURATION_BUCKETS", "MULTIPROC_ENV", "PrometheusMetrics", "mark_process_dead"]
 
 #: Seconds. 0.45 is the default status deadline, 0.5 the p95 target.
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.45, 0.5, 1.0, 2.5, 5.0, 10.0)
 BREAKER_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 INSTALL_HINT: Final = "pip install 'integration-status[prometheus]'"
+#: prometheus_client's switch for multiprocess mode: the directory of the per-process value files.
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _import_prometheus() -> Any:
     try:
         import prometheus_client
+        import prometheus_client.multiprocess
     except ImportError as exc:
         raise ImportError(f"PrometheusMetrics needs prometheus-client: {INSTALL_HINT}") from exc
     return prometheus_client
@@ -64,6 +69,15 @@ class PrometheusMetrics:
       each phase
 
     A rate gauge has no sample for a key with no calls in the window.
+
+    **Several worker processes** (``uvicorn --workers N``, gunicorn): with ``PROMETHEUS_MULTIPROC_DIR`` set in
+    the environment before the server starts (or ``multiprocess=True``), every worker records into
+    prometheus_client's per-process files in that directory and a scrape of any worker answers the sum over all
+    of them: counters and histograms summed, ``integration_sse_connection_count`` and ``integration_breakers``
+    summed over live workers, ``integration_breaker_state`` the worst over live workers. The windowed rate
+    gauges are left out then (one worker's window says nothing of the others): take rates of the counters in
+    PromQL instead. A worker that exits normally marks itself dead (its live gauges leave the sum); for one
+    that was killed, call :func:`mark_process_dead` with its pid (gunicorn's ``child_exit`` hook).
     """
 
     def __init__(
@@ -73,10 +87,17 @@ class PrometheusMetrics:
         clock: Clock = SYSTEM_CLOCK,
         window: float = 300.0,
         buckets: tuple[float, ...] = DURATION_BUCKETS,
+        multiprocess: bool | None = None,
     ) -> None:
         prometheus_client = _import_prometheus()
         self._client = prometheus_client
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        if multiprocess is None:
+            multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._mp: _Multiprocess | None = None
+        if multiprocess:
+            self._mp = _Multiprocess(prometheus_client, tuple(sorted(buckets)))
+            prometheus_client.multiprocess.MultiProcessCollector(self.registry)
         self._bounds = tuple(sorted(buckets))
         self._requests: dict[str, _Histogram] = {}
         self._fetches: dict[str, _Histogram] = {}
@@ -88,7 +109,8 @@ class PrometheusMetrics:
         self._sse = 0
         self._fetch_window = RollingCounts(clock=clock, window=window)
         self._action_window = RollingCounts(clock=clock, window=window)
-        self.registry.register(_Collector(self))
+        if self._mp is None:
+            self.registry.register(_Collector(self))
 
     # --- recording (event loop; plain arithmetic) -------------------------------------------------------
 
@@ -104,30 +126,49 @@ class PrometheusMetrics:
         self._observe(self._fetches, provider, seconds)
         _nested(self._calls, provider, outcome)
         self._fetch_window.add(provider, outcome)
+        if self._mp is not None:
+            self._mp.durations.labels("fetch", provider).observe(seconds)
+            self._mp.calls.labels(provider, outcome).inc()
 
     def observe_request(self, endpoint: str, seconds: float, status: int) -> None:
         self._observe(self._requests, endpoint, seconds)
         _nested(self._responses, endpoint, str(status))
+        if self._mp is not None:
+            self._mp.durations.labels(endpoint, "all").observe(seconds)
+            self._mp.responses.labels(endpoint, str(status)).inc()
 
     def cache(self, event: str) -> None:
         self._cache[event] = self._cache.get(event, 0) + 1
+        if self._mp is not None:
+            self._mp.cache.labels(event).inc()
 
     def breaker_state(self, provider: str, state: str, previous: str) -> None:
         phases = self._breakers.get(provider)
         if phases is None:
             phases = self._breakers[provider] = {"closed": 0, "half_open": 0, "open": 0}
         phases[state] += 1
+        if self._mp is not None:
+            self._mp.breakers.labels(provider, state).inc()
         # Breakers are born closed without a report; only count down what was counted up.
         if phases[previous] > 0:
             phases[previous] -= 1
+            if self._mp is not None:
+                self._mp.breakers.labels(provider, previous).dec()
+        if self._mp is not None:
+            worst = max((BREAKER_VALUES[p] for p, n in phases.items() if n > 0), default=0)
+            self._mp.breaker_state.labels(provider).set(worst)
 
     def sse_connections(self, delta: int, *, dropped: bool = False) -> None:
         self._sse += delta
+        if self._mp is not None:
+            self._mp.sse.inc(delta)
 
     def action(self, provider: str, action: str, outcome: str) -> None:
         key = f"{provider}\0{action}"
         _nested(self._actions, key, outcome)
         self._action_window.add(key, outcome)
+        if self._mp is not None:
+            self._mp.actions.labels(provider, action, outcome).inc()
 
     # --- export ---------------------------------------------------------------------------------------
 
@@ -263,6 +304,62 @@ class PrometheusMetrics:
             for sub, n in tuple(inner.items()):
                 family.add_metric([*head, sub], n)
         return family
+
+
+class _Multiprocess:
+    """The same families as prometheus_client metrics, whose values live in the per-process files of
+    ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode). They are registered nowhere: the
+    scrape reads the files through a ``MultiProcessCollector``."""
+
+    def __init__(self, client: Any, buckets: tuple[float, ...]) -> None:
+        def counter(name: str, doc: str, labels: list[str]) -> Any:
+            return client.Counter(name, doc, labels, registry=None)
+
+        def gauge(name: str, doc: str, labels: list[str], mode: str) -> Any:
+            return client.Gauge(name, doc, labels, registry=None, multiprocess_mode=mode)
+
+        self.durations = client.Histogram(
+            "integration_status_request_duration",
+            "Seconds per adapter fetch (endpoint=fetch, by provider) and per whole request (provider=all).",
+            ["endpoint", "provider"],
+            buckets=buckets,
+            registry=None,
+        )
+        self.responses = counter(
+            "integration_status_responses", "Responses by endpoint and HTTP status.", ["endpoint", "code"]
+        )
+        self.calls = counter(
+            "integration_adapter_calls", "Adapter fetches by outcome.", ["provider", "outcome"]
+        )
+        self.actions = counter(
+            "integration_action", "Quick actions run, by outcome.", ["provider", "action", "outcome"]
+        )
+        self.cache = counter("integration_cache_events", "Provider cache decisions.", ["event"])
+        # Summed over live workers: a connection or a breaker belongs to a process that is still there.
+        self.sse = gauge("integration_sse_connection_count", "Open event streams.", [], "livesum")
+        self.breakers = gauge(
+            "integration_breakers", "Breakers per provider and phase.", ["provider", "state"], "livesum"
+        )
+        self.breaker_state = gauge(
+            "integration_breaker_state",
+            "Worst breaker phase per provider: 0 closed, 1 half-open, 2 open.",
+            ["provider"],
+            "livemax",
+        )
+        # A worker that exits normally leaves the live sums; a killed one needs mark_process_dead(pid).
+        atexit.register(_mark_self_dead)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of a worker process that is gone (multiprocess mode), e.g. from gunicorn's
+    ``child_exit(server, worker)`` hook: ``mark_process_dead(worker.pid)``. Counters keep its counts."""
+    if os.environ.get(MULTIPROC_ENV):
+        _import_prometheus().multiprocess.mark_process_dead(pid)
+
+
+def _mark_self_dead() -> None:
+    # The pid at exit, not at start: a server that forks after loading the app runs this in each worker.
+    mark_process_dead(os.getpid())
 
 
 class _Collector:

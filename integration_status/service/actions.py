@@ -17,17 +17,22 @@ import attrs
 from integration_status._logging import get_logger
 from integration_status.core.aggregator import cache_key
 from integration_status.core.cache import SnapshotCache
+from integration_status.core.clock import epoch_ms
 from integration_status.core.deadline import call_with_timeout
 from integration_status.core.idempotency import (
+    Attempt,
     IdempotencyGuard,
+    can_reconcile,
     fingerprint,
     parse_idempotency_key,
     scope_key,
 )
 from integration_status.core.ratelimit import rate_key, rate_limit_headers, retry_after_seconds
 from integration_status.exceptions import (
+    BackendUnavailable,
     Forbidden,
     InvalidRequest,
+    OutcomeUnknown,
     ProviderError,
     ProviderRateLimited,
     ProviderTimeout,
@@ -40,6 +45,7 @@ from integration_status.protocols import (
     ActionOutcome,
     ActionRequest,
     Adapter,
+    BeginResult,
     Clock,
     Engine,
     Metrics,
@@ -54,6 +60,8 @@ from integration_status.snapshot import PROVIDER_ACTIONS
 
 _log = get_logger("integration_status.service.actions")
 
+#: How many abandoned actions one sweep finishes at most.
+SWEEP_BATCH: Final = 20
 #: How deep an action's ``payload`` may nest (hosts' payloads are small records; deeper is abuse).
 MAX_PAYLOAD_DEPTH: Final = 32
 #: HTTP status of an action whose provider failed, by problem code (the body carries the code).
@@ -183,6 +191,8 @@ class ActionHost(Protocol):
 
     async def project(self, project_id: object, viewer: Viewer) -> ProjectConnections: ...
 
+    async def connections_of(self, project_id: str) -> ProjectConnections | None: ...
+
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[StatusItem, ...]: ...
 
     async def publish(self, project_id: str, event: Mapping[str, Any]) -> str: ...
@@ -203,6 +213,49 @@ class ActionRunner:
     ) -> None:
         self._service = service
         self._overrides = dict(overrides or {})
+
+    def start(self, spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+        """Start looking for actions that a dead worker left unfinished (with the service). Only for a store
+        that other processes share: a store in this process's memory dies with its worker."""
+        store = self._service.idempotency.store
+        if getattr(store, "shared", False) and callable(getattr(store, "claim_abandoned", None)):
+            spawn(self._sweep)
+
+    async def _sweep(self) -> None:
+        """Every half lease: finish the attempts and follow-ups whose worker died (its lease ran out), so that
+        a deploy answered 202 still reaches deploy:finished though its client never retries."""
+        guard = self._service.idempotency
+        while True:
+            await self._service.clock.sleep(guard.lease / 2)
+            try:
+                claimed = await guard.store.claim_abandoned(lease=guard.lease, limit=SWEEP_BATCH)
+            except BackendUnavailable:
+                continue  # the store is away: the next sweep tries again
+            for scope, begun in claimed:
+                try:
+                    await self._finish_abandoned(scope, begun)
+                except Exception as exc:
+                    _log.warning("integration_status.action.abandoned_failed", error=type(exc).__name__)
+
+    async def _finish_abandoned(self, scope: str, begun: BeginResult) -> None:
+        service = self._service
+        request = (begun.checkpoint or {}).get("request")
+        if not isinstance(request, Mapping):
+            return  # recorded without its request: only the client's retry can finish it
+        call = parse_action_body({k: v for k, v in request.items() if k != "userId"})
+        viewer = Viewer(user_id=str(request.get("userId", "")))
+        connections = await service.connections_of(call.project_id)
+        connection = None if connections is None else connections.get(call.provider)
+        handler = self.handler(call.provider, call.action)
+        if handler is None:
+            return
+        _log.info("integration_status.action.abandoned", provider=call.provider, action=call.action)
+
+        async def action(attempt: Attempt) -> StoredResponse:
+            conn = connection or ProviderConnection(provider=call.provider)
+            return await self._dispatch(call, viewer, conn, handler, attempt)
+
+        await service.idempotency.finish_abandoned(scope=scope, begun=begun, action=action)
 
     def handler(self, provider: ProviderKey, action: str) -> ActionHandler | None:
         override = self._overrides.get((provider, action))
@@ -244,7 +297,11 @@ class ActionRunner:
             raise InvalidRequest(f"{call.action} is not available on this server for {call.provider}")
         decision_headers: dict[str, str] = {}
 
-        async def run() -> StoredResponse:
+        async def run(attempt: Attempt) -> StoredResponse:
+            if attempt.resume is not None:  # the first attempt spent the rate-limit slot already
+                return await self._dispatch(
+                    call, viewer, connection or ProviderConnection(provider=call.provider), handler, attempt
+                )
             decision = await service.engine.rate_limiter.hit(
                 rate_key(viewer.user_id, call.project_id),
                 limit=service.settings.rate_limit,
@@ -258,11 +315,11 @@ class ActionRunner:
                     retry_after=retry_after_seconds(decision),
                 )
             return await self._dispatch(
-                call, viewer, connection or ProviderConnection(provider=call.provider), handler
+                call, viewer, connection or ProviderConnection(provider=call.provider), handler, attempt
             )
 
         try:
-            stored, replayed = await service.idempotency.run(
+            stored, replayed = await service.idempotency.execute(
                 scope=scope_key(viewer.user_id, call.project_id, key),
                 fingerprint=fingerprint(method, path, call.to_json()),
                 action=run,
@@ -286,22 +343,52 @@ class ActionRunner:
             raise InvalidRequest(f"{call.action} cannot run now: {reason}", hint=reason)
 
     async def _dispatch(
-        self, call: ActionCall, viewer: Viewer, connection: ProviderConnection, handler: ActionHandler
+        self,
+        call: ActionCall,
+        viewer: Viewer,
+        connection: ProviderConnection,
+        handler: ActionHandler,
+        attempt: Attempt,
     ) -> StoredResponse:
         service = self._service
-        operation_id = new_operation_id()
+        resume = attempt.resume
+        operation_id = str((resume or {}).get("operationId") or new_operation_id())
+        if resume is not None and not can_reconcile(handler):
+            if attempt.follow_only:
+                return StoredResponse(status=204, body={})  # nothing this handler can take over
+            return self._failed(call, outcome_unknown(call))
         entry = await service.cache.peek(cache_key(call.project_id, call.provider))
+        # What every checkpoint carries: a resumed attempt answers and reports under the same operation id,
+        # and knows since when to look for the provider's operation.
+        base = {
+            "operationId": operation_id,
+            "at": int((resume or {}).get("at") or epoch_ms(service.clock)),
+            # Enough for a live worker to finish what this one started, should it die with no client retrying.
+            "request": {**call.to_json(), "userId": viewer.user_id},
+        }
+        if resume is None:
+            # Recorded before the provider can be called: from here on a crash is resumed, never re-run.
+            await attempt.checkpoint(base)
 
         async def publish(event: Mapping[str, Any]) -> None:
             await service.publish(call.project_id, event)
+
+        async def checkpoint(data: Mapping[str, Any]) -> None:
+            await attempt.checkpoint({**base, **data})
+
+        def spawn(fn: Callable[[], Awaitable[None]]) -> None:
+            service.spawn(attempt.follow(fn))
 
         ctx = ActionContext(
             clock=service.clock,
             operation_id=operation_id,
             timeout=service.settings.action_timeout,
             publish=publish,
-            spawn=service.spawn,
+            spawn=spawn,
             snapshot=None if entry is None else entry.snapshot,
+            checkpoint=checkpoint,
+            # ``answered``: the response is stored already, only the follow-up is left to take over.
+            resume=None if resume is None else {**resume, "answered": attempt.follow_only},
         )
         request = ActionRequest(
             project_id=call.project_id,
@@ -320,7 +407,11 @@ class ActionRunner:
             )
             return self._failed(call, outcome_exc)
         except ProviderError as exc:
+            if attempt.follow_only:
+                raise  # the stored answer stands; the follow-up is left to the next retry
             return self._failed(call, exc)
+        if attempt.follow_only:
+            return StoredResponse(status=204, body={})  # discarded: the stored answer is replayed
         _log.info(
             "integration_status.action.succeeded",
             provider=call.provider,
@@ -345,6 +436,17 @@ class ActionRunner:
         self._service.metrics.action(call.provider, call.action, outcome)
         status, body, headers = failure_body(exc)
         return StoredResponse(status=status, body=body, headers=headers)
+
+
+def outcome_unknown(call: ActionCall) -> OutcomeUnknown:
+    """The answer to a retry of an action whose worker stopped after it may have reached the provider, when
+    the provider cannot be asked what happened."""
+    return OutcomeUnknown(
+        f"The outcome of {call.provider} {call.action} is unknown: the server handling it stopped after it may "
+        f"have reached {call.provider}",
+        provider=call.provider,
+        hint=f"Check {call.provider} for it before running it again with a new Idempotency-Key",
+    )
 
 
 def _refresh_later(

@@ -192,6 +192,7 @@ class StatusService:
         self.closing = anyio.Event()
         self.streams.reopen()
         self.cache.start(self._spawn)
+        self.actions.start(self._spawn)
         return self
 
     async def __aexit__(
@@ -262,6 +263,11 @@ class StatusService:
         if connections is None or not await self._authorizer(viewer, project_id):
             raise NotFound("project not found")
         return connections
+
+    async def connections_of(self, project_id: str) -> ProjectConnections | None:
+        """The host's connections of ``project_id`` (its ConnectionResolver), with no viewer check: for work the
+        service does on its own (a refresh, an abandoned action finished by another worker)."""
+        return await self._connections(project_id)
 
     async def status(
         self, project_id: object, viewer: Viewer, *, if_none_match: str | None = None

@@ -19,6 +19,7 @@ is only the task the server runs the response in; everything else is shared:
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -91,6 +92,13 @@ class StreamSource(Protocol):
 HEARTBEAT: Final = encode_comment()
 #: Deadlines closer than this count as reached (float sums of a clock's steps are not exact).
 _EPSILON = 1e-9
+#: The last frame of a stream ended by shutdown: reconnect (to another worker, with Last-Event-ID) in 1-3 s,
+#: spread so that a restarting worker's clients do not all arrive at once.
+SHUTDOWN_RETRY_MS: Final = (1000, 3000)
+
+
+def shutdown_frame() -> bytes:
+    return encode_comment("server stopping") + f"retry: {random.randint(*SHUTDOWN_RETRY_MS)}\n\n".encode()
 
 
 class StreamBeat:
@@ -150,6 +158,9 @@ class StreamBeat:
                             break
                     event, pending = pending, None
                     await send(event)
+        # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
+        with anyio.move_on_after(1):
+            await write(shutdown_frame())
 
     def _wake(self) -> None:
         if self.due and not self._waiting:

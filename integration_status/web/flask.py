@@ -32,17 +32,24 @@ Configuration keys:
     (default ``False``: a server that forks workers after loading the app must not start threads before it).
 ``INTEGRATION_STATUS_SSE_BUFFER``
     How many event-stream chunks may wait for a slow client before the stream waits too (default 16).
+``INTEGRATION_STATUS_MAX_STREAMS``
+    How many event streams this process holds at once (default ``None``: derived from the server, see
+    :func:`server_stream_cap`). Each holds a server thread; one over the cap is answered at once with a
+    ``retry:`` frame and ends, so streams never take the threads that status requests need.
+``INTEGRATION_STATUS_STREAM_RETRY_MS``
+    The ``retry:`` hint of a stream refused over the cap (default 15000): when the browser tries again.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager, suppress
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -60,6 +67,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "integration_status.web.flask needs Flask: pip install 'integration-status[flask]'"
     ) from exc
 
+from integration_status.core.sse import SSE_HEADERS, encode_event
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
@@ -68,7 +76,14 @@ from integration_status.web import handlers
 from integration_status.web.handlers import Response, Write
 from integration_status.web.params import QueryParams
 
-__all__ = ["DEFAULT_PREFIX", "EXTENSION_KEY", "MAX_WEBHOOK_BODY", "IntegrationStatus"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "EXTENSION_KEY",
+    "MAX_WEBHOOK_BODY",
+    "UNKNOWN_SERVER_STREAMS",
+    "IntegrationStatus",
+    "server_stream_cap",
+]
 
 DEFAULT_PREFIX: Final = "/api/integrations"
 #: The key of the extension's state in ``app.extensions``.
@@ -77,6 +92,49 @@ MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
 
 _log = get_logger("integration_status.web.flask")
 _T = TypeVar("_T")
+
+#: The stream cap on a threaded server whose thread count cannot be read: small, so it never takes them all.
+UNKNOWN_SERVER_STREAMS: Final = 2
+
+
+def server_stream_cap(environ: Mapping[str, Any]) -> int | None:
+    """How many event streams the WSGI server running this request can hold without starving other requests.
+
+    - gunicorn ``gthread``: half its ``--threads`` (at least 1), read from the worker serving this process; the
+      other half stays free for status requests and for refusing streams over the cap.
+    - gunicorn ``sync`` (one request at a time, and a request held past ``--timeout`` gets the worker
+      killed): 0, every stream is refused with a ``retry:`` hint (serve streams with gthread).
+    - gunicorn's async workers (gevent, eventlet) and werkzeug's threaded dev server (a thread per request):
+      None, no cap of this kind (the service's per-process cap still applies).
+    - any other server: :data:`UNKNOWN_SERVER_STREAMS` when it is multithreaded, else 0; no server at all
+      (no ``SERVER_SOFTWARE``: Flask's test client runs the request on the caller's thread): None.
+
+    >>> server_stream_cap({"SERVER_SOFTWARE": "waitress", "wsgi.multithread": True})
+    2
+    """
+    software = str(environ.get("SERVER_SOFTWARE", ""))
+    if not software:
+        return None
+    if software.startswith("gunicorn"):
+        worker = _gunicorn_worker()
+        if worker is not None:
+            kind = type(worker).__name__
+            if kind == "ThreadWorker":
+                return max(1, int(worker.cfg.threads) // 2)
+            if kind == "SyncWorker":
+                return 0
+            return None
+    if software.startswith("Werkzeug") and environ.get("wsgi.multithread"):
+        return None
+    return UNKNOWN_SERVER_STREAMS if environ.get("wsgi.multithread") else 0
+
+
+def _gunicorn_worker() -> Any:
+    """The gunicorn worker object of this process: it handles SIGTERM with a bound method of its own, which
+    is the one place where a WSGI app can see the worker's settings without being passed them."""
+    handler = signal.getsignal(signal.SIGTERM)
+    worker = getattr(handler, "__self__", None)
+    return worker if hasattr(getattr(worker, "cfg", None), "threads") else None
 
 
 class IntegrationStatus:
@@ -97,6 +155,9 @@ class IntegrationStatus:
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._service_cm: AbstractContextManager[StatusService] | None = None
         self._pid: int | None = None
+        self._streams = 0  # event streams open in this process, under ``_lock``
+        self._stream_cap: int | Literal["unset"] | None = "unset"
+        self._watching: int | None = None  # the pid whose server's exit is watched
         if app is not None:
             self.init_app(app)
 
@@ -109,6 +170,8 @@ class IntegrationStatus:
         app.config.setdefault("INTEGRATION_STATUS_PREFIX", DEFAULT_PREFIX)
         app.config.setdefault("INTEGRATION_STATUS_EAGER_START", False)
         app.config.setdefault("INTEGRATION_STATUS_SSE_BUFFER", 16)
+        app.config.setdefault("INTEGRATION_STATUS_MAX_STREAMS", None)
+        app.config.setdefault("INTEGRATION_STATUS_STREAM_RETRY_MS", 15_000)
         prefix = self.prefix if self.prefix is not None else app.config["INTEGRATION_STATUS_PREFIX"]
         prefix = str(prefix).rstrip("/")
         app.extensions[EXTENSION_KEY] = self
@@ -182,6 +245,34 @@ class IntegrationStatus:
         """Run ``await fn(*args)`` on the extension's event loop and return its result (blocking)."""
         return self.portal.call(fn, *args)
 
+    # --- stream slots (server threads) ----------------------------------------------------------------------
+
+    def _take_stream(self, configured: Any, environ: Mapping[str, Any]) -> bool:
+        with self._lock:
+            if self._stream_cap == "unset":
+                self._stream_cap = server_stream_cap(environ) if configured is None else int(configured)
+                _log.info("integration_status.flask.stream_cap", cap=self._stream_cap)
+            if self._stream_cap is not None and self._streams >= self._stream_cap:
+                return False
+            self._streams += 1
+            return True
+
+    def _watch_server(self, environ: Mapping[str, Any]) -> None:
+        """Once per process: under gunicorn, end the streams when the worker is told to stop."""
+        if self._watching == os.getpid() or not str(environ.get("SERVER_SOFTWARE", "")).startswith(
+            "gunicorn"
+        ):
+            return
+        worker = _gunicorn_worker()
+        if worker is None or not hasattr(worker, "alive") or self.service is None:
+            return
+        self._watching = os.getpid()
+        self.portal.start_task_soon(_end_streams_when_stopping, self.service, worker)
+
+    def _release_stream(self) -> None:
+        with self._lock:
+            self._streams = max(0, self._streams - 1)
+
 
 # --- views --------------------------------------------------------------------------------------------------
 
@@ -218,13 +309,25 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _to_flask(response: Response, ext: IntegrationStatus) -> FlaskResponse:
+def _to_flask(
+    response: Response, ext: IntegrationStatus, on_close: Callable[[], None] | None = None
+) -> FlaskResponse:
     headers = list(response.headers)
     if response.writer is None:
+        if on_close is not None:
+            on_close()
         return FlaskResponse(response=response.body, status=response.status, headers=headers)
-    stream = _EventStream(
-        ext.portal, response.writer, buffer=int(current_app.config.get("INTEGRATION_STATUS_SSE_BUFFER", 16))
-    )
+    try:
+        stream = _EventStream(
+            ext.portal,
+            response.writer,
+            buffer=int(current_app.config.get("INTEGRATION_STATUS_SSE_BUFFER", 16)),
+            on_close=on_close,
+        )
+    except BaseException:
+        if on_close is not None:
+            on_close()
+        raise
     # direct_passthrough: the WSGI server gets our iterable itself, and so calls its close() on disconnect.
     return FlaskResponse(response=stream, status=response.status, headers=headers, direct_passthrough=True)
 
@@ -265,7 +368,20 @@ def _blueprint(prefix: str) -> Blueprint:
     def events() -> FlaskResponse:
         ext = _extension()
         assert ext.service is not None
-        return _to_flask(ext.call(handlers.handle_events, ext.service, _info()), ext)
+        config = current_app.config
+        if not ext._take_stream(config.get("INTEGRATION_STATUS_MAX_STREAMS"), request.environ):
+            # Answered on this thread without the event loop: the refusal itself must never wait.
+            _log.info("integration_status.sse.refused", reason="server threads")
+            retry = int(config.get("INTEGRATION_STATUS_STREAM_RETRY_MS", 15_000))
+            frame = encode_event(data="too many open streams on this worker", event="overloaded", retry=retry)
+            return FlaskResponse(response=frame, status=200, headers=list(SSE_HEADERS.items()))
+        try:
+            ext._watch_server(request.environ)
+            response = ext.call(handlers.handle_events, ext.service, _info())
+        except BaseException:
+            ext._release_stream()
+            raise
+        return _to_flask(response, ext, on_close=ext._release_stream)
 
     @bp.post("/webhooks/<provider>")
     def webhooks(provider: str) -> FlaskResponse:
@@ -291,6 +407,15 @@ def _blueprint(prefix: str) -> Blueprint:
 # --- event streams ------------------------------------------------------------------------------------------
 
 
+async def _end_streams_when_stopping(service: StatusService, worker: Any) -> None:
+    """A gunicorn worker told to stop (SIGTERM) waits up to ``--graceful-timeout`` for its requests, streams
+    included: end them as soon as its ``alive`` flag drops, each with a ``retry:`` hint, so it need not wait."""
+    while worker.alive:  # noqa: ASYNC110 - gunicorn exposes a flag, not an event
+        await anyio.sleep(0.1)
+    _log.info("integration_status.flask.server_stopping", streams=len(service.streams))
+    service.streams.shutdown()
+
+
 class _EventStream:
     """A WSGI response iterable fed by a handler's writer running on the portal.
 
@@ -301,10 +426,16 @@ class _EventStream:
     """
 
     def __init__(
-        self, portal: BlockingPortal, writer: Callable[[Write], Awaitable[None]], *, buffer: int
+        self,
+        portal: BlockingPortal,
+        writer: Callable[[Write], Awaitable[None]],
+        *,
+        buffer: int,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._portal = portal
         self._closed = False
+        self._on_close = on_close
         self._future, started = portal.start_task(_run_writer, writer, buffer)
         self._scope: anyio.CancelScope = started[0]
         self._receive: MemoryObjectReceiveStream[bytes] = started[1]
@@ -326,6 +457,8 @@ class _EventStream:
         if self._closed:
             return
         self._closed = True
+        if self._on_close is not None:
+            self._on_close()  # the server thread is free again
         try:
             self._portal.call(self._scope.cancel)
             self._future.result()

@@ -13,6 +13,8 @@ Inside FastAPI (mounted apps do not get lifespan events, so hand the service's l
 from __future__ import annotations
 
 import contextlib
+import signal
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias
 
@@ -30,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "integration_status.web.starlette needs Starlette: pip install 'integration-status[starlette]'"
     ) from exc
 
+from integration_status._logging import get_logger
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
@@ -38,10 +41,63 @@ from integration_status.web import handlers
 from integration_status.web._asgi import ScopeHeaders, StatusEndpoint, query_dict
 from integration_status.web.handlers import Response, Write
 
-__all__ = ["DEFAULT_PREFIX", "ERROR_HANDLERS", "MAX_WEBHOOK_BODY", "create_app", "routes"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ERROR_HANDLERS",
+    "EXIT_POLL",
+    "MAX_WEBHOOK_BODY",
+    "create_app",
+    "routes",
+    "running_server",
+    "watch_server_exit",
+]
 
 DEFAULT_PREFIX: Final = "/api/integrations"
 MAX_WEBHOOK_BODY: Final = _DEFAULT_MAX_BODY
+#: Seconds between two looks at the server's exit flag (uvicorn itself looks every 0.1 s).
+EXIT_POLL: Final = 0.1
+
+_log = get_logger("integration_status.web.starlette")
+#: Services whose server's exit is watched already (one watch per service and process).
+_watched: weakref.WeakSet[StatusService] = weakref.WeakSet()
+
+
+def running_server() -> Any:
+    """The uvicorn ``Server`` running this process, or None.
+
+    uvicorn waits for open connections to close *before* it sends the lifespan shutdown, so an app holding
+    event streams learns that the server stops only from the server itself. uvicorn handles SIGTERM and SIGINT
+    with a bound method of its ``Server``, whose ``should_exit`` flag it sets on the signal: the handler
+    installed for SIGTERM leads to that flag without patching anything.
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    if server is None or not type(server).__module__.startswith("uvicorn"):
+        return None
+    return server if isinstance(getattr(server, "should_exit", None), bool) else None
+
+
+def watch_server_exit(service: StatusService, server: Any = None) -> None:
+    """Once per service: end every open event stream (each gets a final ``retry:`` hint) as soon as the ASGI
+    server starts to stop, so that it need not wait for the clients. Started with the first stream; under a
+    server that announces its end only by the lifespan shutdown, that shutdown ends the streams instead."""
+    if service in _watched or not service.running:
+        return
+    server = server if server is not None else running_server()
+    if server is None:
+        return
+    _watched.add(service)
+
+    async def watch() -> None:
+        try:
+            while not server.should_exit:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+                await anyio.sleep(EXIT_POLL)
+            _log.info("integration_status.starlette.server_stopping", streams=len(service.streams))
+            service.streams.shutdown()
+        finally:
+            _watched.discard(service)
+
+    service.spawn(watch)
 
 
 _Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
@@ -163,6 +219,7 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         return _to_starlette(await handlers.handle_action(service, _info(request), body))
 
     async def events(request: Request) -> StarletteResponse:
+        watch_server_exit(service)
         return _to_starlette(await handlers.handle_events(service, _info(request)), service.spawn)
 
     async def webhooks(request: Request) -> StarletteResponse:

@@ -187,3 +187,37 @@ def redis_proxy(redis_url: str) -> Iterator[RedisProxy]:
     proxy = RedisProxy()
     yield proxy
     proxy.cut()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A PostgreSQL schema unique to this test (skips without the server); dropped with its tables afterwards."""
+    import psycopg
+
+    from tests.services import POSTGRES_DSN, require_postgres
+
+    require_postgres()
+    schema = f"test_{uuid.uuid4().hex[:10]}"
+    yield schema
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+PostgresFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def postgres_stores(postgres_schema: str, redis_clock: FakeClock) -> AsyncIterator[PostgresFactory]:
+    """Make open PostgresIdempotencyStores (each with its own pool, like separate workers) on the test schema
+    and the shared FakeClock; all are closed at the end."""
+    from integration_status.backends.postgres import PostgresIdempotencyStore
+    from tests.services import POSTGRES_DSN
+
+    async with AsyncExitStack() as stack:
+
+        async def make(**kwargs: Any) -> PostgresIdempotencyStore:
+            options: dict[str, Any] = {"schema": postgres_schema, "clock": redis_clock, **kwargs}
+            store = PostgresIdempotencyStore.from_dsn(POSTGRES_DSN, **options)
+            return await stack.enter_async_context(store)
+
+        yield make

@@ -197,16 +197,21 @@ async def test_idempotency_lifecycle(redis_engine: RedisEngine, redis_engine_b: 
 
 
 async def test_idempotency_key_layout_and_ttls(redis_engine: RedisEngine, redis_raw: Any) -> None:
-    """The lease expires after `lease`, the done record after `keep_for`, and the lease is gone once done."""
+    """One hash per key, kept `keep_for`; the lease is a time inside it and is gone once done."""
     prefix = redis_engine.prefix
     started = await redis_engine.idempotency.begin("k", "fp", lease=12, keep_for=3600)
-    assert 11_000 < await redis_raw.pttl(f"{prefix}:idem:lease:k") <= 12_000
+    record = await redis_raw.hgetall(f"{prefix}:idem:k")
+    assert record["state"] == "run"
+    assert "cp" not in record
     assert started.token is not None
     await redis_engine.idempotency.complete(
         "k", started.token, StoredResponse(status=200, body={}), keep_for=3600
     )
-    assert await redis_raw.exists(f"{prefix}:idem:lease:k") == 0
-    assert 3_599_000 < await redis_raw.pttl(f"{prefix}:idem:done:k") <= 3_600_000
+    record = await redis_raw.hgetall(f"{prefix}:idem:k")
+    assert record["state"] == "done"
+    assert "until" not in record
+    assert "token" not in record
+    assert 3_599_000 < await redis_raw.pttl(f"{prefix}:idem:k") <= 3_600_000
 
 
 async def test_release_lets_the_key_start_again(redis_engine: RedisEngine) -> None:
@@ -223,13 +228,12 @@ async def test_release_lets_the_key_start_again(redis_engine: RedisEngine) -> No
 
 
 async def test_expired_lease_is_taken_over_and_old_holder_cannot_complete(
-    redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_raw: Any
+    redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_clock: FakeClock
 ) -> None:
     """A crashed worker's lease runs out: a new begin starts and the old holder's late complete is ignored."""
     crashed = await redis_engine.idempotency.begin("k", "fp", lease=30, keep_for=60)
     assert crashed.token is not None
-    # The lease running out, without waiting 30 s: PEXPIRE 0 expires the key at once, as its TTL would.
-    await redis_raw.pexpire(f"{redis_engine.prefix}:idem:lease:k", 0)
+    redis_clock.advance(30)
     takeover = await redis_engine_b.idempotency.begin("k", "fp", lease=30, keep_for=60)
     assert takeover.state == "started"
     assert takeover.token is not None

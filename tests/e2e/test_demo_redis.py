@@ -108,8 +108,9 @@ def test_action_on_one_demo_replays_on_the_other(demos: tuple[str, str, str]) ->
     assert (first.status_code, first.headers.get("idempotent-replayed")) == (202, None)
     assert (again.status_code, again.headers.get("idempotent-replayed")) == (202, "true")
     assert again.json() == first.json()
-    with redis.Redis.from_url(REDIS_URL) as client:
-        assert list(client.scan_iter(match=f"{prefix}:idem:done:*"))
+    with redis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
+        records = [k for k in client.scan_iter(match=f"{prefix}:idem:*") if client.type(k) == "hash"]
+        assert [client.hget(k, "state") for k in records] == ["done"]
 
 
 @pytest.mark.anyio

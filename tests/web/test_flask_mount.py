@@ -428,14 +428,17 @@ def test_heartbeat_is_a_comment_frame(h: Harness) -> None:
 
 
 def test_close_ends_open_streams(h: Harness) -> None:
-    """Closing the extension ends open event streams cleanly and frees their slots."""
+    """Closing the extension ends open event streams cleanly, with a retry hint, and frees their slots."""
     with h.client.stream("GET", "/events", params={"projectId": "p"}) as r:
         stream = frames(r)
         first_event(stream)
         closer = threading.Thread(target=h.ext.close)
         closer.start()
-        assert list(stream) == []  # the stream ends, with no error
+        rest = list(stream)  # the stream ends, with no error
         closer.join(5)
+    assert rest[0] == {"comment": "server stopping"}
+    assert 1000 <= int(rest[1]["retry"]) <= 3000
+    assert len(rest) == 2
     assert h.service.sse_connections.count == 0
     assert not h.service.running
 
@@ -490,3 +493,48 @@ def test_openapi_json_lists_the_mounted_paths(h: Harness) -> None:
     assert r.status_code == 200
     assert r.json()["openapi"] == "3.1.0"
     assert f"{PREFIX}/webhooks/{{provider}}" in r.json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "cap"),
+    [
+        ({"SERVER_SOFTWARE": "waitress", "wsgi.multithread": True}, 2),
+        ({"SERVER_SOFTWARE": "WSGIServer/0.2", "wsgi.multithread": False}, 0),
+        ({"SERVER_SOFTWARE": "Werkzeug/3.1", "wsgi.multithread": True}, None),
+        ({"wsgi.multithread": False}, None),
+    ],
+)
+def test_the_stream_cap_is_derived_from_the_server(environ: dict[str, Any], cap: int | None) -> None:
+    """Unknown threaded servers get a small cap, single-threaded ones refuse streams, werkzeug's
+    thread-per-request server and the test client (no server) get none."""
+    from integration_status.web.flask import server_stream_cap
+
+    assert server_stream_cap(environ) == cap
+
+
+def test_streams_over_the_configured_cap_get_a_retry_frame_at_once() -> None:
+    """INTEGRATION_STATUS_MAX_STREAMS=1: a second stream is answered with `retry:` and ends; once the first
+    closes, its slot is free again."""
+    service = StatusService(
+        connections=StaticConnections.linked("p"), authenticator=header_auth, authorizer=allow_global_roles
+    )
+    app = Flask(__name__)
+    app.config.update(INTEGRATION_STATUS_MAX_STREAMS=1, INTEGRATION_STATUS_STREAM_RETRY_MS=4000)
+    ext = IntegrationStatus(app, service=service)
+    url, headers = f"{PREFIX}/events?projectId=p", {"X-Role": "owner"}
+    try:
+        client = app.test_client()
+        first = client.get(url, headers=headers, buffered=False)
+        assert next(first.response).startswith(b":")  # streaming
+        second = client.get(url, headers=headers)
+        assert (
+            second.get_data()
+            == b"event: overloaded\nretry: 4000\ndata: too many open streams on this worker\n\n"
+        )
+        assert second.mimetype == "text/event-stream"
+        first.close()
+        third = client.get(url, headers=headers, buffered=False)
+        assert next(third.response).startswith(b":")
+        third.close()
+    finally:
+        ext.close()
