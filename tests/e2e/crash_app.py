@@ -98,7 +98,7 @@ class DieAfterAnswer:
 
 async def authenticate(request: RequestInfo) -> Viewer | None:
     user = request.headers.get("x-user")
-    return None if user is None else Viewer(user_id=user, roles={"owner"})
+    return None if user is None else Viewer(user_id=user, project_roles={PROJECT: {"owner"}})
 
 
 def build() -> Any:
