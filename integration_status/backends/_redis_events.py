@@ -37,16 +37,24 @@ StreamId = tuple[int, int]
 _ZERO: StreamId = (0, 0)
 
 
-def parse_id(text: str) -> StreamId | None:
-    """A Redis stream id as a comparable pair, or None when it is not one.
+#: Both halves of a stream id are unsigned 64-bit numbers; Redis refuses anything larger.
+_ID_PART_LIMIT = 2**64
 
-    >>> parse_id("1732600000000-3"), parse_id("1732600000000"), parse_id("abc")
-    ((1732600000000, 3), (1732600000000, 0), None)
+
+def parse_id(text: str) -> StreamId | None:
+    """A Redis stream id as a comparable pair, or None when it is not one (also when a half does not fit in
+    64 bits: Redis would refuse it, and a client resending it must get a fresh start, not a broken stream).
+
+    >>> parse_id("1732600000000-3"), parse_id("1732600000000"), parse_id("abc"), parse_id(f"{2**64}-0")
+    ((1732600000000, 3), (1732600000000, 0), None, None)
     """
     ms, _, seq = text.partition("-")
     if not (ms.isascii() and ms.isdigit() and (not seq or (seq.isascii() and seq.isdigit()))):
         return None
-    return int(ms), int(seq or 0)
+    if len(ms) > 20 or len(seq) > 20:  # before int(): a megabyte of digits is not worth converting
+        return None
+    sid = int(ms), int(seq or 0)
+    return sid if sid[0] < _ID_PART_LIMIT and sid[1] < _ID_PART_LIMIT else None
 
 
 def format_id(sid: StreamId) -> str:
@@ -224,6 +232,12 @@ class RedisEventBus:
         return str(entry_id)
 
     # --- subscribing ---
+
+    async def ready(self, project_id: str) -> None:
+        """Raise BackendUnavailable when the project's stream cannot be read now: called before an event
+        stream answers 200, so that an outage is a 503 instead of a stream that breaks after its headers."""
+        with self._s.errors("opening an event stream"):
+            await self._s.client.xrevrange(self._s.key("events", project_id), "+", "-", count=1)
 
     @asynccontextmanager
     async def subscribe(

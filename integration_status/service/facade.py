@@ -326,6 +326,13 @@ class StatusService:
         """Put a raw (unredacted) event on the project's bus; returns its id."""
         return await self.engine.events.publish(project_id, event)
 
+    async def events_ready(self, project_id: str) -> None:
+        """Raise BackendUnavailable when the event bus cannot serve ``project_id`` now (before a stream starts);
+        a bus without a ``ready`` check is taken as ready."""
+        ready = getattr(self.engine.events, "ready", None)
+        if ready is not None:
+            await ready(project_id)
+
     def subscribe(
         self, project_id: str, *, last_event_id: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[Subscription]:

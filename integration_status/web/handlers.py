@@ -82,14 +82,21 @@ def error_response(
 STORE_UNAVAILABLE: Final = "The shared store is unavailable"
 
 
-def store_unavailable(exc: BackendUnavailable, *, envelope: bool = False) -> Response:
+#: Seconds an event stream refused for a store outage is told to wait before reconnecting.
+STORE_RETRY_AFTER: Final = 5
+
+
+def store_unavailable(
+    exc: BackendUnavailable, *, envelope: bool = False, retry_after: int | None = None
+) -> Response:
     """503 with the SPEC error object (code ``unknown``): state-changing requests fail closed while the store
     is down. The endpoint named in ``exc`` goes to the log only."""
     _log.warning("integration_status.web.store_unavailable", error=str(exc))
     body: dict[str, Any] = {"error": {"code": "unknown", "message": STORE_UNAVAILABLE, "hint": "Try again"}}
     if envelope:
         body = {"success": False, **body}
-    return json_response(503, body)
+    headers = () if retry_after is None else (("Retry-After", str(retry_after)),)
+    return json_response(503, body, headers)
 
 
 def request_info(
@@ -230,6 +237,11 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
         return error_response(exc)
     last_event_id = request.headers.get("last-event-id") or request.query.get("lastEventId") or None
     headers = _SSE_HEADERS
+    try:
+        # Before the 200: a stream that cannot start (the store is down) is a 503, not a body that breaks.
+        await service.events_ready(connections.project_id)
+    except BackendUnavailable as exc:
+        return store_unavailable(exc, retry_after=STORE_RETRY_AFTER)
 
     if not service.sse_connections.acquire(viewer.user_id):
         _log.info("integration_status.sse.refused", reason="connection cap")
@@ -276,6 +288,11 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
                     dropped = True
                 finally:
                     service.streams.close_stream(beat)
+        except BackendUnavailable as exc:
+            # The store went away between the check above and subscribing: end with a retry hint, no traceback.
+            _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+            dropped = True
+            await write(encode_event(data=STORE_UNAVAILABLE, event="error", retry=STORE_RETRY_AFTER * 1000))
         except Exception as exc:
             dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -168,6 +169,16 @@ class RedisProxy:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             self._close(sock)
+
+    def reset(self) -> None:
+        """Reset every forwarded connection (TCP RST, not a clean close) and keep listening: what a restarted
+        server or a load balancer dropping idle connections looks like to the client."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
 
     def restore(self) -> None:
         """Listen again on the same port: the "server" is back (empty connections, same data)."""

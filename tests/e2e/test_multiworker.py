@@ -416,3 +416,68 @@ async def test_webhook_on_a_reaches_b_and_a_replay_on_b_is_a_duplicate(prefix: s
     assert (second.status_code, second.json()) == (200, {"ok": True})
     # Stream order: had the duplicate been published, it would come before the second delivery's event.
     assert json.loads(following.data)["sha"] == "b" * 40
+
+
+# --- faults of the Redis connection -------------------------------------------------------------------------
+
+LOOPS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_after_a_redis_reset_nothing_answers_5xx_but_documented_503s(prefix: str) -> None:
+    """Right after every pooled Redis connection is reset: 100 status requests all answer 200, and actions
+    answer 200 or the documented 503 (error object), on the asyncio loop and on uvloop alike."""
+    executions: list[str] = []
+    handlers = {("vercel", "deploy"): deploy_handler(executions)}
+    proxy = RedisProxy()
+    try:
+        async with instances(prefix, proxy.url, handlers=handlers) as (a,), client(a.base) as ca:
+            # Warm, with many pooled connections open (concurrent requests each take one).
+            await gather(*[(lambda: ca.get("/status", params={"projectId": PROJECT}))] * 50)
+            proxy.reset()
+            await anyio.sleep(0.05)  # let the loop see the resets before the next requests reuse the sockets
+            status = [(lambda: ca.get("/status", params={"projectId": PROJECT}))] * 100
+            actions = [
+                # One user each: the per-user rate limit is not what this test is about.
+                (
+                    lambda n=n: ca.post(
+                        "/actions", json=DEPLOY, headers={"Idempotency-Key": "k", "X-User": f"u{n}"}
+                    )
+                )
+                for n in range(20)
+            ]
+            responses = await gather(*status, *actions)
+    finally:
+        proxy.cut()
+    assert [r.status_code for r in responses[:100]] == [200] * 100
+    for response in responses[100:]:
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "unknown"
+
+
+async def test_event_stream_while_redis_is_down_is_a_503_with_a_retry_hint(prefix: str) -> None:
+    """With Redis unreachable, /events answers 503 with the error object and Retry-After before any stream
+    starts (no 200 that breaks); once Redis is back the stream opens."""
+    proxy = RedisProxy()
+    try:
+        async with instances(prefix, proxy.url) as (a,), client(a.base) as ca:
+            proxy.cut()
+            refused = await ca.get("/events", params={"projectId": PROJECT})
+            proxy.restore()
+            async with events(ca) as stream:
+                assert stream is not None
+    finally:
+        proxy.cut()
+    assert refused.status_code == 503
+    assert refused.headers["content-type"].startswith("application/json")
+    assert refused.headers["retry-after"] == "5"
+    assert refused.json()["error"] == {
+        "code": "unknown",
+        "message": "The shared store is unavailable",
+        "hint": "Try again",
+    }
+    assert str(proxy.port) not in refused.text
