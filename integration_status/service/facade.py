@@ -297,7 +297,7 @@ class StatusService:
         await self.cache.invalidate(cache_key(project_id, provider))
         connections = await self._connections(project_id)
         if connections is not None:
-            await self.aggregator.collect(project_id, connections)
+            await self.aggregator.refresh(project_id, provider, connections)
         await self._announce(project_id, provider)
 
     def now_ms(self) -> int:

@@ -69,13 +69,17 @@ async def test_fresh_entry_is_served_without_a_call(clock: FakeClock) -> None:
 
 
 async def test_expired_entry_triggers_one_refresh(clock: FakeClock) -> None:
-    """After the TTL (at most 1.2 T), the next request refreshes exactly once."""
+    """After the TTL (at most 1.2 T), the next request is answered at once from the last value (its refresh
+    has only just started) and refreshes exactly once in the background; the request after sees the result."""
     github = ScriptedAdapter("github", snapshot("github", text="one"), snapshot("github", text="two"))
     async with make_service(clock, github) as service:
         await items(service)
         clock.advance(18.01)
+        served = await items(service)
+        await settle()
         got = await items(service)
     assert github.calls == 2
+    assert (served["github"]["summary"], "stale" in served["github"]) == ("one", False)
     assert got["github"]["summary"] == "two"
     assert "stale" not in got["github"]
 
@@ -125,6 +129,8 @@ async def test_failure_serves_last_good_value_stale_with_problem(clock: FakeCloc
     async with make_service(clock, github) as service:
         first = await items(service)
         clock.advance(20)
+        await items(service)  # starts the refresh, does not wait for it
+        await settle()
         got = await items(service)
     assert got["github"]["summary"] == "good"
     assert got["github"]["stale"] is True
@@ -150,6 +156,8 @@ async def test_revoked_token_is_error_even_with_a_cached_value(clock: FakeClock)
     async with make_service(clock, github) as service:
         await items(service)
         clock.advance(20)
+        await items(service)  # starts the refresh, does not wait for it
+        await settle()
         got = await items(service)
     assert got["github"]["status"] == "error"
     assert got["github"]["problem"] == {"code": "oauth_revoked", "hint": "Click to reconnect"}
@@ -165,9 +173,11 @@ async def test_breaker_opens_and_stops_calls(clock: FakeClock) -> None:
         for _ in range(6):
             clock.advance(20)
             got = await items(service)
+            await settle()
         calls_when_open = github.calls
         clock.advance(1)
         got = await items(service)
+        await settle()
     assert calls_when_open < 7
     assert github.calls == calls_when_open
     assert got["github"]["stale"] is True
@@ -232,10 +242,13 @@ async def test_a_provider_failing_the_same_way_keeps_its_etag(clock: FakeClock) 
         first = await service.status("p", OWNER)
         clock.advance(20)
         again = await service.status("p", OWNER, if_none_match=first.etag)
+        await settle()
         assert github.calls == 2
         assert again.not_modified
         vercel.then(ProviderRateLimited("429", provider="vercel", status_code=429, retry_after=30))
         clock.advance(20)
+        await service.status("p", OWNER)  # starts the refresh, does not wait for it
+        await settle()
         changed = await service.status("p", OWNER, if_none_match=first.etag)
     assert not changed.not_modified
     items = {i.key: i for i in changed.envelope.items}
