@@ -69,6 +69,11 @@ class Shared:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def tagged(self, kind: str, tag: str, *rest: str) -> str:
+        """``{prefix}:{kind}:{<tag>}[:rest...]``: the braces make ``tag`` the key's Redis Cluster hash tag, so
+        every key with the same tag (and anything after it) lives in one slot, as multi-key scripts need."""
+        return ":".join((self.prefix, kind, f"{{{tag}}}", *rest))
+
     def scrub(self, text: str) -> str:
         """``text`` without the password, should a driver message ever echo it."""
         if self.password:

@@ -222,7 +222,7 @@ class RedisEventBus:
 
     async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
         """Append an event to the project's stream; its stream id, used verbatim as the SSE id."""
-        key = self._s.key("events", project_id)
+        key = self._s.tagged("events", project_id)
         with self._s.errors("publishing an event"):
             async with self._s.client.pipeline(transaction=True) as pipe:
                 pipe.xadd(key, {"data": dumps(dict(event))}, maxlen=self._maxlen, approximate=True)
@@ -237,7 +237,7 @@ class RedisEventBus:
         """Raise BackendUnavailable when the project's stream cannot be read now: called before an event
         stream answers 200, so that an outage is a 503 instead of a stream that breaks after its headers."""
         with self._s.errors("opening an event stream"):
-            await self._s.client.xrevrange(self._s.key("events", project_id), "+", "-", count=1)
+            await self._s.client.xrevrange(self._s.tagged("events", project_id), "+", "-", count=1)
 
     @asynccontextmanager
     async def subscribe(
@@ -248,7 +248,7 @@ class RedisEventBus:
         tg = self._tg
         if tg is None:
             raise ConfigurationError("the Redis event bus runs inside `async with engine:`; enter it first")
-        key = self._s.key("events", project_id)
+        key = self._s.tagged("events", project_id)
         after = None if last_event_id is None else parse_id(last_event_id)
         with self._s.errors("subscribing to events"):
             newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))

@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -117,6 +118,10 @@ class RedisProxy:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        #: While True the proxy forwards nothing, either way, on old and new connections (a hung server).
+        self.hung = False
+        #: Seconds added before each reply chunk is passed back (a slow server or network).
+        self.latency = 0.0
         with self._lock:
             self._listener: socket.socket | None = self._listen(0)
             self.port: int = self._listener.getsockname()[1]
@@ -146,13 +151,16 @@ class RedisProxy:
                         self._close(sock)
                     return
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         try:
             while chunk := src.recv(65536):
+                while self.hung:  # ends when un-hung, or cut (which also un-hangs)
+                    time.sleep(0.01)
+                if replies and self.latency:
+                    time.sleep(self.latency)
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -162,6 +170,7 @@ class RedisProxy:
 
     def cut(self) -> None:
         """Stop listening and drop every forwarded connection: the "server" is gone."""
+        self.hung = False
         with self._lock:
             if self._listener is not None:
                 self._close(self._listener)

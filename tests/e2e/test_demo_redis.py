@@ -109,7 +109,7 @@ def test_action_on_one_demo_replays_on_the_other(demos: tuple[str, str, str]) ->
     assert (again.status_code, again.headers.get("idempotent-replayed")) == (202, "true")
     assert again.json() == first.json()
     with redis.Redis.from_url(REDIS_URL) as client:
-        assert list(client.scan_iter(match=f"{prefix}:idem:done:*"))
+        assert list(client.scan_iter(match=f"{prefix}:idem:*:done"))
 
 
 @pytest.mark.anyio
