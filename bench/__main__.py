@@ -16,7 +16,7 @@ import structlog
 
 from bench._common import Outcome
 
-BENCHMARKS = ("throughput", "deadline", "coalescing", "etag_hits", "sse_fanout", "actions")
+BENCHMARKS = ("throughput", "deadline", "coalescing", "etag_hits", "sse_fanout", "actions", "redis_engine")
 
 
 def main(argv: list[str] | None = None) -> int:

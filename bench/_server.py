@@ -5,6 +5,9 @@ Kinds:
 - ``throughput``: the status endpoint on a warm cache (simulated providers, long TTL) beside ``/bare`` and
   ``/bare304``, bare Starlette endpoints answering the very bytes and headers the status endpoint answers.
 - ``deadline``: github hangs forever, vercel answers in 2 s, the others at once.
+- ``engines``: the warm status endpoint on the memory engine and on the Redis engine, and the bare endpoints,
+  side by side (``--redis-url``).
+- ``redis_faults``: the status endpoint on the Redis engine at ``--redis-url`` (a fault proxy), 1 s TTL.
 - ``sse``: the events endpoint plus ``POST /bench/publish`` (publishes a ``github:push`` stamped with the wall
   time) and ``GET /bench/stats`` (open streams, asyncio tasks).
 
@@ -42,6 +45,8 @@ from integration_status.web import handlers
 from integration_status.web.starlette import routes as api_routes
 
 STATUS_PATH = "/api/integrations/status?projectId=demo"
+#: The Redis the bench servers use (the fault benchmark puts its proxy in front of it).
+REDIS_DIRECT = "redis://127.0.0.1:6379/0"
 
 
 def server_options() -> dict[str, str]:
@@ -162,13 +167,120 @@ def sse_app() -> Starlette:
     )
 
 
-APPS = {"throughput": throughput_app, "deadline": deadline_app, "sse": sse_app}
+def _redis_engine(url: str) -> Any:
+    """A Redis engine on a key prefix of its own; its keys are deleted when the server stops."""
+    import uuid
+
+    from integration_status.backends.redis import RedisEngine
+
+    return RedisEngine.from_url(url, prefix=f"bench-{uuid.uuid4().hex[:10]}")
+
+
+async def _drop_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def engines_app(redis_url: str) -> Starlette:
+    """The status endpoint on the memory engine (``/mem``) and on the Redis engine (``/redis``) over one
+    simulated world, beside ``/bare`` and ``/bare304`` answering the memory endpoint's bytes: all warm, all in
+    one server, so one run compares the three under the same settings."""
+    from starlette.routing import Mount
+
+    world = World(clock=_system_clock())
+    settings = Settings(cache_ttl=3600.0, cache_jitter=0.0)
+    engine = _redis_engine(redis_url)
+    services = {
+        name: StatusService(
+            connections=DemoConnections(),
+            adapters=simulated_adapters(world),
+            authenticator=header_viewer,
+            settings=settings,
+            engine=engine if name == "redis" else None,
+        )
+        for name in ("mem", "redis")
+    }
+    bare: dict[str, tuple[bytes, dict[str, str]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with engine, services["mem"], services["redis"]:
+            info = handlers.request_info("GET", "/api/integrations/status", {}, {"projectId": "demo"})
+            answers = {name: await handlers.handle_status(svc, info) for name, svc in services.items()}
+            if answers["mem"].body != answers["redis"].body:
+                print("[engines] the two engines answer different bytes", file=sys.stderr)
+            headers = dict(answers["mem"].headers)
+            bare["200"] = (answers["mem"].body, headers)
+            bare["304"] = (b"", {"ETag": headers["ETag"], "Cache-Control": "no-store"})
+            try:
+                yield
+            finally:
+                await _drop_keys(redis_url, engine.prefix)
+
+    async def bare_200(request: Request) -> Response:
+        return Response(content=bare["200"][0], headers=bare["200"][1])
+
+    async def bare_304(request: Request) -> Response:
+        return Response(status_code=304, headers=bare["304"][1])
+
+    return Starlette(
+        routes=[
+            Mount("/mem", routes=api_routes(services["mem"])),
+            Mount("/redis", routes=api_routes(services["redis"])),
+            Route("/bare", bare_200),
+            Route("/bare304", bare_304),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def redis_faults_app(redis_url: str) -> Starlette:
+    """The status endpoint on the Redis engine (reached through the bench's fault proxy), providers answering
+    at once and a 1 s TTL, so that entries go past their TTL while the proxy hangs or lags."""
+    engine = _redis_engine(redis_url)
+    service = StatusService(
+        connections=StaticConnections.linked("demo", "github", "vercel", "sanity", "supabase"),
+        adapters=[ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")],
+        authenticator=header_viewer,
+        settings=Settings(cache_ttl=1.0, cache_jitter=0.0),
+        engine=engine,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with engine, service:
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await _drop_keys(REDIS_DIRECT, engine.prefix)  # not through the proxy: it may be cut
+
+    return Starlette(routes=api_routes(service), lifespan=lifespan)
+
+
+APPS: dict[str, Any] = {
+    "throughput": throughput_app,
+    "deadline": deadline_app,
+    "sse": sse_app,
+    "engines": engines_app,
+    "redis_faults": redis_faults_app,
+}
+#: The kinds that take ``--redis-url``.
+REDIS_KINDS = {"engines", "redis_faults"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=sorted(APPS))
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis-url", default=REDIS_DIRECT)
     args = parser.parse_args()
     from bench._common import raise_nofile
 
@@ -181,8 +293,9 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
+    app = APPS[args.kind](args.redis_url) if args.kind in REDIS_KINDS else APPS[args.kind]()
     config = uvicorn.Config(
-        APPS[args.kind](),
+        app,
         log_level="warning",
         access_log=False,
         backlog=4096,

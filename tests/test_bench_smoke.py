@@ -19,6 +19,13 @@ EXPECTED = (
     "sse_streams_after",
     "actions_memory_one_key_executions",
     "actions_memory_distinct_admitted",
+    "redis_throughput_200",
+    "redis_vs_memory_200",
+    "redis_throughput_304",
+    "redis_vs_memory_304",
+    "redis_hung_p95_ms",
+    "redis_slow_p95_ms",
+    "redis_reset_5xx",
 )
 
 
