@@ -234,6 +234,14 @@ class Aggregator:
                 self._remember_fresh(project_id, (generation, valid_until, collected))
             return collected
         budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
+        # A cold refresh that earlier requests already waited for is waited for only up to ITS first deadline:
+        # one cold start spends the deadline once, not once per request that arrives while it runs.
+        clock_now = self._clock.monotonic()
+        ages = [
+            clock_now - s for s in map(self._cache.flight_started, (k for _, k, _ in cold)) if s is not None
+        ]
+        if len(ages) == len(cold):
+            budget = min(budget, max(0.0, self._config.deadline - min(ages)))
         await self._wait_cold(views, cold, budget, now)
         return tuple([views[p] for p in PROVIDERS])
 
@@ -375,6 +383,8 @@ class Aggregator:
         self, provider: ProviderKey, key: str, connection: ProviderConnection | None
     ) -> CacheEntry:
         """Refresh a provider that has no entry yet and wait for it (the caller bounds the wait)."""
+        if self._cache.in_flight(key):  # join it; a new call would take a breaker permit for nothing
+            return await self._cache.refresh(key, _never_called)
         return await self._cache.refresh(key, self._fetcher(provider, key, connection, None))
 
     def _refresh_soon(

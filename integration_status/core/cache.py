@@ -283,6 +283,11 @@ class SnapshotCache:
         """Whether a refresh of ``key`` is running in this process."""
         return key in self._flights
 
+    def flight_started(self, key: str) -> float | None:
+        """When the refresh of ``key`` running in this process started (monotonic), or None."""
+        flight = self._flights.get(key)
+        return None if flight is None else flight.started
+
     async def refresh(self, key: str, fetch: Fetch) -> CacheEntry:
         """Refresh ``key`` with ``fetch`` and return the new entry, or raise the refresh's ProviderError.
 

@@ -273,3 +273,48 @@ async def test_a_cold_placeholder_is_dated_when_first_shown(clock: FakeClock) ->
         tg.cancel_scope.cancel()
     github_item = next(i for i in results[0].envelope.items if i.key == "github")
     assert github_item.updated_at.year >= 2025
+
+
+async def test_a_cold_start_spends_the_deadline_once(clock: FakeClock) -> None:
+    """While a cold provider's first refresh still runs, later requests get its placeholder at once instead of
+    waiting for the same refresh again."""
+    github = ScriptedAdapter("github", hang_on())
+    async with make_service(clock, github) as service, anyio.create_task_group() as tg:
+        results: list[dict[str, dict[str, object]]] = []
+
+        async def ask() -> None:
+            results.append(await items(service))
+
+        tg.start_soon(ask)
+        await settle()
+        clock.advance(0.45)
+        await settle()
+        assert len(results) == 1
+        with anyio.fail_after(5):  # real time: the FakeClock does not move, so any wait would hang
+            again = await items(service)
+        assert (again["github"]["status"], again["github"]["stale"]) == ("warning", True)
+        assert github.calls == 1
+        clock.advance(2.5)
+
+
+async def test_a_known_value_is_served_at_once_while_the_provider_hangs(clock: FakeClock) -> None:
+    """A provider with a last good value that hangs on its refresh never makes a request wait: the value as it
+    is while the refresh is younger than the deadline, then stale, then stale with the timeout problem."""
+    github = ScriptedAdapter("github", snapshot("github", text="good"), hang_on())
+    async with make_service(clock, github) as service:
+        await items(service)
+        clock.advance(20)
+        with anyio.fail_after(5):  # real time: the FakeClock does not move, so any wait would hang
+            just_expired = await items(service)
+            await settle()  # the refresh it started is running (and hanging)
+            clock.advance(0.5)
+            overdue = await items(service)
+            clock.advance(2.5)
+            await settle()
+            failed = await items(service)
+    assert (just_expired["github"]["summary"], "stale" in just_expired["github"]) == ("good", False)
+    assert (overdue["github"]["summary"], overdue["github"]["stale"]) == ("good", True)
+    assert "problem" not in overdue["github"]
+    assert (failed["github"]["summary"], failed["github"]["stale"]) == ("good", True)
+    assert failed["github"]["problem"] == {"code": "timeout", "hint": "Try again"}
+    assert github.calls >= 2
