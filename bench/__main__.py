@@ -16,7 +16,16 @@ import structlog
 
 from bench._common import Outcome
 
-BENCHMARKS = ("throughput", "deadline", "coalescing", "etag_hits", "sse_fanout", "actions", "redis_engine")
+BENCHMARKS = (
+    "throughput",
+    "deadline",
+    "coalescing",
+    "etag_hits",
+    "sse_fanout",
+    "actions",
+    "redis_engine",
+    "real_adapters",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ Kinds:
 - ``engines``: the warm status endpoint on the memory engine and on the Redis engine, and the bare endpoints,
   side by side (``--redis-url``).
 - ``redis_faults``: the status endpoint on the Redis engine at ``--redis-url`` (a fault proxy), 1 s TTL.
+- ``real_adapters``: the real GitHub and Vercel adapters against loopback providers, one hung, one at 2 s.
 - ``sse``: the events endpoint plus ``POST /bench/publish`` (publishes a ``github:push`` stamped with the wall
   time) and ``GET /bench/stats`` (open streams, asyncio tasks).
 
@@ -265,7 +266,80 @@ def redis_faults_app(redis_url: str) -> Starlette:
     return Starlette(routes=api_routes(service), lifespan=lifespan)
 
 
+async def _slow_provider(seconds: float) -> tuple[asyncio.Server, str]:
+    """A loopback HTTP server answering every request with ``{}`` after ``seconds``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(seconds)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def real_adapters_app() -> Starlette:
+    """The real GitHub and Vercel adapters (httpx, the library's HTTP client) against loopback providers: GitHub
+    accepts and never answers, Vercel answers after 2 s; Sanity and Supabase are not linked."""
+    from integration_status.adapters.defaults import provider_adapters
+    from integration_status.adapters.http import HttpClient
+    from integration_status.protocols import ProjectConnections, ProviderConnection
+    from tests.e2e.faults_server import FaultServer
+
+    http = HttpClient()
+    hung = FaultServer()
+    hung.mode = "hang"
+    holder: dict[str, Any] = {}
+
+    class Lazy:
+        """Connections resolved once the loopback providers listen (in the lifespan)."""
+
+        async def __call__(self, project_id: str) -> ProjectConnections | None:
+            if project_id != "demo":
+                return None
+            return ProjectConnections(
+                project_id="demo",
+                providers={
+                    "github": ProviderConnection(
+                        provider="github", settings={"repository": "acme/storefront"}, token="gh-bench-token"
+                    ),
+                    "vercel": ProviderConnection(
+                        provider="vercel", settings={"project": "prj_bench"}, token="vc-bench-token"
+                    ),
+                },
+            )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hung.running():
+            slow, slow_url = await _slow_provider(2.0)
+            service = StatusService(
+                connections=Lazy(),
+                adapters=provider_adapters(http, urls={"github": hung.url, "vercel": slow_url}),
+                authenticator=header_viewer,
+            )
+            holder["service"] = service
+            app.router.routes.extend(api_routes(service))
+            try:
+                async with service:
+                    yield
+            finally:
+                slow.close()
+                await http.aclose()
+
+    return Starlette(routes=[], lifespan=lifespan)
+
+
 APPS: dict[str, Any] = {
+    "real_adapters": real_adapters_app,
     "throughput": throughput_app,
     "deadline": deadline_app,
     "sse": sse_app,

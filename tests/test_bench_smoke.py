@@ -26,6 +26,8 @@ EXPECTED = (
     "redis_hung_p95_ms",
     "redis_slow_p95_ms",
     "redis_reset_5xx",
+    "real_adapters_p95_ms",
+    "real_adapters_max_ms",
 )
 
 
