@@ -28,6 +28,8 @@ BENCHMARKS = (
     "replay_flood",
     "slow_clients",
     "github_budget",
+    "redis_engine",
+    "real_adapters",
 )
 
 

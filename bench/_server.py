@@ -6,6 +6,10 @@ Kinds:
   ``/bare304``, bare Starlette endpoints answering the very bytes and headers the status endpoint answers.
 - ``deadline``: github hangs forever, vercel answers in 2 s, the others at once.
 - ``demo``: the demo app with the server settings ``integration-status demo`` uses (``web.serving``).
+- ``engines``: the warm status endpoint on the memory engine and on the Redis engine, and the bare endpoints,
+  side by side (``--redis-url``).
+- ``redis_faults``: the status endpoint on the Redis engine at ``--redis-url`` (a fault proxy), 1 s TTL.
+- ``real_adapters``: the real GitHub and Vercel adapters against loopback providers, one hung, one at 2 s.
 - ``sse``: the events endpoint plus ``POST /bench/publish`` (publishes a ``github:push`` stamped with the wall
   time) and ``GET /bench/stats`` (open streams, asyncio tasks).
 
@@ -44,6 +48,8 @@ from integration_status.web import handlers
 from integration_status.web.starlette import routes as api_routes
 
 STATUS_PATH = "/api/integrations/status?projectId=demo"
+#: The Redis the bench servers use (the fault benchmark puts its proxy in front of it).
+REDIS_DIRECT = "redis://127.0.0.1:6379/0"
 
 
 def server_options() -> dict[str, str]:
@@ -173,7 +179,190 @@ def demo_app() -> Starlette:
     return build_app()
 
 
-APPS = {"throughput": throughput_app, "deadline": deadline_app, "sse": sse_app, "demo": demo_app}
+def _redis_engine(url: str) -> Any:
+    """A Redis engine on a key prefix of its own; its keys are deleted when the server stops."""
+    import uuid
+
+    from integration_status.backends.redis import RedisEngine
+
+    return RedisEngine.from_url(url, prefix=f"bench-{uuid.uuid4().hex[:10]}")
+
+
+async def _drop_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def engines_app(redis_url: str) -> Starlette:
+    """The status endpoint on the memory engine (``/mem``) and on the Redis engine (``/redis``) over one
+    simulated world, beside ``/bare`` and ``/bare304`` answering the memory endpoint's bytes: all warm, all in
+    one server, so one run compares the three under the same settings."""
+    from starlette.routing import Mount
+
+    world = World(clock=_system_clock())
+    settings = Settings(cache_ttl=3600.0, cache_jitter=0.0)
+    engine = _redis_engine(redis_url)
+    services = {
+        name: StatusService(
+            authorizer=allow_global_roles,
+            connections=DemoConnections(),
+            adapters=simulated_adapters(world),
+            authenticator=header_viewer,
+            settings=settings,
+            engine=engine if name == "redis" else None,
+        )
+        for name in ("mem", "redis")
+    }
+    bare: dict[str, tuple[bytes, dict[str, str]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with engine, services["mem"], services["redis"]:
+            info = handlers.request_info("GET", "/api/integrations/status", {}, {"projectId": "demo"})
+            answers = {name: await handlers.handle_status(svc, info) for name, svc in services.items()}
+            if answers["mem"].body != answers["redis"].body:
+                print("[engines] the two engines answer different bytes", file=sys.stderr)
+            headers = dict(answers["mem"].headers)
+            bare["200"] = (answers["mem"].body, headers)
+            bare["304"] = (b"", {"ETag": headers["ETag"], "Cache-Control": "no-store"})
+            try:
+                yield
+            finally:
+                await _drop_keys(redis_url, engine.prefix)
+
+    async def bare_200(request: Request) -> Response:
+        return Response(content=bare["200"][0], headers=bare["200"][1])
+
+    async def bare_304(request: Request) -> Response:
+        return Response(status_code=304, headers=bare["304"][1])
+
+    return Starlette(
+        routes=[
+            Mount("/mem", routes=api_routes(services["mem"])),
+            Mount("/redis", routes=api_routes(services["redis"])),
+            Route("/bare", bare_200),
+            Route("/bare304", bare_304),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def redis_faults_app(redis_url: str) -> Starlette:
+    """The status endpoint on the Redis engine (reached through the bench's fault proxy), providers answering
+    at once and a 1 s TTL, so that entries go past their TTL while the proxy hangs or lags."""
+    engine = _redis_engine(redis_url)
+    service = StatusService(
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("demo", "github", "vercel", "sanity", "supabase"),
+        adapters=[ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")],
+        authenticator=header_viewer,
+        settings=Settings(cache_ttl=1.0, cache_jitter=0.0),
+        engine=engine,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with engine, service:
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await _drop_keys(REDIS_DIRECT, engine.prefix)  # not through the proxy: it may be cut
+
+    return Starlette(routes=api_routes(service), lifespan=lifespan)
+
+
+async def _slow_provider(seconds: float) -> tuple[asyncio.Server, str]:
+    """A loopback HTTP server answering every request with ``{}`` after ``seconds``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(seconds)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def real_adapters_app() -> Starlette:
+    """The real GitHub and Vercel adapters (httpx, the library's HTTP client) against loopback providers: GitHub
+    accepts and never answers, Vercel answers after 2 s; Sanity and Supabase are not linked."""
+    from integration_status.adapters.defaults import provider_adapters
+    from integration_status.adapters.http import HttpClient
+    from integration_status.protocols import ProjectConnections, ProviderConnection
+    from tests.e2e.faults_server import FaultServer
+
+    http = HttpClient()
+    hung = FaultServer()
+    hung.mode = "hang"
+    holder: dict[str, Any] = {}
+
+    class Lazy:
+        """Connections resolved once the loopback providers listen (in the lifespan)."""
+
+        async def __call__(self, project_id: str) -> ProjectConnections | None:
+            if project_id != "demo":
+                return None
+            return ProjectConnections(
+                project_id="demo",
+                providers={
+                    "github": ProviderConnection(
+                        provider="github", settings={"repository": "acme/storefront"}, token="gh-bench-token"
+                    ),
+                    "vercel": ProviderConnection(
+                        provider="vercel", settings={"project": "prj_bench"}, token="vc-bench-token"
+                    ),
+                },
+            )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hung.running():
+            slow, slow_url = await _slow_provider(2.0)
+            service = StatusService(
+                authorizer=allow_global_roles,
+                connections=Lazy(),
+                adapters=provider_adapters(http, urls={"github": hung.url, "vercel": slow_url}),
+                authenticator=header_viewer,
+            )
+            holder["service"] = service
+            app.router.routes.extend(api_routes(service))
+            try:
+                async with service:
+                    yield
+            finally:
+                slow.close()
+                await http.aclose()
+
+    return Starlette(routes=[], lifespan=lifespan)
+
+
+APPS: dict[str, Any] = {
+    "real_adapters": real_adapters_app,
+    "throughput": throughput_app,
+    "deadline": deadline_app,
+    "sse": sse_app,
+    "engines": engines_app,
+    "redis_faults": redis_faults_app,
+    "demo": demo_app,
+}
+#: The kinds that take ``--redis-url``.
+REDIS_KINDS = {"engines", "redis_faults"}
 
 
 def main() -> None:
@@ -181,6 +370,7 @@ def main() -> None:
     parser.add_argument("kind", choices=sorted(APPS))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--header-timeout", type=float, default=None, help="demo only: the head deadline")
+    parser.add_argument("--redis-url", default=REDIS_DIRECT)
     args = parser.parse_args()
     from bench._common import raise_nofile
 
@@ -193,6 +383,7 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
+    app = APPS[args.kind](args.redis_url) if args.kind in REDIS_KINDS else APPS[args.kind]()
     if args.kind == "demo":
         # The demo as `integration-status demo` serves it: the protective settings of web.serving.
         from integration_status.web.serving import ServerLimits, uvicorn_options
@@ -205,7 +396,7 @@ def main() -> None:
         options: dict[str, Any] = {"loop": server_options()["loop"], **uvicorn_options(limits)}
     else:
         options = {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()}
-    config = uvicorn.Config(APPS[args.kind](), log_level="warning", access_log=False, **options)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **options)
     server = uvicorn.Server(config)
 
     async def run() -> None:

@@ -32,6 +32,15 @@ EXPECTED = (
     "github_budget_429",
     "github_budget_missed_pushes",
     "github_budget_unconditional_per_hour",
+    "redis_throughput_200",
+    "redis_vs_memory_200",
+    "redis_throughput_304",
+    "redis_vs_memory_304",
+    "redis_hung_p95_ms",
+    "redis_slow_p95_ms",
+    "redis_reset_5xx",
+    "real_adapters_p95_ms",
+    "real_adapters_max_ms",
 )
 
 

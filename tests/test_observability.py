@@ -7,6 +7,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -151,9 +152,11 @@ async def test_timeouts_open_the_breaker_and_show_per_provider(clock: FakeClock)
         assert connections is not None
         for _ in range(3):
             await service.aggregator.collect("p", connections)
+            await anyio.wait_all_tasks_blocked()  # a refresh it started in the background has run
         adapter.then(ProviderUnavailable("down", provider="github"))
         clock.advance(31)  # open_for elapsed: the next call is a half-open trial, and it fails
         await service.aggregator.collect("p", connections)
+        await anyio.wait_all_tasks_blocked()
     found = samples(metrics)
     assert value(found, "integration_adapter_calls_total", provider="github", outcome="timeout") == 3
     assert value(found, "integration_adapter_calls_total", provider="github", outcome="error") == 1
@@ -181,6 +184,8 @@ async def test_stale_serves_are_counted(clock: FakeClock) -> None:
         assert connections is not None
         await service.aggregator.collect("p", connections)
         clock.advance(60)
+        await service.aggregator.collect("p", connections)  # starts the refresh, answers at once
+        await anyio.wait_all_tasks_blocked()  # the refresh failed
         views = await service.aggregator.collect("p", connections)
     assert views[1].stale
     assert value(samples(metrics), "integration_cache_events_total", event="stale") == 1

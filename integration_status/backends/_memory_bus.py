@@ -181,9 +181,16 @@ class MemoryEventBus:
         if parts is None or project.first_id is None or project.last_id is None:
             return True, None
         floor = project.evicted_id if project.evicted_id is not None else project.first_id
-        if floor <= parts <= project.last_id:
+        if not floor <= parts <= project.last_id:
+            return True, None
+        # Only an id this project was actually given counts: one of another project's ids (or a made-up one)
+        # can fall in the range and would silently skip events.
+        if parts == project.evicted_id or any(known == parts for known, _ in project.buffer):
             return False, parts
         return True, None
+
+    async def ready(self, project_id: str) -> None:
+        """Always ready: the bus lives in this process (the Redis bus checks the server here)."""
 
     @asynccontextmanager
     async def subscribe(

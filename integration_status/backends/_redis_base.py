@@ -69,6 +69,11 @@ class Shared:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def tagged(self, kind: str, tag: str, *rest: str) -> str:
+        """``{prefix}:{kind}:{<tag>}[:rest...]``: the braces make ``tag`` the key's Redis Cluster hash tag, so
+        every key with the same tag (and anything after it) lives in one slot, as multi-key scripts need."""
+        return ":".join((self.prefix, kind, f"{{{tag}}}", *rest))
+
     def scrub(self, text: str) -> str:
         """``text`` without the password, should a driver message ever echo it."""
         if self.password:
@@ -77,11 +82,18 @@ class Shared:
 
     @contextmanager
     def errors(self, doing: str) -> Iterator[None]:
-        """Turn any driver error raised inside into :class:`BackendUnavailable` with a message that names the
-        endpoint and the operation, never a secret."""
+        """Turn any failure of the driver or its transport raised inside into :class:`BackendUnavailable`
+        with a message that names the endpoint and the operation, never a secret.
+
+        This is the one place the engine maps errors, so it catches everything a broken connection can raise
+        on either event loop: the driver's own errors, socket errors it did not wrap (a reset, a timeout), an
+        ``EOFError`` (``IncompleteReadError``) from a stream cut mid-reply, and the ``RuntimeError`` uvloop
+        raises when the driver writes to a transport that has already been closed under it. Only driver code
+        runs inside, so a RuntimeError here is the connection's, not a bug of ours. Cancellation passes through.
+        """
         try:
             yield
-        except _rexc.TimeoutError as exc:
+        except (_rexc.TimeoutError, TimeoutError) as exc:
             raise BackendUnavailable(
                 f"Redis at {self.endpoint} did not answer within {self.socket_timeout:g}s while {doing}"
             ) from exc
@@ -94,7 +106,7 @@ class Shared:
                 f"Redis at {self.endpoint} refused a command while {doing} "
                 f"({type(exc).__name__}: {self.scrub(str(exc))})"
             ) from exc
-        except OSError as exc:  # a socket error the driver did not wrap
+        except (OSError, EOFError, RuntimeError) as exc:  # the transport, unwrapped by the driver
             raise BackendUnavailable(
                 f"Redis at {self.endpoint} is unreachable while {doing} ({type(exc).__name__})"
             ) from exc

@@ -37,16 +37,24 @@ StreamId = tuple[int, int]
 _ZERO: StreamId = (0, 0)
 
 
-def parse_id(text: str) -> StreamId | None:
-    """A Redis stream id as a comparable pair, or None when it is not one.
+#: Both halves of a stream id are unsigned 64-bit numbers; Redis refuses anything larger.
+_ID_PART_LIMIT = 2**64
 
-    >>> parse_id("1732600000000-3"), parse_id("1732600000000"), parse_id("abc")
-    ((1732600000000, 3), (1732600000000, 0), None)
+
+def parse_id(text: str) -> StreamId | None:
+    """A Redis stream id as a comparable pair, or None when it is not one (also when a half does not fit in
+    64 bits: Redis would refuse it, and a client resending it must get a fresh start, not a broken stream).
+
+    >>> parse_id("1732600000000-3"), parse_id("1732600000000"), parse_id("abc"), parse_id(f"{2**64}-0")
+    ((1732600000000, 3), (1732600000000, 0), None, None)
     """
     ms, _, seq = text.partition("-")
     if not (ms.isascii() and ms.isdigit() and (not seq or (seq.isascii() and seq.isdigit()))):
         return None
-    return int(ms), int(seq or 0)
+    if len(ms) > 20 or len(seq) > 20:  # before int(): a megabyte of digits is not worth converting
+        return None
+    sid = int(ms), int(seq or 0)
+    return sid if sid[0] < _ID_PART_LIMIT and sid[1] < _ID_PART_LIMIT else None
 
 
 def format_id(sid: StreamId) -> str:
@@ -214,7 +222,7 @@ class RedisEventBus:
 
     async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
         """Append an event to the project's stream; its stream id, used verbatim as the SSE id."""
-        key = self._s.key("events", project_id)
+        key = self._s.tagged("events", project_id)
         with self._s.errors("publishing an event"):
             async with self._s.client.pipeline(transaction=True) as pipe:
                 pipe.xadd(key, {"data": dumps(dict(event))}, maxlen=self._maxlen, approximate=True)
@@ -225,6 +233,12 @@ class RedisEventBus:
 
     # --- subscribing ---
 
+    async def ready(self, project_id: str) -> None:
+        """Raise BackendUnavailable when the project's stream cannot be read now: called before an event
+        stream answers 200, so that an outage is a 503 instead of a stream that breaks after its headers."""
+        with self._s.errors("opening an event stream"):
+            await self._s.client.xrevrange(self._s.tagged("events", project_id), "+", "-", count=1)
+
     @asynccontextmanager
     async def subscribe(
         self, project_id: str, *, last_event_id: str | None = None
@@ -234,7 +248,7 @@ class RedisEventBus:
         tg = self._tg
         if tg is None:
             raise ConfigurationError("the Redis event bus runs inside `async with engine:`; enter it first")
-        key = self._s.key("events", project_id)
+        key = self._s.tagged("events", project_id)
         after = None if last_event_id is None else parse_id(last_event_id)
         with self._s.errors("subscribing to events"):
             newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))

@@ -120,8 +120,11 @@ class RedisEngine:
         another store (e.g. :class:`~integration_status.backends.postgres.PostgresIdempotencyStore`, which
         survives a Redis restart); the engine opens and closes it with itself.
         """
-        if not prefix or any(c.isspace() for c in prefix):
-            raise ConfigurationError("the Redis key prefix must be a non-empty string without whitespace")
+        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
+            # Braces are Redis Cluster hash tags: the key layout puts its own around each project.
+            raise ConfigurationError(
+                "the Redis key prefix must be a non-empty string without whitespace or braces"
+            )
         if pool_size < 1 or socket_timeout <= 0 or block <= 0 or queue_size < 1 or stream_maxlen < 1:
             raise ConfigurationError(
                 "pool_size, queue_size and stream_maxlen must be >= 1; socket_timeout and block must be > 0"
@@ -230,6 +233,12 @@ class RedisEngine:
         stack.callback(self._events._detach)
         stack.callback(tg.cancel_scope.cancel)  # the readers loop forever; leaving the engine stops them
         self._events._attach(tg)
+        # The near cache's invalidation listener: started once its first subscribe attempt is over, so the
+        # first requests already find the near cache trusted when Redis is fine.
+        await tg.start(self._cache.listen)
+        stack.push_async_callback(
+            self._cache.stop
+        )  # runs first: the listener ends before the group is cancelled
         self._stack = stack
         return self
 

@@ -13,7 +13,7 @@ while it lasts, then ``stale``) and no refresh is attempted.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import anyio
@@ -184,8 +184,9 @@ class Aggregator:
         return breaker
 
     async def collect(self, project_id: str, connections: ProjectConnections) -> tuple[ProviderView, ...]:
-        """Four views in :data:`PROVIDERS` order, within the deadline whatever the providers do. While a
-        project's entries stay fresh in a process-local store, the very same tuple is handed out again."""
+        """Four views in :data:`PROVIDERS` order, within the deadline whatever the providers and the store do.
+        While a project's entries stay fresh in a local (or coherent) store, the very same tuple is handed out
+        again without reading anything."""
         cache = self._cache
         local = cache.local
         if local:
@@ -197,11 +198,13 @@ class Aggregator:
                 return known[2]
             valid_until = float("inf")
         started = self._clock.monotonic()
+        keys = [cache_key(project_id, provider) for provider in PROVIDERS]
+        # One round trip for the four entries, bounded by the deadline: a hung store is an unreachable one.
+        entries, unreachable = await cache.peek_many(keys, within=self._config.deadline)
         views: dict[ProviderKey, ProviderView] = {}
-        pending: list[tuple[ProviderKey, str, ProviderConnection | None, CacheEntry | None]] = []
-        for provider in PROVIDERS:
-            key = cache_key(project_id, provider)
-            entry = await cache.peek(key)
+        cold: list[tuple[ProviderKey, str, ProviderConnection | None]] = []
+        now = utcnow(self._clock)
+        for provider, key, entry in zip(PROVIDERS, keys, entries, strict=True):
             if entry is not None and cache.is_fresh(entry):
                 self._metrics.cache("hit")
                 views[provider] = ProviderView(
@@ -210,37 +213,106 @@ class Aggregator:
                 if local:
                     # Fresh until fresh_until; kept by the store at least keep_for after it was checked.
                     valid_until = min(valid_until, entry.fresh_until, entry.checked_at + cache.keep_for)
+                continue
+            self._metrics.cache("miss")
+            connection = connections.get(provider)
+            if connection is not None:  # warns once about a connection that cannot work as configured
+                check_connection(project_id, provider, connection, self._adapters.get(provider))
+            if connection is not None and provider not in self._adapters:
+                connection = None  # linked, but the host configured no adapter for it
+            if unreachable:
+                # The store is down: serve what this process last saw, never fail, and refresh nothing.
+                _log.info(
+                    "integration_status.aggregator.store_unavailable",
+                    provider=provider,
+                    stale=entry is not None,
+                )
+                problem = entry.error if entry is not None else None
+                views[provider] = self._fallback(provider, key, entry, problem, now)
+            elif entry is None and key not in self._last_problem:
+                cold.append((provider, key, connection))  # nothing to show yet: worth waiting for
             else:
-                self._metrics.cache("miss")
-                connection = connections.get(provider)
-                if connection is not None:  # warns once about a connection that cannot work as configured
-                    check_connection(project_id, provider, connection, self._adapters.get(provider))
-                if connection is not None and provider not in self._adapters:
-                    connection = None  # linked, but the host configured no adapter for it
-                pending.append((provider, key, connection, entry))
-        if not pending:
+                views[provider] = self._serve_known(provider, key, connection, entry, now)
+        if len(views) == len(PROVIDERS) and not cold:
             collected = tuple([views[p] for p in PROVIDERS])
-            if local and cache.generation == generation:  # nothing was written while we read
+            hits = all(e is not None and cache.is_fresh(e) for e in entries)
+            if local and hits and cache.generation == generation:  # nothing was written while we read
                 self._remember_fresh(project_id, (generation, valid_until, collected))
             return collected
+        budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
+        # A cold refresh that earlier requests already waited for is waited for only up to ITS first deadline:
+        # one cold start spends the deadline once, not once per request that arrives while it runs.
+        clock_now = self._clock.monotonic()
+        ages = [
+            clock_now - s for s in map(self._cache.flight_started, (k for _, k, _ in cold)) if s is not None
+        ]
+        if len(ages) == len(cold):
+            budget = min(budget, max(0.0, self._config.deadline - min(ages)))
+        await self._wait_cold(views, cold, budget, now)
+        return tuple([views[p] for p in PROVIDERS])
 
+    async def refresh(self, project_id: str, provider: ProviderKey, connections: ProjectConnections) -> None:
+        """Refresh one provider now (or join its running refresh) and wait for the outcome, which reaches the
+        store and ``on_change``; a provider failure is recorded there, not raised. For callers that just did
+        something to the provider (an action, a webhook), not for status requests."""
+        key = cache_key(project_id, provider)
+        connection = connections.get(provider)
+        if connection is not None and provider not in self._adapters:
+            connection = None
+        try:
+            if self._cache.in_flight(key):
+                await self._cache.refresh(key, _never_called)
+            else:
+                entry = self._cache.last_seen(key)
+                previous = None if entry is None else entry.snapshot
+                await self._cache.refresh(key, self._fetcher(provider, key, connection, previous))
+        except ProviderError as exc:
+            _log.info(
+                "integration_status.aggregator.refresh_failed", provider=provider, problem=exc.problem_code
+            )
+
+    def _serve_known(
+        self,
+        provider: ProviderKey,
+        key: str,
+        connection: ProviderConnection | None,
+        entry: CacheEntry | None,
+        now: datetime,
+    ) -> ProviderView:
+        """The view of a provider that has something to show (a last good value, or a known failure) while its
+        entry is not fresh: its refresh (or breaker probe) is started or joined in the background and never
+        waited for. While that refresh is younger than the deadline, the last good value is shown as it is:
+        a request waiting for the answer would not have called it stale yet either."""
+        try:
+            started = self._refresh_soon(provider, key, connection, entry)
+        except ProviderError as exc:  # the breaker refused before anything ran
+            return self._fallback(provider, key, entry, problem_of(exc), now)
+        overdue = self._clock.monotonic() - started >= self._config.deadline
+        if entry is not None and entry.error is None and not overdue:
+            return ProviderView(provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at)
+        problem = entry.error if entry is not None else self._last_problem.get(key)
+        return self._fallback(provider, key, entry, problem, now)
+
+    async def _wait_cold(
+        self,
+        views: dict[ProviderKey, ProviderView],
+        cold: list[tuple[ProviderKey, str, ProviderConnection | None]],
+        budget: float,
+        now: datetime,
+    ) -> None:
+        """Refresh providers that have nothing to show yet, waiting for them at most ``budget`` seconds (the
+        rest of the deadline); those not done by then get the placeholder and go on in the background."""
+        started = self._clock.monotonic()
         results: dict[ProviderKey, CacheEntry | ProviderError] = {}
         unreachable: set[ProviderKey] = set()
-        remaining = len(pending)
-        budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
+        remaining = len(cold)
 
         async with anyio.create_task_group() as tg:
 
-            async def one(
-                provider: ProviderKey,
-                key: str,
-                connection: ProviderConnection | None,
-                entry: CacheEntry | None,
-            ) -> None:
+            async def one(provider: ProviderKey, key: str, connection: ProviderConnection | None) -> None:
                 nonlocal remaining
                 try:
-                    previous = None if entry is None else entry.snapshot
-                    results[provider] = await self._refresh(provider, key, connection, previous)
+                    results[provider] = await self._refresh(provider, key, connection)
                 except ProviderError as exc:
                     results[provider] = exc
                 except BackendUnavailable:
@@ -256,31 +328,47 @@ class Aggregator:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(deadline)
-            for provider, key, connection, entry in pending:
-                tg.start_soon(one, provider, key, connection, entry)
+            for provider, key, connection in cold:
+                tg.start_soon(one, provider, key, connection)
 
-        now = utcnow(self._clock)
-        for provider, key, _, entry in pending:
+        failed = [(p, k) for p, k, _ in cold if isinstance(results.get(p), ProviderError)]
+        left = budget - (self._clock.monotonic() - started)
+        if failed and left > 0:
+            # Another worker may hold a last good value by now; only as long as the deadline allows.
+            found, _ = await self._cache.peek_many([k for _, k in failed], within=left)
+            latest = {p: e for (p, _), e in zip(failed, found, strict=True)}
+        else:
+            latest = {}
+        for provider, key, _ in cold:
             result = results.get(provider)
             if isinstance(result, CacheEntry):
                 views[provider] = ProviderView(
                     provider=provider, snapshot=result.snapshot, changed_at=result.changed_at
                 )
                 continue
-            problem: Problem | None
+            entry = latest.get(provider)
             if isinstance(result, ProviderError):
-                problem = problem_of(result)
-                entry = await self._cache.peek(key) or entry
+                problem: Problem | None = problem_of(result)
             else:  # not done by the deadline (the refresh goes on in the background), or the store is down
-                problem = entry.error if entry is not None else None
+                problem = None
                 why = "store_unavailable" if provider in unreachable else "deadline"
-                _log.info(f"integration_status.aggregator.{why}", provider=provider, stale=entry is not None)
-            views[provider] = fallback_view(provider, entry, problem, self._since(key, entry, problem, now))
-            if entry is not None and views[provider].stale:
-                self._metrics.cache("stale")
-                code = None if problem is None else problem.code
-                _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
-        return tuple([views[p] for p in PROVIDERS])
+                _log.info(f"integration_status.aggregator.{why}", provider=provider, stale=False)
+            views[provider] = self._fallback(provider, key, entry, problem, now)
+
+    def _fallback(
+        self,
+        provider: ProviderKey,
+        key: str,
+        entry: CacheEntry | None,
+        problem: Problem | None,
+        now: datetime,
+    ) -> ProviderView:
+        view = fallback_view(provider, entry, problem, self._since(key, entry, problem, now))
+        if entry is not None and view.stale:
+            self._metrics.cache("stale")
+            code = None if problem is None else problem.code
+            _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
+        return view
 
     def _since(self, key: str, entry: CacheEntry | None, problem: Problem | None, now: datetime) -> datetime:
         """The first time this key showed this fallback state (per process; a new state starts now)."""
@@ -298,18 +386,38 @@ class Aggregator:
         fresh[project_id] = known
 
     async def _refresh(
+        self, provider: ProviderKey, key: str, connection: ProviderConnection | None
+    ) -> CacheEntry:
+        """Refresh a provider that has no entry yet and wait for it (the caller bounds the wait)."""
+        if self._cache.in_flight(key):  # join it; a new call would take a breaker permit for nothing
+            return await self._cache.refresh(key, _never_called)
+        return await self._cache.refresh(key, self._fetcher(provider, key, connection, None))
+
+    def _refresh_soon(
+        self, provider: ProviderKey, key: str, connection: ProviderConnection | None, entry: CacheEntry | None
+    ) -> float:
+        """Start (or join) a background refresh; when it started. Joining asks the breaker nothing: only a
+        new call takes one of its permits."""
+        if self._cache.in_flight(key):
+            return self._cache.refresh_soon(key, _never_called)
+        previous = None if entry is None else entry.snapshot
+        return self._cache.refresh_soon(key, self._fetcher(provider, key, connection, previous))
+
+    def _fetcher(
         self,
         provider: ProviderKey,
         key: str,
         connection: ProviderConnection | None,
-        previous: ProviderSnapshot | None = None,
-    ) -> CacheEntry:
+        previous: ProviderSnapshot | None,
+    ) -> Callable[[], Awaitable[ProviderSnapshot]]:
+        """The fetch for one refresh: the adapter under its timeout, reported to the breaker; raises
+        :class:`_BreakerOpen` at once when the breaker refuses the call."""
         if connection is None:
 
             async def unlinked() -> ProviderSnapshot:
                 return disconnected_snapshot(provider)
 
-            return await self._cache.refresh(key, unlinked)
+            return unlinked
         adapter = self._adapters[provider]
         breaker = self.breaker(key)
         if not breaker.allow():
@@ -362,7 +470,7 @@ class Aggregator:
             self._metrics.observe_fetch(provider, took, "ok")
             return snapshot
 
-        return await self._cache.refresh(key, fetch)
+        return fetch
 
     def _failed(self, key: str, breaker: CircuitBreaker, exc: ProviderError, started: float) -> None:
         # Losing access is the provider answering correctly, not an outage: it does not trip the breaker.
@@ -378,6 +486,10 @@ def fetch_outcome(exc: ProviderError) -> FetchOutcome:
     if exc.problem_code == "timeout":
         return "timeout"
     return "auth" if exc.problem_code == "oauth_revoked" else "error"
+
+
+async def _never_called() -> ProviderSnapshot:  # pragma: no cover - joining a running refresh never fetches
+    raise AssertionError("a refresh that is already running was started again")
 
 
 class _BreakerOpen(ProviderError):

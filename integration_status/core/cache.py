@@ -5,6 +5,11 @@ Each process also remembers the last entry it saw per key. When the shared store
 (:class:`~integration_status.exceptions.BackendUnavailable`), :meth:`SnapshotCache.peek` answers from that
 copy, so status keeps being served (fresh while it lasts, then stale) instead of failing with the store.
 
+A store that cannot answer within the caller's budget counts as unreachable too (:meth:`SnapshotCache.peek_many`
+with ``within``), and for :data:`STORE_RETRY` seconds after such a failure readers are answered from the local
+copies at once while one background read finds out whether the store is back: a hung store costs one request
+its budget, not every request.
+
 The cache holds raw provider snapshots per key (``"{project_id}:{provider}"``) in a ``CacheStore``.
 Serving stale data while revalidating is composed by the caller: it peeks, calls
 :meth:`SnapshotCache.refresh` under its own deadline, and falls back to the peeked entry when the deadline
@@ -22,7 +27,7 @@ A typical wiring::
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Final, cast
 
@@ -32,6 +37,7 @@ from cachetools import LRUCache
 
 from integration_status._logging import get_logger
 from integration_status.core.clock import Clock, utcnow
+from integration_status.core.deadline import call_with_timeout
 from integration_status.exceptions import (
     BackendUnavailable,
     ConfigurationError,
@@ -50,6 +56,9 @@ __all__ = ["SnapshotCache"]
 #: How often a worker waiting on another worker's refresh looks at the store (seconds).
 POLL_INTERVAL: Final = 0.05
 
+#: After the store failed a read, how long readers skip it (served from local copies) before trying again.
+STORE_RETRY: Final = 1.0
+
 _ERRORS_BY_CODE: Final[dict[str, type[ProviderError]]] = {
     "oauth_revoked": ProviderAuthError,
     "rate_limited": ProviderRateLimited,
@@ -65,7 +74,9 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 class _Flight:
     """One refresh in progress in this process, and the outcome its waiters share."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        #: When it started (monotonic): callers that did not wait for it judge by it how overdue it is.
+        self.started = started
         self.done = anyio.Event()
         self.entry: CacheEntry | None = None
         self.error: BaseException | None = None
@@ -132,10 +143,15 @@ class SnapshotCache:
         self._flights: dict[str, _Flight] = {}
         self._last_seen: LRUCache[str, CacheEntry] = LRUCache(maxsize=max(1, local_size))
         # A store that declares ``shared = False`` and counts its writes in ``generation`` lets readers reuse
-        # what they read until the count moves (nothing outside this process writes to it).
-        generation = getattr(store, "generation", None)
-        self._local = getattr(store, "shared", True) is False and isinstance(generation, int)
+        # what they read until the count moves (nothing outside this process writes to it). A shared store
+        # with a near cache does the same while its ``coherent`` flag says every change made elsewhere is
+        # being reported to it (it then counts those in ``generation`` too).
+        self._counted = isinstance(getattr(store, "generation", None), int)
+        self._local = getattr(store, "shared", True) is False and self._counted
+        self._coherent = self._counted and not self._local and hasattr(store, "coherent")
         self._generation = 0  # bumped when peek answers from the local copy (the store failed)
+        self._store_down_until = float("-inf")  # monotonic; see STORE_RETRY
+        self._probing = False
 
     def start(self, spawn: Spawn) -> None:
         """Say how background refreshes run, e.g. a long-lived task group's ``start_soon``."""
@@ -147,17 +163,19 @@ class SnapshotCache:
 
     @property
     def local(self) -> bool:
-        """Whether the store lives in this process only (it declares ``shared = False`` and keeps a
-        ``generation`` write counter, like ``MemoryCacheStore``). A store without the attribute, or
-        ``shared = True`` (Redis, written by other workers), is read on every request."""
-        return self._local
+        """Whether what the store answers can change only in ways this process is told of, so that views read
+        from it stay valid until :attr:`generation` moves: a store in this process only (``shared = False``
+        and a ``generation`` write counter, like ``MemoryCacheStore``), or a shared store with a near cache
+        while it is ``coherent`` (``RedisCacheStore`` while its invalidation channel is up). Any other store
+        is read on every request."""
+        return self._local or (self._coherent and bool(self._store.coherent))  # type: ignore[attr-defined]
 
     @property
     def generation(self) -> int:
-        """A number that grows whenever what :meth:`peek` answers for any key may have changed: every save or
-        delete in a local store, and every read that fell back to the local copy. For a shared store it moves
-        only with the latter, so it says nothing about the store: check :attr:`local` first."""
-        store_generation: int = self._store.generation if self._local else 0  # type: ignore[attr-defined]
+        """A number that grows whenever what :meth:`peek` answers for any key may have changed: every change
+        the store counts (see :attr:`local`), and every read that fell back to the local copy. For a store
+        that counts nothing it moves only with the latter, so it says nothing: check :attr:`local` first."""
+        store_generation: int = self._store.generation if self._counted else 0  # type: ignore[attr-defined]
         return self._generation + store_generation
 
     def is_fresh(self, entry: CacheEntry) -> bool:
@@ -175,6 +193,72 @@ class SnapshotCache:
             return self._last_seen.get(key)
         self._remember(key, entry)
         return entry
+
+    async def peek_many(
+        self, keys: Sequence[str], *, within: float | None = None
+    ) -> tuple[list[CacheEntry | None], bool]:
+        """:meth:`peek` for several keys in one store round trip (``load_many`` where the store has it), and
+        whether the store was unreachable (the entries are then this process's last seen copies).
+
+        ``within``: the most the caller may spend on the store (its remaining deadline). A store that takes
+        longer counts as unreachable, and so does one that failed less than :data:`STORE_RETRY` seconds ago:
+        that answer comes at once, and one background read (if refreshes can run) tells when it is back.
+        """
+        if self._clock.monotonic() < self._store_down_until:
+            self._probe(keys)
+            return self._fall_back(keys), True
+        try:
+            if within is None or self._local:
+                entries = await self._load_many(keys)
+            else:
+                entries = await call_with_timeout(self._clock, within, partial(self._load_many, keys))
+        except (BackendUnavailable, TimeoutError) as exc:
+            get_logger(__name__).info(
+                "integration_status.cache.store_unavailable", keys=len(keys), error=str(exc) or "timeout"
+            )
+            self._store_down_until = self._clock.monotonic() + STORE_RETRY
+            return self._fall_back(keys), True
+        for key, entry in zip(keys, entries, strict=True):
+            self._remember(key, entry)
+        return entries, False
+
+    async def _load_many(self, keys: Sequence[str]) -> list[CacheEntry | None]:
+        load_many = getattr(self._store, "load_many", None)
+        if load_many is not None:
+            return list(await load_many(keys))
+        return [await self._store.load(key) for key in keys]
+
+    def _fall_back(self, keys: Sequence[str]) -> list[CacheEntry | None]:
+        self._generation += 1
+        return [self._last_seen.get(key) for key in keys]
+
+    def _probe(self, keys: Sequence[str]) -> None:
+        """Read ``keys`` once in the background; the store counts as back as soon as a read succeeds."""
+        if self._probing or self._spawn is None:
+            return
+        self._probing = True
+
+        async def probe() -> None:
+            try:
+                entries = await self._load_many(keys)
+            except Exception:  # still down (or worse): the next reader after STORE_RETRY tries again
+                self._store_down_until = self._clock.monotonic() + STORE_RETRY
+            else:
+                self._store_down_until = float("-inf")
+                for key, entry in zip(keys, entries, strict=True):
+                    self._remember(key, entry)
+            finally:
+                self._probing = False
+
+        try:
+            self._spawn(probe)
+        except BaseException:
+            self._probing = False
+            raise
+
+    def last_seen(self, key: str) -> CacheEntry | None:
+        """The last entry this process saw for ``key`` (no store read)."""
+        return self._last_seen.get(key)
 
     def _remember(self, key: str, entry: CacheEntry | None) -> None:
         if entry is None:
@@ -199,12 +283,31 @@ class SnapshotCache:
         """Whether a refresh of ``key`` is running in this process."""
         return key in self._flights
 
+    def flight_started(self, key: str) -> float | None:
+        """When the refresh of ``key`` running in this process started (monotonic), or None."""
+        flight = self._flights.get(key)
+        return None if flight is None else flight.started
+
     async def refresh(self, key: str, fetch: Fetch) -> CacheEntry:
         """Refresh ``key`` with ``fetch`` and return the new entry, or raise the refresh's ProviderError.
 
         Concurrent calls for one key share one fetch. The fetch runs in the background: cancelling this call
         (a request deadline) leaves the fetch running until it stores its result.
         """
+        flight = self._take_off(key, fetch)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.entry is not None
+        return flight.entry
+
+    def refresh_soon(self, key: str, fetch: Fetch) -> float:
+        """Start refreshing ``key`` in the background (or join the refresh already running) without waiting;
+        when that refresh started (monotonic), so a caller serving the old entry meanwhile knows how overdue
+        the answer is. Its outcome reaches the store and ``on_change`` as with :meth:`refresh`."""
+        return self._take_off(key, fetch).started
+
+    def _take_off(self, key: str, fetch: Fetch) -> _Flight:
         flight = self._flights.get(key)
         if flight is None:
             if self._spawn is None:
@@ -212,18 +315,14 @@ class SnapshotCache:
                     "SnapshotCache.start(spawn) must be called before refresh(): "
                     "refreshes run as background tasks"
                 )
-            flight = _Flight()
+            flight = _Flight(self._clock.monotonic())
             self._flights[key] = flight
             try:
                 self._spawn(partial(self._fly, key, fetch, flight))
             except BaseException:
                 del self._flights[key]
                 raise
-        await flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        assert flight.entry is not None
-        return flight.entry
+        return flight
 
     async def _fly(self, key: str, fetch: Fetch, flight: _Flight) -> None:
         # Errors go to the waiters, never to the task group: one failing provider must not stop the service.

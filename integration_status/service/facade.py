@@ -322,7 +322,7 @@ class StatusService:
         await self.cache.invalidate(cache_key(project_id, provider))
         connections = await self._connections(project_id)
         if connections is not None:
-            await self.aggregator.collect(project_id, connections)
+            await self.aggregator.refresh(project_id, provider, connections)
         await self._announce(project_id, provider)
 
     def now_ms(self) -> int:
@@ -350,6 +350,13 @@ class StatusService:
     async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
         """Put a raw (unredacted) event on the project's bus; returns its id."""
         return await self.engine.events.publish(project_id, event)
+
+    async def events_ready(self, project_id: str) -> None:
+        """Raise BackendUnavailable when the event bus cannot serve ``project_id`` now (before a stream starts);
+        a bus without a ``ready`` check is taken as ready."""
+        ready = getattr(self.engine.events, "ready", None)
+        if ready is not None:
+            await ready(project_id)
 
     def subscribe(
         self, project_id: str, *, last_event_id: str | None = None

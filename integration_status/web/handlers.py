@@ -95,14 +95,21 @@ def error_response(
 STORE_UNAVAILABLE: Final = "The shared store is unavailable"
 
 
-def store_unavailable(exc: BackendUnavailable, *, envelope: bool = False) -> Response:
+#: Seconds an event stream refused for a store outage is told to wait before reconnecting.
+STORE_RETRY_AFTER: Final = 5
+
+
+def store_unavailable(
+    exc: BackendUnavailable, *, envelope: bool = False, retry_after: int | None = None
+) -> Response:
     """503 with the error object (code ``unknown``): state-changing requests fail closed while the store
     is down. The endpoint named in ``exc`` goes to the log only."""
     _log.warning("integration_status.web.store_unavailable", error=str(exc))
     body: dict[str, Any] = {"error": {"code": "unknown", "message": STORE_UNAVAILABLE, "hint": "Try again"}}
     if envelope:
         body = {"success": False, **body}
-    return json_response(503, body)
+    headers = () if retry_after is None else (("Retry-After", str(retry_after)),)
+    return json_response(503, body, headers)
 
 
 def request_info(
@@ -231,6 +238,11 @@ async def handle_events(service: StatusService, request: RequestInfo) -> Respons
     except RequestError as exc:
         return error_response(exc)
     last_event_id = resume_event_id(request.headers.get("last-event-id") or request.query.get("lastEventId"))
+    try:
+        # Before the 200: a stream that cannot start (the store is down) is a 503, not a body that breaks.
+        await service.events_ready(connections.project_id)
+    except BackendUnavailable as exc:
+        return store_unavailable(exc, retry_after=STORE_RETRY_AFTER)
     writer = service.open_stream(viewer, connections, last_event_id=last_event_id)
     return Response(status=200, headers=SSE_RESPONSE_HEADERS, writer=writer)
 

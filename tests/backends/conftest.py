@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -116,6 +118,10 @@ class RedisProxy:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        #: While True the proxy forwards nothing, either way, on old and new connections (a hung server).
+        self.hung = False
+        #: Seconds added before each reply chunk is passed back (a slow server or network).
+        self.latency = 0.0
         with self._lock:
             self._listener: socket.socket | None = self._listen(0)
             self.port: int = self._listener.getsockname()[1]
@@ -145,13 +151,16 @@ class RedisProxy:
                         self._close(sock)
                     return
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         try:
             while chunk := src.recv(65536):
+                while self.hung:  # ends when un-hung, or cut (which also un-hangs)
+                    time.sleep(0.01)
+                if replies and self.latency:
+                    time.sleep(self.latency)
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -161,6 +170,7 @@ class RedisProxy:
 
     def cut(self) -> None:
         """Stop listening and drop every forwarded connection: the "server" is gone."""
+        self.hung = False
         with self._lock:
             if self._listener is not None:
                 self._close(self._listener)
@@ -168,6 +178,16 @@ class RedisProxy:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             self._close(sock)
+
+    def reset(self) -> None:
+        """Reset every forwarded connection (TCP RST, not a clean close) and keep listening: what a restarted
+        server or a load balancer dropping idle connections looks like to the client."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
 
     def restore(self) -> None:
         """Listen again on the same port: the "server" is back (empty connections, same data)."""

@@ -240,13 +240,32 @@ async def test_an_id_that_fell_out_of_the_buffer_is_a_gap() -> None:
         assert counts(await take(sub, 3)) == [4, 5, 6]
 
 
-@pytest.mark.parametrize("last_event_id", ["garbage", "", "1-2-3", "0-0", "99999999999999-0"])
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["garbage", "", "1-2-3", "0-0", "99999999999999-0", f"{2**64}-0", f"1-{2**64}", "9" * 5000],
+)
 @pytest.mark.anyio
 async def test_unusable_ids_are_a_gap(last_event_id: str) -> None:
     """Malformed ids, ids from before this bus (a restart) and ids never issued are gaps."""
     bus = MemoryEventBus(clock=FakeClock())
     await bus.publish("p", event(1))
     async with bus.subscribe("p", last_event_id=last_event_id) as sub:
+        assert sub.gap is True
+        await bus.publish("p", event(2))
+        assert counts(await take(sub, 1)) == [2]
+
+
+@pytest.mark.anyio
+async def test_an_id_from_another_project_is_a_gap() -> None:
+    """An id issued to another project, inside this project's range of ids, is a gap, not a resume point."""
+    clock = FakeClock()
+    bus = MemoryEventBus(clock=clock)
+    await bus.publish("p", event(0))
+    clock.advance(1)
+    foreign = await bus.publish("q", event(0))
+    clock.advance(1)
+    await bus.publish("p", event(1))
+    async with bus.subscribe("p", last_event_id=foreign) as sub:
         assert sub.gap is True
         await bus.publish("p", event(2))
         assert counts(await take(sub, 1)) == [2]

@@ -85,7 +85,8 @@ async def test_cache_entry_without_error_round_trips(redis_engine: RedisEngine) 
 
 
 async def test_cache_key_layout_and_expiry(redis_engine: RedisEngine, redis_raw: Any) -> None:
-    """Entries live at {prefix}:cache:{key} and expire after keep_for (PX)."""
+    """Entries live at {prefix}:cache:{<project>}:<provider> (one hash tag per project) and expire after
+    keep_for (PX)."""
     entry = CacheEntry(
         snapshot=ProviderSnapshot(provider="sanity", status="disconnected"),
         fresh_until=1.0,
@@ -93,7 +94,7 @@ async def test_cache_key_layout_and_expiry(redis_engine: RedisEngine, redis_raw:
         checked_at=0.5,
     )
     await redis_engine.cache_store.save("p:sanity", entry, keep_for=90)
-    ttl = await redis_raw.pttl(f"{redis_engine.prefix}:cache:p:sanity")
+    ttl = await redis_raw.pttl(f"{redis_engine.prefix}:cache:{{p}}:sanity")
     assert 89_000 < ttl <= 90_000
 
 
@@ -114,8 +115,8 @@ async def test_cache_load_missing_and_delete(redis_engine: RedisEngine) -> None:
 
 async def test_cache_unreadable_entry_is_a_miss(redis_engine: RedisEngine, redis_raw: Any) -> None:
     """Garbage or a foreign shape under a cache key loads as None instead of raising."""
-    await redis_raw.set(f"{redis_engine.prefix}:cache:bad", "{not json")
-    await redis_raw.set(f"{redis_engine.prefix}:cache:odd", '{"v": 1}')
+    await redis_raw.set(f"{redis_engine.prefix}:cache:{{bad}}", "{not json")
+    await redis_raw.set(f"{redis_engine.prefix}:cache:{{odd}}", '{"v": 1}')
     assert await redis_engine.cache_store.load("bad") is None
     assert await redis_engine.cache_store.load("odd") is None
 
@@ -157,7 +158,7 @@ async def test_lock_is_exclusive_across_workers(
             tg.start_soon(take, redis_engine if i % 2 else redis_engine_b)
     winners = [t for t in tokens if t is not None]
     assert len(winners) == 1
-    assert 7_000 < await redis_raw.pttl(f"{redis_engine.prefix}:lock:p:github") <= 7_500
+    assert 7_000 < await redis_raw.pttl(f"{redis_engine.prefix}:lock:{{p}}:github") <= 7_500
 
 
 async def test_only_the_owner_unlocks(redis_engine: RedisEngine, redis_engine_b: RedisEngine) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import anyio
@@ -68,6 +70,7 @@ def test_bad_urls_are_configuration_errors(url: str, match: str) -> None:
     [
         ({"prefix": ""}, "prefix"),
         ({"prefix": "my app"}, "prefix"),
+        ({"prefix": "my{app}"}, "braces"),  # hash tags are the key layout's own
         ({"pool_size": 0}, "pool_size"),
         ({"socket_timeout": 0}, "socket_timeout"),
         ({"queue_size": 0}, "queue_size"),
@@ -101,6 +104,39 @@ async def test_async_with_checks_the_connection() -> None:
             pass
 
 
+TRANSPORT_FAILURES = [
+    pytest.param(
+        RuntimeError("unable to perform operation on <TCPTransport closed=True>"), id="uvloop-closed"
+    ),
+    pytest.param(asyncio.IncompleteReadError(b"", 10), id="eof"),
+    pytest.param(ConnectionResetError(104, "Connection reset by peer"), id="reset"),
+    pytest.param(TimeoutError(), id="timeout"),
+    pytest.param(BrokenPipeError(), id="broken-pipe"),
+]
+
+
+@pytest.mark.parametrize("failure", TRANSPORT_FAILURES)
+def test_every_transport_failure_is_backend_unavailable(failure: Exception) -> None:
+    """What a broken connection raises on asyncio or uvloop, wrapped by the driver or not, becomes
+    BackendUnavailable naming the endpoint and the operation (never a 500 upstream)."""
+    engine = RedisEngine.from_url("redis://:hunter2@127.0.0.1:6390/0", prefix="p")
+    with (
+        pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:6390 .* while reading") as caught,
+        engine._s.errors("reading"),
+    ):
+        raise failure
+    assert caught.value.__cause__ is failure
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_cancellation_is_not_mapped() -> None:
+    """A cancelled command stays a cancellation (deadlines rely on it), not an outage."""
+    engine = RedisEngine.from_url("redis://127.0.0.1:6390/0", prefix="p")
+    with anyio.move_on_after(0.01) as scope, engine._s.errors("reading"):
+        await anyio.sleep(1)
+    assert scope.cancelled_caught
+
+
 async def test_connect_succeeds_against_the_real_redis(redis_url: str, redis_prefix: str) -> None:
     """connect() against the live server returns; aclose() may be called twice."""
     engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
@@ -110,7 +146,8 @@ async def test_connect_succeeds_against_the_real_redis(redis_url: str, redis_pre
 
 
 OPERATIONS: dict[str, Any] = {
-    "cache.load": lambda e: e.cache_store.load("k"),
+    # A key never read before: one read before is answered by the near cache until the channel is noticed down.
+    "cache.load": lambda e: e.cache_store.load(uuid.uuid4().hex),
     "cache.try_lock": lambda e: e.cache_store.try_lock("k", 5),
     "idempotency.begin": lambda e: e.idempotency.begin("k", "fp", lease=5, keep_for=60),
     "rate_limiter.hit": lambda e: e.rate_limiter.hit("k", limit=5, window=60),

@@ -43,10 +43,10 @@ async def test_publish_returns_the_stream_id(redis_engine: RedisEngine, redis_ra
     assert ms.isdigit()
     assert seq.isdigit()
     assert tuple(map(int, second.split("-"))) > tuple(map(int, first.split("-")))
-    entries = await redis_raw.xrange(f"{redis_engine.prefix}:events:p1")
+    entries = await redis_raw.xrange(f"{redis_engine.prefix}:events:{{p1}}")
     assert [e[0] for e in entries] == [first, second]
     assert entries[0][1] == {"data": '{"type":"github:push","branch":"main"}'}
-    assert await redis_raw.pttl(f"{redis_engine.prefix}:events:p1") > 0
+    assert await redis_raw.pttl(f"{redis_engine.prefix}:events:{{p1}}") > 0
 
 
 async def test_event_published_on_one_worker_reaches_another(
@@ -128,11 +128,37 @@ async def test_trimmed_id_is_a_gap(redis_engines: Any) -> None:
         await nothing_more(sub, engine, "p1")
 
 
-@pytest.mark.parametrize("last_event_id", ["not-an-id", "", "12-ab", "1-0", "99999999999999-0"])
+@pytest.mark.parametrize(
+    "last_event_id",
+    [
+        "not-an-id",
+        "",
+        "12-ab",
+        "1-0",
+        "99999999999999-0",
+        f"{2**64}-0",  # past the 64-bit range Redis accepts
+        f"1-{2**64}",
+        f"{2**64}",
+        "9" * 5000,
+    ],
+)
 async def test_unknown_or_malformed_id_is_a_gap(redis_engine: RedisEngine, last_event_id: str) -> None:
     """An unparseable id, one older than the stream, or one the stream never had gives gap=True."""
     await redis_engine.events.publish("p1", {"n": 1})
     async with redis_engine.events.subscribe("p1", last_event_id=last_event_id) as sub:
+        assert sub.gap is True
+        await nothing_more(sub, redis_engine, "p1")
+
+
+async def test_id_from_another_project_is_a_gap(redis_engine: RedisEngine, redis_raw: Any) -> None:
+    """An id another project's stream issued, even one inside this stream's range, gives gap=True."""
+    bus = redis_engine.events
+    first = await bus.publish("p1", {"n": 0})
+    ms = int(first.partition("-")[0])
+    # Another project's stream, with an id between p1's two entries (ids are per stream and may collide).
+    foreign = await redis_raw.xadd(f"{redis_engine.prefix}:events:{{p2}}", {"data": "{}"}, id=f"{ms}-7")
+    await redis_raw.xadd(f"{redis_engine.prefix}:events:{{p1}}", {"data": '{"n":1}'}, id=f"{ms + 1}-0")
+    async with bus.subscribe("p1", last_event_id=foreign) as sub:
         assert sub.gap is True
         await nothing_more(sub, redis_engine, "p1")
 

@@ -76,13 +76,17 @@ async def test_fresh_entry_is_served_without_a_call(clock: FakeClock) -> None:
 
 
 async def test_expired_entry_triggers_one_refresh(clock: FakeClock) -> None:
-    """After the TTL (at most 1.2 T), the next request refreshes exactly once."""
+    """After the TTL (at most 1.2 T), the next request is answered at once from the last value (its refresh
+    has only just started) and refreshes exactly once in the background; the request after sees the result."""
     github = ScriptedAdapter("github", snapshot("github", text="one"), snapshot("github", text="two"))
     async with make_service(clock, github) as service:
         await items(service)
         clock.advance(18.01)
+        served = await items(service)
+        await settle()
         got = await items(service)
     assert github.calls == 2
+    assert (served["github"]["summary"], "stale" in served["github"]) == ("one", False)
     assert got["github"]["summary"] == "two"
     assert "stale" not in got["github"]
 
@@ -132,6 +136,8 @@ async def test_failure_serves_last_good_value_stale_with_problem(clock: FakeCloc
     async with make_service(clock, github) as service:
         first = await items(service)
         clock.advance(20)
+        await items(service)  # starts the refresh, does not wait for it
+        await settle()
         got = await items(service)
     assert got["github"]["summary"] == "good"
     assert got["github"]["stale"] is True
@@ -157,6 +163,8 @@ async def test_revoked_token_is_error_even_with_a_cached_value(clock: FakeClock)
     async with make_service(clock, github) as service:
         await items(service)
         clock.advance(20)
+        await items(service)  # starts the refresh, does not wait for it
+        await settle()
         got = await items(service)
     assert got["github"]["status"] == "error"
     assert got["github"]["problem"] == {"code": "oauth_revoked", "hint": "Click to reconnect"}
@@ -172,9 +180,11 @@ async def test_breaker_opens_and_stops_calls(clock: FakeClock) -> None:
         for _ in range(6):
             clock.advance(20)
             got = await items(service)
+            await settle()
         calls_when_open = github.calls
         clock.advance(1)
         got = await items(service)
+        await settle()
     assert calls_when_open < 7
     assert github.calls == calls_when_open
     assert got["github"]["stale"] is True
@@ -239,10 +249,13 @@ async def test_a_provider_failing_the_same_way_keeps_its_etag(clock: FakeClock) 
         first = await service.status("p", OWNER)
         clock.advance(20)
         again = await service.status("p", OWNER, if_none_match=first.etag)
+        await settle()
         assert github.calls == 2
         assert again.not_modified
         vercel.then(ProviderRateLimited("429", provider="vercel", status_code=429, retry_after=30))
         clock.advance(20)
+        await service.status("p", OWNER)  # starts the refresh, does not wait for it
+        await settle()
         changed = await service.status("p", OWNER, if_none_match=first.etag)
     assert not changed.not_modified
     items = {i.key: i for i in changed.envelope.items}
@@ -267,3 +280,48 @@ async def test_a_cold_placeholder_is_dated_when_first_shown(clock: FakeClock) ->
         tg.cancel_scope.cancel()
     github_item = next(i for i in results[0].envelope.items if i.key == "github")
     assert github_item.updated_at.year >= 2025
+
+
+async def test_a_cold_start_spends_the_deadline_once(clock: FakeClock) -> None:
+    """While a cold provider's first refresh still runs, later requests get its placeholder at once instead of
+    waiting for the same refresh again."""
+    github = ScriptedAdapter("github", hang_on())
+    async with make_service(clock, github) as service, anyio.create_task_group() as tg:
+        results: list[dict[str, dict[str, object]]] = []
+
+        async def ask() -> None:
+            results.append(await items(service))
+
+        tg.start_soon(ask)
+        await settle()
+        clock.advance(0.45)
+        await settle()
+        assert len(results) == 1
+        with anyio.fail_after(5):  # real time: the FakeClock does not move, so any wait would hang
+            again = await items(service)
+        assert (again["github"]["status"], again["github"]["stale"]) == ("warning", True)
+        assert github.calls == 1
+        clock.advance(2.5)
+
+
+async def test_a_known_value_is_served_at_once_while_the_provider_hangs(clock: FakeClock) -> None:
+    """A provider with a last good value that hangs on its refresh never makes a request wait: the value as it
+    is while the refresh is younger than the deadline, then stale, then stale with the timeout problem."""
+    github = ScriptedAdapter("github", snapshot("github", text="good"), hang_on())
+    async with make_service(clock, github) as service:
+        await items(service)
+        clock.advance(20)
+        with anyio.fail_after(5):  # real time: the FakeClock does not move, so any wait would hang
+            just_expired = await items(service)
+            await settle()  # the refresh it started is running (and hanging)
+            clock.advance(0.5)
+            overdue = await items(service)
+            clock.advance(2.5)
+            await settle()
+            failed = await items(service)
+    assert (just_expired["github"]["summary"], "stale" in just_expired["github"]) == ("good", False)
+    assert (overdue["github"]["summary"], overdue["github"]["stale"]) == ("good", True)
+    assert "problem" not in overdue["github"]
+    assert (failed["github"]["summary"], failed["github"]["stale"]) == ("good", True)
+    assert failed["github"]["problem"] == {"code": "timeout", "hint": "Try again"}
+    assert github.calls >= 2

@@ -164,7 +164,8 @@ async def test_webhook_invalidation_is_visible_on_the_next_status(clock: FakeClo
 
 
 async def test_expiry_of_one_entry_triggers_its_refresh(clock: FakeClock) -> None:
-    """Reuse ends when the first entry stops being fresh: the next status refreshes that provider."""
+    """Reuse ends when the first entry stops being fresh: the next status starts that provider's refresh
+    (answered from the last value meanwhile), and the status after shows its result."""
     store = CountingStore(clock=clock)
     github = ScriptedAdapter("github", snapshot("github", text="one"), snapshot("github", text="two"))
     async with make_service(clock, store, github=github) as service:
@@ -173,6 +174,8 @@ async def test_expiry_of_one_entry_triggers_its_refresh(clock: FakeClock) -> Non
         clock.advance(14.9)
         assert await github_text(service) == "one"
         clock.advance(0.2)
+        assert await github_text(service) == "one"
+        await anyio.wait_all_tasks_blocked()
         got = await service.status("p", OWNER)
     item = next(i for i in got.envelope.items if i.key == "github")
     assert (str(item.summary), item.stale) == ("two", False)

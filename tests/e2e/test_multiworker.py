@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from integration_status.web.starlette import create_app
 from tests.backends.conftest import RedisProxy
 from tests.e2e.conftest import serve
 from tests.services import REDIS_URL, require_redis
+from tests.web.mounts import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -418,3 +420,140 @@ async def test_webhook_on_a_reaches_b_and_a_replay_on_b_is_a_duplicate(prefix: s
     assert (second.status_code, second.json()) == (200, {"ok": True})
     # Stream order: had the duplicate been published, it would come before the second delivery's event.
     assert json.loads(following.data)["sha"] == "b" * 40
+
+
+# --- faults of the Redis connection -------------------------------------------------------------------------
+
+LOOPS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_after_a_redis_reset_nothing_answers_5xx_but_documented_503s(prefix: str) -> None:
+    """Right after every pooled Redis connection is reset: 100 status requests all answer 200, and actions
+    answer 200 or the documented 503 (error object), on the asyncio loop and on uvloop alike."""
+    executions: list[str] = []
+    handlers = {("vercel", "deploy"): deploy_handler(executions)}
+    proxy = RedisProxy()
+    try:
+        async with instances(prefix, proxy.url, handlers=handlers) as (a,), client(a.base) as ca:
+            # Warm, with many pooled connections open (concurrent requests each take one).
+            await gather(*[(lambda: ca.get("/status", params={"projectId": PROJECT}))] * 50)
+            proxy.reset()
+            await anyio.sleep(0.05)  # let the loop see the resets before the next requests reuse the sockets
+            status = [(lambda: ca.get("/status", params={"projectId": PROJECT}))] * 100
+            actions = [
+                # One user each: the per-user rate limit is not what this test is about.
+                (
+                    lambda n=n: ca.post(
+                        "/actions", json=DEPLOY, headers={"Idempotency-Key": "k", "X-User": f"u{n}"}
+                    )
+                )
+                for n in range(20)
+            ]
+            responses = await gather(*status, *actions)
+    finally:
+        proxy.cut()
+    assert [r.status_code for r in responses[:100]] == [200] * 100
+    for response in responses[100:]:
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "unknown"
+
+
+async def test_event_stream_while_redis_is_down_is_a_503_with_a_retry_hint(prefix: str) -> None:
+    """With Redis unreachable, /events answers 503 with the error object and Retry-After before any stream
+    starts (no 200 that breaks); once Redis is back the stream opens."""
+    proxy = RedisProxy()
+    try:
+        async with instances(prefix, proxy.url) as (a,), client(a.base) as ca:
+            proxy.cut()
+            refused = await ca.get("/events", params={"projectId": PROJECT})
+            proxy.restore()
+            async with events(ca) as stream:
+                assert stream is not None
+    finally:
+        proxy.cut()
+    assert refused.status_code == 503
+    assert refused.headers["content-type"].startswith("application/json")
+    assert refused.headers["retry-after"] == "5"
+    assert refused.json()["error"] == {
+        "code": "unknown",
+        "message": "The shared store is unavailable",
+        "hint": "Try again",
+    }
+    assert str(proxy.port) not in refused.text
+
+
+async def status_under_load(http: httpx.AsyncClient, *, clients: int, each: int) -> list[tuple[int, float]]:
+    """``clients`` concurrent pollers, ``each`` status requests apiece: (status code, seconds) per answer."""
+    answers: list[tuple[int, float]] = []
+
+    async def poll() -> None:
+        for _ in range(each):
+            began = time.perf_counter()
+            response = await http.get("/status", params={"projectId": PROJECT})
+            answers.append((response.status_code, time.perf_counter() - began))
+            await anyio.sleep(0.2)  # paced: the run outlasts the channel's silence timeout
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(clients):
+                tg.start_soon(poll)
+    return answers
+
+
+def p95(answers: list[tuple[int, float]]) -> float:
+    took = sorted(t for _, t in answers)
+    return took[int(len(took) * 0.95) - 1]
+
+
+@pytest.mark.parametrize("fault", ["hung", "slow"])
+async def test_status_stays_within_the_deadline_while_redis_hangs_or_lags(prefix: str, fault: str) -> None:
+    """Redis that accepts and never answers, or answers 300 ms late: every status answer is a 200 with p95
+    under 500 ms (entries past their TTL come from the worker's copy), actions fail closed with a 503 within
+    their own timeout and run nothing, and once Redis answers again status recovers without a restart."""
+    executions: list[str] = []
+    handlers = {("vercel", "deploy"): deploy_handler(executions)}
+    settings = Settings(cache_ttl=1.0, cache_jitter=0.0)
+    proxy = RedisProxy()
+    try:
+        async with (
+            instances(prefix, proxy.url, handlers=handlers, settings=settings) as (a,),
+            client(a.base) as ca,
+        ):
+            await ca.get("/status", params={"projectId": PROJECT})
+            if fault == "hung":
+                proxy.hung = True
+            else:
+                proxy.latency = 0.3
+            # Long enough for the entries to pass their TTL and for the channel to be taken as lost.
+            answers = await status_under_load(ca, clients=10, each=25)
+            began = time.perf_counter()
+            action = await ca.post("/actions", json=DEPLOY, headers={"Idempotency-Key": "during-fault"})
+            action_took = time.perf_counter() - began
+            proxy.hung, proxy.latency = False, 0.0
+            recovered: list[dict[str, tuple[str, bool]]] = []
+
+            async def look() -> None:
+                recovered.append(summaries(await ca.get("/status", params={"projectId": PROJECT})))
+
+            await wait_until(
+                lambda: bool(recovered) and recovered[-1] == dict.fromkeys(PROVIDERS, ("OK", False)),
+                step=look,
+                within=15,
+            )
+    finally:
+        proxy.cut()
+    assert {code for code, _ in answers} == {200}
+    assert p95(answers) < 0.5, sorted(t for _, t in answers)[-10:]
+    if fault == "hung":
+        assert action.status_code == 503
+        assert action.json()["error"]["code"] == "unknown"
+        assert action_took < 3.0  # the store's socket timeout (1 s), not the server's patience
+        assert executions == []
+    else:
+        assert action.status_code == 200  # slow, not down: the action runs, once
+        assert len(executions) == 1
