@@ -1,4 +1,5 @@
-"""Benchmarks for the numbers of SPEC.md section 3.
+"""Benchmarks for the performance bars: throughput, deadlines, coalescing, ETag hits, event fan-out, actions,
+hostile clients, provider rate budgets and the Redis engine (docs/performance.md has the latest figures).
 
 ``python -m bench`` runs them all (``--smoke``: a quick pass).
 

@@ -1,4 +1,4 @@
-"""ETag hashing and If-None-Match matching (SPEC.md "Status")."""
+"""ETag hashing and If-None-Match matching."""
 
 from __future__ import annotations
 

@@ -266,7 +266,7 @@ def action(
 
 
 def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Assert ``response`` is SPEC's error object with ``status`` and ``code``; its ``error`` member."""
+    """Assert ``response`` is the error object with ``status`` and ``code``; its ``error`` member."""
     assert response.status_code == status, response.text
     body = response.json()
     assert body["success"] is False

@@ -578,7 +578,7 @@ async def test_action_timeout_is_a_timeout_error(mount: MountFactory) -> None:
 
 
 async def test_a_wrong_method_answers_405_in_the_error_object(mount: MountFactory) -> None:
-    """GET /actions (or any wrong method) is 405 with Allow and the SPEC error object, on every mount."""
+    """GET /actions (or any wrong method) is 405 with Allow and the error object, on every mount."""
     async with mount(deploy_service(Recorder())) as m, m.client() as client:
         r = await client.get(ACTIONS, headers=viewer_headers())
         assert r.status_code == 405

@@ -56,7 +56,7 @@ async def test_stream_headers(mount: MountFactory) -> None:
 
 
 async def test_errors_before_the_stream(mount: MountFactory) -> None:
-    """No viewer is 401, an unknown or hidden project 404, with the SPEC error object and no stream."""
+    """No viewer is 401, an unknown or hidden project 404, with the error object and no stream."""
     async with mount(make_service()) as m, m.client() as client:
         anonymous = await client.get(EVENTS, params={"projectId": "p"})
         assert anonymous.status_code == 401

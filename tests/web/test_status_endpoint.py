@@ -85,7 +85,7 @@ async def test_non_matching_or_malformed_if_none_match_is_200(client: httpx.Asyn
 
 
 async def test_missing_project_id_is_400(client: httpx.AsyncClient) -> None:
-    """No projectId -> 400 invalid_request in the SPEC error object."""
+    """No projectId -> 400 invalid_request in the error object."""
     r = await client.get("/api/integrations/status")
     assert r.status_code == 400
     assert r.json() == {"error": {"code": "invalid_request", "message": "projectId is required"}}

@@ -137,7 +137,7 @@ async def test_peek_remembers_only_what_the_store_last_said() -> None:
 
 
 async def test_action_with_the_store_down_is_a_503_and_runs_nothing() -> None:
-    """Store down: POST /actions answers 503 with the SPEC error object (no endpoint) and runs nothing."""
+    """Store down: POST /actions answers 503 with the error object (no endpoint) and runs nothing."""
     clock, executions = FakeClock(), list[str]()
     service, switches, _ = make(clock, executions)
     body = json.dumps({"projectId": "p", "provider": "vercel", "action": "deploy"}).encode()
