@@ -212,7 +212,7 @@ def engines_app(redis_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with engine, services["mem"], services["redis"]:
+        async with services["mem"], services["redis"]:  # the Redis service enters its engine itself
             info = handlers.request_info("GET", "/api/integrations/status", {}, {"projectId": "demo"})
             answers = {name: await handlers.handle_status(svc, info) for name, svc in services.items()}
             if answers["mem"].body != answers["redis"].body:
@@ -256,7 +256,7 @@ def redis_faults_app(redis_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with engine, service:
+        async with service:  # it enters its engine itself
             try:
                 yield
             finally:
