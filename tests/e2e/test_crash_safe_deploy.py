@@ -151,7 +151,7 @@ def events(prefix: str) -> list[dict[str, Any]]:
     import redis
 
     with redis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
-        return [json.loads(fields["data"]) for _, fields in client.xrange(f"{prefix}:events:{PROJECT}")]
+        return [json.loads(fields["data"]) for _, fields in client.xrange(f"{prefix}:events:{{{PROJECT}}}")]
 
 
 def deploy_events(prefix: str) -> tuple[list[str], list[str]]:
