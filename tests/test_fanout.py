@@ -316,3 +316,26 @@ async def test_a_stream_whose_writes_stall_is_dropped_and_frees_its_slot() -> No
         service.streams.shutdown()
         await _until(lambda: service.sse_connections.count == 0)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("changes", [True, False])
+async def test_a_refresh_announces_once_whether_or_not_the_content_changed(changes: bool) -> None:
+    """refresh_provider publishes exactly one status:update: the cache's own when the content changed, else
+    its own (each marker wakes every open stream, so a second one is pure cost)."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service:
+        await service.views(await service.project("p", OWNER))
+        github = service.adapters["github"]
+        assert isinstance(github, ScriptedAdapter)
+        if changes:
+            github.then(snapshot("github", status="warning"))
+        async with service.subscribe("p", last_event_id=None) as subscription:
+            await service.refresh_provider("p", "github")
+            await service.publish("p", push(1))  # a sentinel: everything before it has been published
+            kinds = []
+            async for stored in subscription:
+                kinds.append(stored.data["type"])
+                if stored.data["type"] == "github:push":
+                    break
+        assert kinds == ["status:update", "github:push"]

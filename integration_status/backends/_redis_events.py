@@ -235,7 +235,12 @@ class RedisEventBus:
 
     async def ready(self, project_id: str) -> None:
         """Raise BackendUnavailable when the project's stream cannot be read now: called before an event
-        stream answers 200, so that an outage is a 503 instead of a stream that breaks after its headers."""
+        stream answers 200, so that an outage is a 503 instead of a stream that breaks after its headers.
+        While the project's reader is running (it reads the stream without pause), that is proof enough: a
+        burst of thousands of streams opening costs no round trip each."""
+        reader = self._readers.get(project_id)
+        if reader is not None and not reader.done.is_set():
+            return
         with self._s.errors("opening an event stream"):
             await self._s.client.xrevrange(self._s.tagged("events", project_id), "+", "-", count=1)
 
@@ -250,12 +255,16 @@ class RedisEventBus:
             raise ConfigurationError("the Redis event bus runs inside `async with engine:`; enter it first")
         key = self._s.tagged("events", project_id)
         after = None if last_event_id is None else parse_id(last_event_id)
-        with self._s.errors("subscribing to events"):
-            newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))
-        latest = newest[0][0] if newest else _ZERO
+        reader = self._readers.get(project_id)
+        if reader is not None and not reader.done.is_set():
+            latest = reader.cursor  # the running reader hands this subscriber everything after it
+        else:
+            with self._s.errors("subscribing to events"):
+                newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))
+            latest = newest[0][0] if newest else _ZERO
+            reader = self._readers.get(project_id)  # another subscriber may have started one meanwhile
 
         sub = _Subscriber(self._queue_size)
-        reader = self._readers.get(project_id)
         if reader is None or reader.done.is_set():
             reader = self._readers[project_id] = _Reader(project_id, key, latest)
             fresh = True

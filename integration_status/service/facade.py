@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
+from cachetools import LRUCache
 
 from integration_status._logging import get_logger
 from integration_status.backends.memory import MemoryEngine
@@ -53,6 +54,9 @@ from integration_status.service.webhooks import WebhookResult, handle_webhook
 from integration_status.snapshot import Visibility
 
 __all__ = ["StatusService", "allow_global_roles", "allow_project_members"]
+
+#: Cache keys whose announced changes are counted (the least recently changed are forgotten).
+CHANGE_COUNTS = 10_000
 
 _log = get_logger("integration_status.service")
 
@@ -156,6 +160,8 @@ class StatusService:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
+        # Content changes announced per cache key, so that a refresh announces once (see refresh_provider).
+        self._changes: LRUCache[str, int] = LRUCache(maxsize=CHANGE_COUNTS)
         secret = self.settings.etag_secret
         #: The one render cache: envelopes, ETags and frames, shared by viewers of one class.
         self.renderer = Renderer(clock=clock, key=None if secret is None else etag_key(secret.reveal()))
@@ -305,6 +311,7 @@ class StatusService:
 
     async def _cache_changed(self, key: str, entry: CacheEntry) -> None:
         project_id, provider = split_cache_key(key)
+        self._changes[key] = self._changes.get(key, 0) + 1
         for listener in self._change_listeners:
             try:
                 await listener(project_id, provider)
@@ -318,12 +325,16 @@ class StatusService:
 
     async def refresh_provider(self, project_id: str, provider: ProviderKey) -> None:
         """Drop a provider's cached freshness, fetch it again, and announce the result with a status:update
-        (whether or not it changed: the caller just did something to the provider)."""
-        await self.cache.invalidate(cache_key(project_id, provider))
+        (whether or not it changed: the caller just did something to the provider). A change is announced by
+        the cache already: one status:update per refresh, not two (each costs a wake-up of every open stream)."""
+        key = cache_key(project_id, provider)
+        changes = self._changes.get(key, 0)
+        await self.cache.invalidate(key)
         connections = await self._connections(project_id)
         if connections is not None:
             await self.aggregator.refresh(project_id, provider, connections)
-        await self._announce(project_id, provider)
+        if self._changes.get(key, 0) == changes:
+            await self._announce(project_id, provider)
 
     def now_ms(self) -> int:
         return epoch_ms(self.clock)
