@@ -227,7 +227,10 @@ async def _simulate(projects: int, hours: float, *, conditional: bool, seed: int
                 if at > clock.time():
                     clock.advance(at - clock.time())
                 views = await aggregator.collect(project, connections[project])
-                entry = await cache.peek(cache_key(project, "github"))
+                entry = await cache.peek(cache_key(project, "github"))  # the entry this poll was served from
+                await (
+                    cache.settled()
+                )  # a refresh the poll started in the background ends before the next poll
                 shown = next(v for v in views if v.provider == "github").snapshot.detail("sha")
                 if entry is None or not isinstance(shown, Sensitive):
                     missed += 1

@@ -283,6 +283,12 @@ class SnapshotCache:
         """Whether a refresh of ``key`` is running in this process."""
         return key in self._flights
 
+    async def settled(self) -> None:
+        """Wait until no refresh is running in this process (simulations and tests that drive a fake clock
+        let background refreshes finish before they move it)."""
+        while self._flights:
+            await next(iter(self._flights.values())).done.wait()
+
     def flight_started(self, key: str) -> float | None:
         """When the refresh of ``key`` running in this process started (monotonic), or None."""
         flight = self._flights.get(key)
