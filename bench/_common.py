@@ -75,12 +75,12 @@ def rss_kib(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def bench_server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
-    """Run ``python -m bench._server KIND`` on a free loopback port; yields (port, pid)."""
+def bench_server(kind: str, *args: str, module: str = "bench._server") -> Iterator[tuple[int, int]]:
+    """Run ``python -m MODULE KIND --port N ARGS`` on a free loopback port; yields (port, pid)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._server", kind, "--port", str(port), *args],
+        [sys.executable, "-m", module, kind, "--port", str(port), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -379,9 +379,6 @@ def main() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
     app = APPS[args.kind](args.redis_url) if args.kind in REDIS_KINDS else APPS[args.kind]()
     if args.kind == "demo":
         # The demo as `integration-status demo` serves it: the protective settings of web.serving.
@@ -395,6 +392,14 @@ def main() -> None:
         options: dict[str, Any] = {"loop": server_options()["loop"], **uvicorn_options(limits)}
     else:
         options = {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()}
+    run_uvicorn(app, args.port, options)
+
+
+def run_uvicorn(app: Any, port: int, options: dict[str, Any]) -> None:
+    """Serve ``app`` with uvicorn on 127.0.0.1:``port``; print ``ready`` once it accepts connections."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, **options)
     server = uvicorn.Server(config)
 

@@ -10,7 +10,7 @@ Bars: every reading stream gets every push (0 dropped), push delivery p99 < 250 
 it runs, memory < 30 KiB per stream, Redis commands per webhook independent of the stream count (within 25%).
 
     python -m bench sse_load               # 2,000 streams, 20 webhooks/s for 60 s, memory then Redis
-    python -m bench.sse_load --serve ...   # the server (started by the benchmark)
+    python -m bench.sse_load serve ...     # the server (started by the benchmark)
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import multiprocessing
 import os
 import queue
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,8 +31,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bench._common import (
-    ROOT,
     Outcome,
+    bench_server,
     free_port,
     percentile,
     raise_nofile,
@@ -70,13 +68,12 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
     import logging
 
     import structlog
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from bench._server import header_viewer, server_options
+    from bench._server import header_viewer, run_uvicorn, server_options
     from integration_status import Secret, Settings, StatusService, WebhookTarget, allow_global_roles
     from integration_status.demo import World, simulated_adapters
     from integration_status.demo.server import DemoConnections
@@ -114,52 +111,18 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
         return Response(content=json.dumps(body), media_type="application/json")
 
     app = Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-        timeout_graceful_shutdown=1,
-        **server_options(),  # type: ignore[arg-type]
-    )
-    server = uvicorn.Server(config)
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        print("ready", flush=True)
-        await task
-
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(run())
+    run_uvicorn(app, port, {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()})
 
 
 @contextlib.contextmanager
 def server(engine: str, prefix: str, redis_url: str) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "bench.sse_load", "--serve", "--port", str(port), "--engine", engine]
-    cmd += ["--prefix", prefix, "--redis-url", redis_url]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    """This benchmark's server in a subprocess (``python -m bench.sse_load serve``); its Redis keys go after."""
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "ready" not in line:
-            raise RuntimeError(f"sse_load server ({engine}) did not start: {line!r}")
-        yield port, proc.pid
+        with bench_server(
+            "serve", "--engine", engine, "--prefix", prefix, "--redis-url", redis_url, module="bench.sse_load"
+        ) as running:
+            yield running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         if engine == "redis":
             _drop_prefix(redis_url, prefix)
 
@@ -479,6 +442,13 @@ def _run(smoke: bool, redis_url: str | None) -> list[Outcome]:
         ok_delivery = figures["missing"] == 0 and figures["server_dropped"] == 0
         outcomes += [
             report(
+                f"sse_load_{engine}_webhooks_per_s",
+                figures["rate"],
+                f">= {0.95 * rate:g} (offered {rate:g})",
+                figures["rate"] >= 0.95 * rate,
+                fmt="{:.1f}",
+            ),
+            report(
                 f"sse_load_{engine}_dropped", figures["incomplete_streams"], "== 0", ok_delivery, fmt="{:.0f}"
             ),
             report(
@@ -520,7 +490,7 @@ def _run(smoke: bool, redis_url: str | None) -> list[Outcome]:
 
 def _serve_main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("serve", choices=["serve"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--engine", choices=["memory", "redis"], default="memory")
     parser.add_argument("--prefix", default="bench-sse")
@@ -530,7 +500,7 @@ def _serve_main() -> None:
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv:
+    if sys.argv[1:2] == ["serve"]:
         _serve_main()
     else:
         run()
