@@ -196,9 +196,7 @@ async def serve_starlette(service: StatusService) -> AsyncIterator[Served]:
     try:
         async with service, anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
-            with anyio.fail_after(SOCKET_WAIT):
-                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
-                    await anyio.sleep(0.005)
+            await wait_until(lambda: server.started, within=SOCKET_WAIT)  # uvicorn offers no event for it
             try:
                 base_url = f"http://127.0.0.1:{port}"
                 yield Served(kind="starlette", base_url=base_url, service=service, call=_in_loop)

@@ -12,7 +12,7 @@ import pytest
 from integration_status.service.streams import SHUTDOWN_RETRY_MS, shutdown_frame
 from integration_status.web.starlette import create_app, running_server, watch_server_exit
 from tests.e2e.conftest import serve
-from tests.web.mounts import make_service
+from tests.web.mounts import make_service, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -58,8 +58,7 @@ async def test_open_streams_end_with_retry_once_the_server_is_stopping() -> None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream)
                 tg.start_soon(stream)
-                while len(service.streams) < 2:  # noqa: ASYNC110 - the hub exposes a count, not an event
-                    await anyio.sleep(0.01)
+                await wait_until(lambda: len(service.streams) >= 2)  # a count, not an event
                 server.should_exit = True
             late = await client.get(url, headers=headers)
     assert len(tails) == 2

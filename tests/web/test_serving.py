@@ -18,7 +18,7 @@ import uvicorn
 
 from integration_status.web.serving import ServerLimits, uvicorn_options
 from integration_status.web.starlette import create_app
-from tests.web.mounts import make_service
+from tests.web.mounts import make_service, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -48,9 +48,7 @@ async def served(limits: ServerLimits = LIMITS) -> AsyncIterator[int]:
     server = uvicorn.Server(config)
     async with service, anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(WITHIN):
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
-                await anyio.sleep(0.005)
+        await wait_until(lambda: server.started, within=WITHIN)  # uvicorn offers no event for it
         try:
             yield port
         finally:
