@@ -175,55 +175,65 @@ def _drop_prefix(redis_url: str, prefix: str) -> None:
 
 
 def _clients(port: int, first: int, count: int, queue: Any, stop_after: float) -> None:
-    """One client process: open ``count`` streams, say ready, then note when each push (by sha) arrives."""
+    """One client process: open ``count`` streams, say ready, then note when each push (by sha) arrives.
+
+    Each stream is a bare :class:`asyncio.Protocol` (a callback per chunk received, no task per stream), so
+    that the load generator, which shares the machine with the server, costs as little as it can."""
     raise_nofile(count + 64)
 
     async def run() -> tuple[list[dict[str, float]], int]:
+        loop = asyncio.get_running_loop()
         arrivals: list[dict[str, float]] = [{} for _ in range(count)]
         ready = 0
         ended_early = 0
         all_ready = asyncio.Event()
-        done = asyncio.Event()
+        stopping = False
 
-        async def stream(i: int) -> None:
-            nonlocal ready, ended_early
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request_bytes(EVENTS_PATH, {"X-User": f"u{first + i}"}))
-            buffer, counted = b"", False
-            try:
-                while not done.is_set():
-                    read = asyncio.ensure_future(reader.read(65536))
-                    stopped = asyncio.ensure_future(done.wait())
-                    await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                    if not read.done():
-                        read.cancel()
-                        return
-                    stopped.cancel()
-                    chunk = read.result()
-                    if not chunk:
-                        ended_early += 1
-                        return
-                    arrived = time.time()
-                    buffer += chunk
-                    *frames, buffer = buffer.split(b"\n\n")
-                    for frame in frames:
-                        if not counted and b"event: status:update" in frame:
-                            counted = True
-                            ready += 1
-                            if ready == count:
-                                all_ready.set()
-                        elif b"event: github:push" in frame:
-                            data = next(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
-                            arrivals[i].setdefault(json.loads(data)["sha"], arrived)
-            finally:
-                writer.close()
+        class Stream(asyncio.Protocol):
+            def __init__(self, i: int) -> None:
+                self.i = i
+                self.buffer = b""
+                self.counted = False
+                self.transport: asyncio.Transport | None = None
 
-        tasks = [asyncio.create_task(stream(i)) for i in range(count)]
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport = transport
+                transport.write(request_bytes(EVENTS_PATH, {"X-User": f"u{first + self.i}"}))
+
+            def data_received(self, chunk: bytes) -> None:
+                nonlocal ready
+                arrived = time.time()
+                *frames, self.buffer = (self.buffer + chunk).split(b"\n\n")
+                got = arrivals[self.i]
+                for frame in frames:
+                    if not self.counted and b"event: status:update" in frame:
+                        self.counted = True
+                        ready += 1
+                        if ready == count:
+                            all_ready.set()
+                    elif b"event: github:push" in frame:
+                        at = frame.index(b"\ndata: ") + 7
+                        data = frame[at : frame.find(b"\n", at) if b"\n" in frame[at:] else None]
+                        got.setdefault(json.loads(data)["sha"], arrived)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                nonlocal ended_early
+                if not stopping:
+                    ended_early += 1
+
+        streams = []
+        for i in range(count):
+            _, protocol = await loop.create_connection(lambda i=i: Stream(i), "127.0.0.1", port)
+            streams.append(protocol)
         await asyncio.wait_for(all_ready.wait(), 120)
         queue.put(("ready", count))
         await asyncio.sleep(stop_after)
-        done.set()
-        await asyncio.gather(*tasks)
+        stopping = True
+        for protocol in streams:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await asyncio.sleep(0.1)
         return arrivals, ended_early
 
     try:

@@ -415,7 +415,11 @@ class Subscription(Protocol):
     """Events of one project, in id order. ``gap`` is True when the Last-Event-ID given at subscribe time had
     already fallen out of the buffer (the client must get a fresh snapshot). ``resume_id`` is the id of the
     newest event before those this subscription delivers (None when the project has none yet): a snapshot sent
-    at subscribe time carries it, so a client that reconnects with it misses nothing."""
+    at subscribe time carries it, so a client that reconnects with it misses nothing.
+
+    A subscription may also offer ``poll() -> StoredEvent | None``: the next event if it is already there,
+    without waiting (None otherwise). Both built-in buses do; the event streams then send every event that is
+    waiting in one write instead of one write each."""
 
     gap: bool
     resume_id: str | None

@@ -339,3 +339,75 @@ async def test_a_refresh_announces_once_whether_or_not_the_content_changed(chang
                 if stored.data["type"] == "github:push":
                     break
         assert kinds == ["status:update", "github:push"]
+
+
+async def test_events_waiting_when_a_stream_wakes_go_out_in_one_write_in_order() -> None:
+    """Three pushes published before the stream runs again reach it as ONE write holding the three frames in
+    publish order (a stream that fell behind catches up in one step); a push alone is a write of its own."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        writes = _Writes()
+        tg.start_soon(service.open_stream(OWNER, connections), writes)
+        await _until(lambda: len(writes.frames) >= 2)  # connected + snapshot
+        for _ in range(50):  # the cold start's own markers reach the stream
+            await anyio.lowlevel.checkpoint()
+        before = len(writes.frames)
+        ids = [await service.publish("p", push(n)) for n in (1, 2, 3)]  # no checkpoint in between
+        await _until(lambda: len(writes.frames) > before)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert len(writes.frames) == before + 1
+        batch = writes.frames[-1]
+        positions = [batch.index(f"id: {event_id}\n".encode()) for event_id in ids]
+        assert positions == sorted(positions)
+        assert batch.count(b"event: github:push\n") == 3
+        lone = await service.publish("p", push(4))
+        await _until(lambda: len(writes.frames) == before + 2)
+        assert writes.frames[-1].count(b"event: github:push\n") == 1
+        assert f"id: {lone}\n".encode() in writes.frames[-1]
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_event_is_worked_out_once_per_viewer_class_however_many_streams() -> None:
+    """Forty streams in two viewer classes and one push: the push is redacted once per class (the policy is
+    asked once per class, not per stream), and every stream of a class gets the same bytes object."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        writes = [_Writes() for _ in range(40)]
+        viewers = [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(40)]
+        for viewer, write in zip(viewers, writes, strict=True):
+            tg.start_soon(service.open_stream(viewer, connections), write)
+        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
+        for _ in range(50):
+            await anyio.lowlevel.checkpoint()
+        sent = [len(w.frames) for w in writes]
+        asked: list[str] = []
+        real_visibility = service.visibility
+
+        def counted(viewer: Viewer, project_id: str, provider: Any) -> Visibility:
+            asked.append(viewer.user_id)
+            return real_visibility(viewer, project_id, provider)
+
+        service.visibility = counted  # type: ignore[method-assign]  # what the streams ask per provider event
+        await service.publish("p", push(9, "release-x"))
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        assert len(asked) == 2
+        owner = {id(w.frames[-1]) for w, v in zip(writes, viewers, strict=True) if "owner" in v.roles}
+        viewer = {id(w.frames[-1]) for w, v in zip(writes, viewers, strict=True) if "viewer" in v.roles}
+        assert len(owner) == 1
+        assert len(viewer) == 1
+        assert owner != viewer
+        assert all(
+            b"release-x" not in w.frames[-1]
+            for w, v in zip(writes, viewers, strict=True)
+            if "viewer" in v.roles
+        )
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()

@@ -35,11 +35,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import attrs
 
 from integration_status.core.clock import SYSTEM_CLOCK, Clock, epoch_ms
 from integration_status.core.events import format_event_id, next_event_id, parse_event_id
+from integration_status.core.wake import Wake
 from integration_status.exceptions import SubscriberLagging
 from integration_status.protocols import StoredEvent
 
@@ -80,7 +80,7 @@ class MemorySubscription:
         self._queue: list[StoredEvent] = []  # usually 0-1 events: pop(0) is cheap
         self._size = queue_size
         self._ended = False
-        self._wake: anyio.Event | None = None
+        self._wake: Wake | None = None
 
     def _offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` without waiting; False when the queue is full (the subscriber is then dropped)."""
@@ -107,6 +107,32 @@ class MemorySubscription:
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
         return self
 
+    def poll(self) -> StoredEvent | None:
+        """The next event if one is already here, without waiting; None when the next one must be waited
+        for (or the subscription has ended: iterating then says how)."""
+        if self._replay:
+            event = self._replay.pop()
+            if not self._replay:
+                self._replay = None
+            return event
+        while self._queue:
+            event = self._queue.pop(0)
+            if self._skip(event):
+                continue
+            return event
+        return None
+
+    def _skip(self, event: StoredEvent) -> bool:
+        """Only a replayed event can come again through the queue: True for one of those. Live events come
+        in id order, so once one is past the replay no later one needs the check."""
+        if self._last is None:
+            return False
+        parts = parse_event_id(event.id)
+        if parts is not None and parts <= self._last:
+            return True
+        self._last = None
+        return False
+
     async def __anext__(self) -> StoredEvent:
         if self._replay:
             event = self._replay.pop()
@@ -116,16 +142,14 @@ class MemorySubscription:
         while True:
             if self._queue:
                 event = self._queue.pop(0)
-                parts = parse_event_id(event.id)
-                # Only a replayed event can come again through the queue; skip it.
-                if self._last is not None and parts is not None and parts <= self._last:
+                if self._skip(event):
                     continue
                 return event
             if self._ended:
                 if self.dropped:
                     raise SubscriberLagging("event subscriber fell behind and was dropped")
                 raise StopAsyncIteration
-            self._wake = wake = anyio.Event()
+            self._wake = wake = Wake()
             try:
                 await wake.wait()
             finally:

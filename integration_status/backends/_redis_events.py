@@ -14,7 +14,6 @@ skipped.
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +23,7 @@ import anyio.abc
 
 from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, dumps, to_ms
+from integration_status.core.wake import Wake
 from integration_status.exceptions import (
     BackendUnavailable,
     ConfigurationError,
@@ -83,37 +83,51 @@ class _Subscriber:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.queue: deque[StoredEvent] = deque()
+        # A list, not a deque: an empty deque costs ~600 bytes, and thousands of subscribers sit idle with
+        # none or one event queued (pop(0) is cheap then).
+        self.queue: list[tuple[StreamId, StoredEvent]] = []  # with each event its parsed id
         self.error: tuple[type[Exception], str] | None = None
         self.closed = False
-        self._wake = anyio.Event()
+        self._wake: Wake | None = None  # only while the subscriber waits
 
-    def offer(self, event: StoredEvent) -> bool:
+    def offer(self, sid: StreamId, event: StoredEvent) -> bool:
         if len(self.queue) >= self.size:
             return False
-        self.queue.append(event)
-        self._wake.set()
+        self.queue.append((sid, event))
+        if self._wake is not None:
+            self._wake.set()
         return True
 
     def fail(self, kind: type[Exception], message: str) -> None:
         self.error = (kind, message)
         self.queue.clear()
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def close(self) -> None:
         self.closed = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
-    async def next(self) -> StoredEvent:
+    def take(self) -> tuple[StreamId, StoredEvent] | None:
+        """The next queued event, or None (nothing queued, or an error or the end that ``next`` reports)."""
+        if self.error is None and self.queue:
+            return self.queue.pop(0)
+        return None
+
+    async def next(self) -> tuple[StreamId, StoredEvent]:
         while True:
             if self.error is not None:
                 raise self.error[0](self.error[1])
             if self.queue:
-                return self.queue.popleft()
+                return self.queue.pop(0)
             if self.closed:
                 raise StopAsyncIteration
-            self._wake = anyio.Event()
-            await self._wake.wait()
+            self._wake = wake = Wake()
+            try:
+                await wake.wait()
+            finally:
+                self._wake = None
 
 
 class _Reader:
@@ -137,7 +151,7 @@ class RedisSubscription:
         *,
         gap: bool,
         start: StreamId,
-        backlog: list[StoredEvent],
+        backlog: list[tuple[StreamId, StoredEvent]],
         until: StreamId | None,
     ) -> None:
         self.gap = gap
@@ -147,7 +161,7 @@ class RedisSubscription:
         self._reader = reader
         self._sub = sub
         self._cursor = start  # the last id handed out (or the starting point)
-        self._backlog = deque(backlog)
+        self._backlog = backlog[::-1]  # reversed: pop() takes the oldest; a list, lighter than a deque
         self._until = until  # replay with XRANGE up to here, then switch to the live queue
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
@@ -156,23 +170,32 @@ class RedisSubscription:
     async def __anext__(self) -> StoredEvent:
         while True:
             if self._backlog:
-                return self._hand_out(self._backlog.popleft())
+                return self._hand_out(*self._backlog.pop())
             if self._until is not None:
                 if self._cursor < self._until:
                     page = await self._bus._range(self._reader.key, self._cursor, self._until)
                     if page:
-                        self._backlog.extend(page)
+                        self._backlog = page[::-1]  # the backlog is empty here
                         continue
                 self._until = None
-            event = await self._sub.next()
-            sid = parse_id(event.id)
-            if sid is not None and sid > self._cursor:
-                return self._hand_out(event)
+            sid, event = await self._sub.next()
+            if sid > self._cursor:
+                return self._hand_out(sid, event)
 
-    def _hand_out(self, event: StoredEvent) -> StoredEvent:
-        sid = parse_id(event.id)
-        if sid is not None:
-            self._cursor = sid
+    def poll(self) -> StoredEvent | None:
+        """The next event if one is already here, without waiting; None when the next one must be waited
+        or read for (a replay page, an error or the end: iterating then says which)."""
+        if self._backlog:
+            return self._hand_out(*self._backlog.pop())
+        if self._until is not None:
+            return None
+        while (queued := self._sub.take()) is not None:
+            if queued[0] > self._cursor:
+                return self._hand_out(*queued)
+        return None
+
+    def _hand_out(self, sid: StreamId, event: StoredEvent) -> StoredEvent:
+        self._cursor = sid
         return event
 
 
@@ -275,7 +298,7 @@ class RedisEventBus:
         try:
             if fresh:
                 await tg.start(self._run, reader)
-            gap, start, backlog = last_event_id is not None, latest, list[StoredEvent]()
+            gap, start, backlog = last_event_id is not None, latest, list[tuple[StreamId, StoredEvent]]()
             if after is not None:
                 # Inclusive of ``after``: seeing it proves nothing between it and the next entry was trimmed.
                 with self._s.errors("replaying events"):
@@ -286,7 +309,7 @@ class RedisEventBus:
                     )
                 if page and page[0][0] == after:
                     gap, start = False, after
-                    backlog = [e for _, e in page[1:] if e is not None]
+                    backlog = [(sid, e) for sid, e in page[1:] if e is not None]
             until = registered if registered > start else None
             yield RedisSubscription(self, reader, sub, gap=gap, start=start, backlog=backlog, until=until)
         finally:
@@ -303,12 +326,12 @@ class RedisEventBus:
         with anyio.CancelScope(shield=True):
             await reader.done.wait()
 
-    async def _range(self, key: str, after: StreamId, until: StreamId) -> list[StoredEvent]:
+    async def _range(self, key: str, after: StreamId, until: StreamId) -> list[tuple[StreamId, StoredEvent]]:
         with self._s.errors("replaying events"):
             page = _decode(
                 await self._s.client.xrange(key, f"({format_id(after)}", format_id(until), count=self._batch)
             )
-        return [e for _, e in page if e is not None]
+        return [(sid, e) for sid, e in page if e is not None]
 
     async def _run(self, reader: _Reader, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self._running += 1
@@ -345,11 +368,11 @@ class RedisEventBus:
                 for sid, event in _decode(entries):
                     reader.cursor = sid
                     if event is not None:
-                        self._fan_out(reader, event)
+                        self._fan_out(reader, sid, event)
 
-    def _fan_out(self, reader: _Reader, event: StoredEvent) -> None:
+    def _fan_out(self, reader: _Reader, sid: StreamId, event: StoredEvent) -> None:
         for sub in list(reader.subscribers):
-            if not sub.offer(event):
+            if not sub.offer(sid, event):
                 reader.subscribers.discard(sub)
                 sub.fail(SubscriberLagging, f"subscriber fell {sub.size} events behind and was dropped")
                 _log.info("integration_status.redis.events.subscriber_dropped", project_id=reader.project_id)

@@ -40,7 +40,7 @@ MAX_PROJECT_ID: Final = 200
 RENDER_BUCKET: Final = 1.0
 RENDER_CACHE_SIZE: Final = 2048
 #: ``status:update`` frames kept per rendering (one per event id and ts; a few markers share a rendering).
-FRAMES_PER_RENDERING: Final = 8
+FRAMES_PER_RENDERING: Final = 32
 
 
 @attrs.frozen(kw_only=True)

@@ -32,7 +32,7 @@ from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
 from integration_status.exceptions import BackendUnavailable, SubscriberLagging
-from integration_status.models import ProviderKey, StatusItem
+from integration_status.models import ProviderKey
 from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
 from integration_status.service.render import Renderer
 from integration_status.snapshot import Visibility
@@ -64,7 +64,12 @@ CONNECTED: Final = encode_comment("connected")
 OVERLOADED: Final = encode_event(data="too many connections", event="overloaded", retry=30_000)
 
 #: Markers whose views are kept per project, for streams a few events behind the others.
-MARKERS_PER_PROJECT: Final = 4
+MARKERS_PER_PROJECT: Final = 64
+
+#: What events became per viewer class, kept per project for the streams that reach them later.
+RENDERED_PER_PROJECT: Final = 4096
+#: (viewer class, frame or None, content tag of a status:update or None, the event's data it was made from)
+_Rendered = tuple[Grants, bytes | None, str | None, Mapping[str, object]]
 
 #: How a writer sends one chunk; the mount implements it over its server.
 Write = Callable[[bytes], Awaitable[None]]
@@ -124,11 +129,17 @@ class StreamBeat:
     async def pump(
         self,
         events: AsyncIterator[StoredEvent],
-        send: Callable[[StoredEvent], Awaitable[None]],
+        render: Callable[[StoredEvent], Awaitable[bytes | None]],
         write: Callable[[bytes], Awaitable[None]],
+        poll: Callable[[], StoredEvent | None] | None = None,
     ) -> None:
-        """Hand each event of ``events`` to ``send`` and write a heartbeat whenever one is due, until the
-        subscription ends or the hub shuts down.
+        """Write the frame ``render`` makes of each event of ``events`` (None: nothing to send) and a heartbeat
+        whenever one is due, until the subscription ends or the hub shuts down.
+
+        Every event that is already waiting when the stream wakes (``poll``: the next one without waiting, or
+        None) is rendered too and the frames go out in ONE write: a stream that fell behind catches up in one
+        step instead of one wake-up and one write per frame, so the cost of a busy moment shrinks per event
+        as the load grows.
 
         One cancel scope lives from one heartbeat to the next (scopes are not free: thousands of streams
         wait at once). The hub cancels it only while the stream waits for an event, so ``events.__anext__``
@@ -157,7 +168,16 @@ class StreamBeat:
                         if scope.cancel_called:
                             break
                     event, pending = pending, None
-                    await send(event)
+                    frame = await render(event)
+                    if poll is not None and (more := poll()) is not None:
+                        frames = [frame] if frame is not None else []
+                        while more is not None:
+                            if (extra := await render(more)) is not None:
+                                frames.append(extra)
+                            more = poll()
+                        frame = b"".join(frames) if frames else None
+                    if frame is not None:
+                        await write(frame)
         # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
         with anyio.move_on_after(1):
             await write(shutdown_frame())
@@ -289,6 +309,9 @@ class EventStreams:
         # a few are kept for streams that lag a little behind the others).
         self._markers: dict[str, dict[str, _Marker]] = {}
         self._open_per_project: dict[str, int] = {}
+        # Per project with a stream open: (event id, id of a viewer class) -> what the event became for that
+        # class (the class kept alongside, so an id is never mistaken for a later object's).
+        self._rendered: dict[str, dict[tuple[str, int], _Rendered]] = {}
         self._collected = 0
 
     def __len__(self) -> int:
@@ -325,48 +348,42 @@ class EventStreams:
         try:
             async with source.subscribe(project_id, last_event_id=last_event_id) as subscription:
                 await write(CONNECTED)
-                last_items: tuple[StatusItem, ...] | None = None
+                # A stream's viewer is fixed: its class (what it may do and see) is asked once.
+                grants = source.grants(viewer, project_id)
+                # The content tag of the last status sent: several raw markers can render alike.
+                last_tag: str | None = None
                 if last_event_id is None or subscription.gap:
                     views = await source.views(connections)
-                    snapshot, last_items = self._renderer.status_frame(
-                        project_id,
-                        views,
-                        source.grants(viewer, project_id),
-                        event_id=subscription.resume_id,
-                        ts=source.now_ms(),
-                    )
-                    await write(snapshot)
-                    del snapshot  # not kept while the stream lives
+                    rendering = self._renderer.rendering(project_id, views, grants)
+                    last_tag = rendering.tag
+                    await write(rendering.frame(subscription.resume_id, source.now_ms()))
+                    del rendering  # not kept while the stream lives
+                rendered = self._rendered.setdefault(project_id, {})
 
-                async def send(stored: StoredEvent) -> None:
-                    nonlocal last_items
-                    kind = stored.data.get("type")
-                    if kind == "status:update":
-                        views = await self._marker_views(stored, connections)
-                        frame, items = self._renderer.status_frame(
-                            project_id,
-                            views,
-                            source.grants(viewer, project_id),
-                            event_id=stored.id,
-                            ts=_ts(stored.data.get("ts"), source.now_ms()),
-                        )
-                        # Only what changed for this viewer: several raw markers can render alike.
-                        if items == last_items:
-                            return
-                        last_items = items
-                        await write(frame)
-                        return
-                    provider = EVENT_PROVIDER.get(str(kind))
-                    if provider is None:
-                        return
-                    visibility = source.visibility(viewer, project_id, provider)
-                    event_frame = self._renderer.event_frame(project_id, stored, visibility)
-                    if event_frame is not None:
-                        await write(event_frame)
+                async def render(stored: StoredEvent) -> bytes | None:
+                    nonlocal last_tag
+                    # What an event becomes for a viewer class is worked out by the first stream of that
+                    # class to reach it; the others only look it up.
+                    hit = rendered.get((stored.id, id(grants)))
+                    if (
+                        hit is None
+                        or hit[0] is not grants
+                        or not (hit[3] is stored.data or hit[3] == stored.data)
+                    ):
+                        hit = await self._render(stored, viewer, connections, grants)
+                        if len(rendered) >= RENDERED_PER_PROJECT:
+                            del rendered[next(iter(rendered))]
+                        rendered[(stored.id, id(grants))] = hit
+                    frame, tag = hit[1], hit[2]
+                    if tag is not None:  # a status:update: only what changed for this viewer
+                        if tag == last_tag:
+                            return None
+                        last_tag = tag
+                    return frame
 
                 beat = self.hub.open()
                 try:
-                    await beat.pump(aiter(subscription), send, write)
+                    await beat.pump(aiter(subscription), render, write, getattr(subscription, "poll", None))
                 except (SubscriberLagging, BackendUnavailable) as exc:
                     # End the stream; the client reconnects and resumes with Last-Event-ID.
                     _log.info("integration_status.sse.dropped", error=type(exc).__name__)
@@ -385,6 +402,25 @@ class EventStreams:
             else:
                 self._open_per_project.pop(project_id, None)
                 self._markers.pop(project_id, None)
+                self._rendered.pop(project_id, None)
+
+    async def _render(
+        self, stored: StoredEvent, viewer: Viewer, connections: ProjectConnections, grants: Grants
+    ) -> _Rendered:
+        """What ``stored`` becomes for a viewer of class ``grants``: (grants, the frame or None, the content
+        tag of a ``status:update`` or None, the event's data)."""
+        project_id = connections.project_id
+        kind = stored.data.get("type")
+        if kind == "status:update":
+            views = await self._marker_views(stored, connections)
+            rendering = self._renderer.rendering(project_id, views, grants)
+            ts = _ts(stored.data.get("ts"), self._source.now_ms())
+            return grants, rendering.frame(stored.id, ts), rendering.tag, stored.data
+        provider = EVENT_PROVIDER.get(str(kind))
+        if provider is None:
+            return grants, None, None, stored.data
+        visibility = self._source.visibility(viewer, project_id, provider)
+        return grants, self._renderer.event_frame(project_id, stored, visibility), None, stored.data
 
     async def _marker_views(
         self, stored: StoredEvent, connections: ProjectConnections

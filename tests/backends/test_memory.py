@@ -399,3 +399,46 @@ def test_bus_sizes_must_be_positive(buffer_size: int, queue_size: int) -> None:
     """Zero-sized buffers or queues are refused."""
     with pytest.raises(ValueError, match="at least 1"):
         MemoryEventBus(buffer_size=buffer_size, queue_size=queue_size)
+
+
+@pytest.mark.anyio
+async def test_poll_takes_replay_then_queued_events_without_waiting() -> None:
+    """poll() hands out the replay, then what is queued, in order, and None when the next event must be
+    waited for; iterating carries on after it, and an event the replay already gave is never given twice."""
+    bus = MemoryEventBus(clock=FakeClock())
+    first = await bus.publish("p", event(1))
+    await bus.publish("p", event(2))
+    async with bus.subscribe("p", last_event_id=first) as sub:
+        assert sub.poll() is not None
+        assert sub.poll() is None
+        await bus.publish("p", event(3))
+        await bus.publish("p", event(4))
+        got = [sub.poll(), sub.poll(), sub.poll()]
+        assert [e.data["count"] if e else None for e in got] == [3, 4, None]
+        await bus.publish("p", event(5))
+        assert counts(await take(sub, 1)) == [5]
+
+
+@pytest.mark.anyio
+async def test_wake_wakes_its_one_waiter_and_a_cancelled_wait_leaves_it_usable() -> None:
+    """A Wake set before or during the wait ends the wait; cancelling the waiter ends the wait with no error
+    for the one who sets it later."""
+    from integration_status.core.wake import Wake
+
+    early = Wake()
+    early.set()
+    early.set()
+    with anyio.fail_after(1):
+        await early.wait()
+    assert early.is_set()
+    late = Wake()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(late.wait)
+        await anyio.lowlevel.checkpoint()
+        late.set()
+    cancelled = Wake()
+    with anyio.move_on_after(0) as scope:
+        await cancelled.wait()
+    assert scope.cancelled_caught
+    assert not cancelled.is_set()
+    cancelled.set()  # harmless after the waiter is gone
