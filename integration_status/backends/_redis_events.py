@@ -90,10 +90,11 @@ class _Subscriber:
         self.closed = False
         self._wake: Wake | None = None  # only while the subscriber waits
 
-    def offer(self, sid: StreamId, event: StoredEvent) -> bool:
+    def offer(self, queued: tuple[StreamId, StoredEvent]) -> bool:
+        """Queue one (id, event) pair, the same object for every subscriber; False when the queue is full."""
         if len(self.queue) >= self.size:
             return False
-        self.queue.append((sid, event))
+        self.queue.append(queued)
         if self._wake is not None:
             self._wake.set()
         return True
@@ -357,22 +358,33 @@ class RedisEventBus:
             reader.done.set()
 
     async def _read(self, reader: _Reader) -> None:
+        retried = False
         while True:
-            with self._s.errors("reading events"):
-                reply: Any = await self._s.reader.xread(
-                    {reader.key: format_id(reader.cursor)}, count=self._batch, block=self._block_ms
-                )
+            try:
+                with self._s.errors("reading events"):
+                    reply: Any = await self._s.reader.xread(
+                        {reader.key: format_id(reader.cursor)}, count=self._batch, block=self._block_ms
+                    )
+            except BackendUnavailable:
+                # One failed read is retried at once on a fresh connection, from the same cursor (nothing is
+                # lost): a connection reset by a proxy, or a reply read late by a busy worker, must not end
+                # every stream of the project. Two in a row are an outage.
+                if retried:
+                    raise
+                retried = True
+                continue
+            retried = False
             # RESP2 answers [[stream, entries]], RESP3 {stream: entries}; nothing new within BLOCK is empty.
             streams = reply.items() if isinstance(reply, dict) else (reply or ())
             for _stream, entries in streams:
                 for sid, event in _decode(entries):
                     reader.cursor = sid
                     if event is not None:
-                        self._fan_out(reader, sid, event)
+                        self._fan_out(reader, (sid, event))
 
-    def _fan_out(self, reader: _Reader, sid: StreamId, event: StoredEvent) -> None:
+    def _fan_out(self, reader: _Reader, queued: tuple[StreamId, StoredEvent]) -> None:
         for sub in list(reader.subscribers):
-            if not sub.offer(sid, event):
+            if not sub.offer(queued):
                 reader.subscribers.discard(sub)
                 sub.fail(SubscriberLagging, f"subscriber fell {sub.size} events behind and was dropped")
                 _log.info("integration_status.redis.events.subscriber_dropped", project_id=reader.project_id)

@@ -180,6 +180,25 @@ async def test_reader_failure_reaches_subscribers(redis_engines: Any, redis_prox
     assert engine.events.subscriber_count() == 0
 
 
+async def test_a_reset_reader_connection_loses_no_event_and_ends_no_subscriber(
+    redis_engines: Any, redis_proxy: Any
+) -> None:
+    """Every connection reset under the reader (a proxy or a restarted load balancer): the reader reads again
+    from where it was on a fresh connection, and the subscriber gets every event, in order, with no error."""
+    engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
+    publisher = await redis_engines()  # another worker, straight to Redis
+    async with engine.events.subscribe("p1") as sub:
+        events = aiter(sub)
+        first = await publisher.events.publish("p1", {"n": 1})
+        with anyio.fail_after(5):
+            assert (await anext(events)).id == first
+        redis_proxy.reset()
+        ids = [await publisher.events.publish("p1", {"n": n}) for n in (2, 3)]
+        with anyio.fail_after(5):
+            assert [(await anext(events)).id for _ in ids] == ids
+        assert engine.events.reader_count() == 1
+
+
 async def test_engine_recovers_when_redis_comes_back(redis_engines: Any, redis_proxy: Any) -> None:
     """After an outage the same engine works again once the server is back, without being rebuilt."""
     engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)

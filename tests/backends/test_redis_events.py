@@ -302,7 +302,7 @@ async def test_live_events_up_to_the_start_are_skipped(redis_engine: RedisEngine
 
     queue = _Subscriber(10)
     for ms in range(1, 6):
-        assert queue.offer((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms}))
+        assert queue.offer(((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms})))
     reader = _Reader("p1", "unused", (0, 0))
     sub = RedisSubscription(
         redis_engine.events, reader, queue, gap=False, start=(3, 0), backlog=[], until=None
@@ -319,7 +319,7 @@ async def test_poll_hands_out_what_is_queued_without_waiting_and_skips_the_repla
 
     queue = _Subscriber(10)
     for ms in range(1, 5):
-        assert queue.offer((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms}))
+        assert queue.offer(((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms})))
     reader = _Reader("p1", "unused", (0, 0))
     sub = RedisSubscription(
         redis_engine.events, reader, queue, gap=False, start=(2, 0), backlog=[], until=None
@@ -329,7 +329,7 @@ async def test_poll_hands_out_what_is_queued_without_waiting_and_skips_the_repla
         StoredEvent(id="4-0", data={"n": 4}),
     ]
     assert sub.poll() is None
-    assert queue.offer((5, 0), StoredEvent(id="5-0", data={"n": 5}))
+    assert queue.offer(((5, 0), StoredEvent(id="5-0", data={"n": 5})))
     assert [e.id for e in await take(sub, 1)] == ["5-0"]
     queue.fail(SubscriberLagging, "behind")
     assert sub.poll() is None  # the error is for iterating to raise
