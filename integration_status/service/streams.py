@@ -66,8 +66,9 @@ OVERLOADED: Final = encode_event(data="too many connections", event="overloaded"
 #: Markers whose views are kept per project, for streams a few events behind the others.
 MARKERS_PER_PROJECT: Final = 64
 
-#: What events became per viewer class, kept per project for the streams that reach them later.
-RENDERED_PER_PROJECT: Final = 4096
+#: What events became for one viewer class, kept for the class's streams that reach them later.
+RENDERED_PER_CLASS: Final = 1024
+CLASSES_PER_PROJECT: Final = 256
 #: (viewer class, frame or None, content tag of a status:update or None, the event's data it was made from)
 _Rendered = tuple[Grants, bytes | None, str | None, Mapping[str, object]]
 
@@ -309,9 +310,9 @@ class EventStreams:
         # a few are kept for streams that lag a little behind the others).
         self._markers: dict[str, dict[str, _Marker]] = {}
         self._open_per_project: dict[str, int] = {}
-        # Per project with a stream open: (event id, id of a viewer class) -> what the event became for that
-        # class (the class kept alongside, so an id is never mistaken for a later object's).
-        self._rendered: dict[str, dict[tuple[str, int], _Rendered]] = {}
+        # Per project with a stream open, per viewer class (by identity, the class kept alongside so an id is
+        # never mistaken for a later object's): event id -> what the event became for that class.
+        self._rendered: dict[str, dict[int, tuple[Grants, dict[str, _Rendered]]]] = {}
         self._collected = 0
 
     def __len__(self) -> int:
@@ -358,22 +359,18 @@ class EventStreams:
                     last_tag = rendering.tag
                     await write(rendering.frame(subscription.resume_id, source.now_ms()))
                     del rendering  # not kept while the stream lives
-                rendered = self._rendered.setdefault(project_id, {})
+                rendered = self._rendered_for(project_id, grants)
 
                 async def render(stored: StoredEvent) -> bytes | None:
                     nonlocal last_tag
                     # What an event becomes for a viewer class is worked out by the first stream of that
                     # class to reach it; the others only look it up.
-                    hit = rendered.get((stored.id, id(grants)))
-                    if (
-                        hit is None
-                        or hit[0] is not grants
-                        or not (hit[3] is stored.data or hit[3] == stored.data)
-                    ):
+                    hit = rendered.get(stored.id)
+                    if hit is None or not (hit[3] is stored.data or hit[3] == stored.data):
                         hit = await self._render(stored, viewer, connections, grants)
-                        if len(rendered) >= RENDERED_PER_PROJECT:
+                        if len(rendered) >= RENDERED_PER_CLASS:
                             del rendered[next(iter(rendered))]
-                        rendered[(stored.id, id(grants))] = hit
+                        rendered[stored.id] = hit
                     frame, tag = hit[1], hit[2]
                     if tag is not None:  # a status:update: only what changed for this viewer
                         if tag == last_tag:
@@ -403,6 +400,18 @@ class EventStreams:
                 self._open_per_project.pop(project_id, None)
                 self._markers.pop(project_id, None)
                 self._rendered.pop(project_id, None)
+
+    def _rendered_for(self, project_id: str, grants: Grants) -> dict[str, _Rendered]:
+        """Event id -> what the event became for the viewer class ``grants`` in ``project_id``: one table per
+        class, shared by its streams (keyed by the class's identity, kept alongside so an id is never taken
+        for a later object's)."""
+        classes = self._rendered.setdefault(project_id, {})
+        entry = classes.get(id(grants))
+        if entry is None or entry[0] is not grants:
+            if len(classes) >= CLASSES_PER_PROJECT:  # a policy that answers each viewer with a new object
+                del classes[next(iter(classes))]
+            entry = classes[id(grants)] = (grants, {})
+        return entry[1]
 
     async def _render(
         self, stored: StoredEvent, viewer: Viewer, connections: ProjectConnections, grants: Grants
