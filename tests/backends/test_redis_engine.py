@@ -137,9 +137,9 @@ async def test_cancellation_is_not_mapped() -> None:
     assert scope.cancelled_caught
 
 
-async def test_connect_succeeds_against_the_real_redis(redis_url: str, redis_prefix: str) -> None:
-    """connect() against the live server returns; aclose() may be called twice."""
-    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+async def test_connect_succeeds_against_the_real_redis(redis_target: Any, redis_prefix: str) -> None:
+    """connect() against the live server (or cluster) returns; aclose() may be called twice."""
+    engine = redis_target.engine(prefix=redis_prefix)
     await engine.connect()
     await engine.aclose()
     await engine.aclose()
@@ -208,9 +208,8 @@ async def test_workers_on_one_redis_share_an_etag_key(redis_engines: Any, redis_
     assert await redis_raw.ttl(f"{a.prefix}:etag-key") == -1
 
 
-async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, redis_prefix: str) -> None:
+async def test_services_on_shared_redis_hand_out_the_same_etag(redis_target: Any, redis_prefix: str) -> None:
     """Two services (two workers) on one Redis prefix and no configured secret give one client the same ETag."""
-    from integration_status.backends.redis import RedisEngine
     from integration_status.protocols import Viewer
     from integration_status.service import StatusService
     from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
@@ -226,7 +225,7 @@ async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, r
 
     owner = Viewer(user_id="o", roles={"owner"})
     async with (
-        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as one,
-        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as two,
+        worker(redis_target.engine(prefix=redis_prefix)) as one,
+        worker(redis_target.engine(prefix=redis_prefix)) as two,
     ):
         assert (await one.status("p", owner)).etag == (await two.status("p", owner)).etag
