@@ -228,4 +228,8 @@ class RedisTarget:
             for key in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
                 client.delete(key)
         finally:
+            nodes = client.get_nodes() if self.cluster else []
             client.close()
+            for node in nodes:  # the sync cluster client's close() leaves its nodes' pools open
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect()

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
 from integration_status.backends.redis import RedisEngine
@@ -104,6 +105,26 @@ async def test_async_with_checks_the_connection() -> None:
             pass
 
 
+def test_a_cluster_engine_says_so_and_hides_the_password() -> None:
+    """cluster=True builds cluster clients without connecting; the repr says cluster, never the password."""
+    engine = RedisEngine.from_url("redis://:s3cr3t-pw@cache.internal:7000", prefix="app", cluster=True)
+    assert repr(engine) == "RedisEngine(endpoint='cache.internal:7000', prefix='app', cluster=True)"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("unix:///run/redis.sock", "redis:// or rediss://"),
+        ("redis://127.0.0.1:7000/3", "database 0"),
+        ("http://127.0.0.1:7000", "must start with redis://"),
+    ],
+)
+def test_bad_cluster_urls_are_configuration_errors(url: str, match: str) -> None:
+    """A cluster is reached over TCP and has database 0 only: anything else is refused at construction."""
+    with pytest.raises(ConfigurationError, match=match):
+        RedisEngine.from_url(url, cluster=True)
+
+
 TRANSPORT_FAILURES = [
     pytest.param(
         RuntimeError("unable to perform operation on <TCPTransport closed=True>"), id="uvloop-closed"
@@ -112,6 +133,16 @@ TRANSPORT_FAILURES = [
     pytest.param(ConnectionResetError(104, "Connection reset by peer"), id="reset"),
     pytest.param(TimeoutError(), id="timeout"),
     pytest.param(BrokenPipeError(), id="broken-pipe"),
+    # What a cluster answers during a failover or a resharding, past the driver's redirections.
+    pytest.param(rexc.ClusterDownError("CLUSTERDOWN The cluster is down"), id="cluster-down"),
+    pytest.param(rexc.MasterDownError("MASTERDOWN Link with MASTER is down"), id="master-down"),
+    pytest.param(rexc.TryAgainError("TRYAGAIN Multiple keys request during rehashing"), id="try-again"),
+    pytest.param(rexc.MovedError("3999 127.0.0.1:6381"), id="moved"),
+    pytest.param(rexc.AskError("3999 127.0.0.1:6381"), id="ask"),
+    pytest.param(rexc.ClusterError("TTL exhausted."), id="redirections-exhausted"),
+    pytest.param(rexc.SlotNotCoveredError("Slot 3999 not covered by the cluster"), id="slot-not-covered"),
+    pytest.param(rexc.RedisClusterException("Redis Cluster cannot be connected"), id="cluster-unreachable"),
+    pytest.param(rexc.MaxConnectionsError(), id="max-connections"),
 ]
 
 
