@@ -55,6 +55,12 @@ ENGINE_VARIABLES: Final[Mapping[str, tuple[str, type, object, str]]] = {
         3600.0,
         "seconds an idle event stream lives",
     ),
+    "INTEGRATION_STATUS_REDIS_CLUSTER": (
+        "cluster",
+        bool,
+        False,
+        "the URL is one node of a Redis Cluster (true/false)",
+    ),
     "INTEGRATION_STATUS_MEMORY_MAX_ENTRIES": ("max_entries", int, 10_000, "cached snapshots kept in memory"),
     "INTEGRATION_STATUS_MEMORY_EVENT_BUFFER": (
         "event_buffer",
@@ -106,8 +112,29 @@ def settings_rows(cls: type, nested: Mapping[str, type]) -> list[tuple[str, str,
     return rows
 
 
+_BOOLEANS: Final[Mapping[str, bool]] = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
 def parse(variable: str, text: str, kind: type[T]) -> T:
-    """``text`` as a ``kind`` (int, float, str), or a ConfigurationError naming the variable."""
+    """``text`` as a ``kind`` (int, float, str, bool), or a ConfigurationError naming the variable.
+
+    >>> parse("X", "True", bool), parse("X", "off", bool)
+    (True, False)
+    """
+    if kind is bool:
+        try:
+            return _BOOLEANS[text.strip().lower()]  # type: ignore[return-value]
+        except KeyError:
+            raise ConfigurationError(f"{variable} must be true or false, not {text!r}") from None
     try:
         return kind(text)  # type: ignore[call-arg]
     except ValueError:

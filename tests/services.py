@@ -21,7 +21,8 @@ REDIS_PORT = 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 
-def _missing(reason: str) -> NoReturn:
+def missing(reason: str) -> NoReturn:
+    """Skip with ``reason``; under ``CI=true`` fail instead."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: required services must be running)")
     pytest.skip(reason)
@@ -34,12 +35,12 @@ def require_postgres(dsn: str = POSTGRES_DSN) -> str:
     try:
         import psycopg
     except ImportError:
-        _missing(f"{reason} (psycopg is not installed)")
+        missing(f"{reason} (psycopg is not installed)")
     try:
         with psycopg.connect(dsn, connect_timeout=2) as conn:
             conn.execute("select 1")
     except psycopg.Error:
-        _missing(reason)
+        missing(reason)
     return dsn
 
 
@@ -51,17 +52,17 @@ def require_redis(url: str = REDIS_URL) -> str:
     try:
         socket.create_connection((host, port), timeout=1).close()
     except OSError:
-        _missing(reason)
+        missing(reason)
     try:
         import redis
     except ImportError:
-        _missing(f"{reason} (redis-py is not installed)")
+        missing(f"{reason} (redis-py is not installed)")
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         if not client.ping():
-            _missing(reason)
+            missing(reason)
     except redis.RedisError:
-        _missing(reason)
+        missing(reason)
     finally:
         client.close()
     return url

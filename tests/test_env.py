@@ -103,6 +103,25 @@ def test_the_engine_follows_the_redis_url() -> None:
     assert set(ENGINE_VARIABLES) >= {"INTEGRATION_STATUS_REDIS_URL", "INTEGRATION_STATUS_REDIS_PREFIX"}
 
 
+@pytest.mark.parametrize(
+    ("text", "cluster"), [("true", True), ("YES", True), ("1", True), ("off", False), ("", False)]
+)
+def test_the_redis_cluster_variable_picks_the_cluster_client(text: str, cluster: bool) -> None:
+    """INTEGRATION_STATUS_REDIS_CLUSTER=true makes the engine a cluster engine; false, off or unset do not."""
+    engine = engine_from_env(
+        {"INTEGRATION_STATUS_REDIS_URL": "redis://127.0.0.1:7000", "INTEGRATION_STATUS_REDIS_CLUSTER": text}
+    )
+    assert isinstance(engine, RedisEngine)
+    assert ("cluster=True" in repr(engine)) is cluster
+
+
+def test_a_redis_cluster_value_that_is_not_a_yes_or_no_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="INTEGRATION_STATUS_REDIS_CLUSTER must be true or false"):
+        RedisEngine.from_env(
+            {"INTEGRATION_STATUS_REDIS_URL": "redis://x", "INTEGRATION_STATUS_REDIS_CLUSTER": "maybe"}
+        )
+
+
 def _no_credentials() -> dict[str, str]:
     """This environment without provider variables, so ``check`` asks no provider."""
     prefixes = ("GITHUB_", "VERCEL_", "SANITY_", "SUPABASE_")

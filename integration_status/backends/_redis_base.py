@@ -12,9 +12,12 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import attrs
 import redis.asyncio as _redis
 import redis.exceptions as _rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.typing import EncodableT
 
 from integration_status.core.clock import Clock
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -50,21 +53,78 @@ def to_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+class BoundedCluster(RedisCluster):
+    """A cluster client that waits (up to ``wait`` seconds) for one of ``limit`` command slots instead of failing.
+
+    The cluster driver keeps a connection pool per node that raises ``MaxConnectionsError`` at once when it is
+    exhausted; the single-Redis engine uses a pool that waits for a free connection. Bounding the commands in
+    flight to ``limit`` (= the per-node pool size) keeps the single-Redis behaviour: a burst of requests queues
+    for ``wait`` seconds, then fails closed, and no node is ever asked for more than ``limit`` connections.
+    """
+
+    def __init__(self, *args: Any, limit: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = anyio.Semaphore(limit)
+        self._wait = wait
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        with anyio.move_on_after(self._wait) as waited:
+            await self._slots.acquire()
+        if waited.cancelled_caught:
+            raise _rexc.ConnectionError("No connection available.")
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._slots.release()
+
+
+Client = _redis.Redis | RedisCluster
+
+
 @attrs.define(kw_only=True, eq=False)
 class Shared:
     """One engine's connections and namespace, shared by all its stores.
 
     ``client`` runs ordinary commands on a bounded pool; ``reader`` is a separate pool for the event readers'
-    blocking ``XREAD`` calls, so a busy bus never starves status requests of connections.
+    blocking ``XREAD`` calls and the invalidation channel, so a busy bus never starves status requests of
+    connections. Both are cluster clients when ``cluster`` is set.
     """
 
-    client: _redis.Redis
-    reader: _redis.Redis
+    client: Client
+    reader: Client
     prefix: str
     clock: Clock
     endpoint: str
     password: str | None = attrs.field(repr=False)
     socket_timeout: float
+    cluster: bool = False
+    _channel_node: int = attrs.field(default=0, init=False)
+
+    async def initialize(self) -> None:
+        """Learn the cluster's slots and nodes (both clients), if not known yet; nothing on a single Redis."""
+        for client in (self.client, self.reader):
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+
+    async def reader_route(self, key: str) -> dict[str, Any]:
+        """Keyword arguments that send a reader command on ``key`` straight to the node holding its slot (the
+        cluster driver would otherwise ask a node which of ``XREAD``'s arguments are keys, every call)."""
+        if not isinstance(self.reader, RedisCluster):
+            return {}
+        await self.reader.initialize()
+        return {"target_nodes": self.reader.get_node_from_key(key)}
+
+    async def channel_node(self) -> ClusterNode | None:
+        """The node to subscribe to the invalidation channel through (None on a single Redis: the server).
+
+        A cluster forwards every ``PUBLISH`` to all its nodes, so any node hears every write; each new
+        subscription takes the next node, so a node that is down costs the listener one attempt, not all."""
+        if not isinstance(self.reader, RedisCluster):
+            return None
+        await self.reader.initialize()
+        nodes = sorted(self.reader.get_nodes(), key=lambda node: node.name)
+        self._channel_node += 1
+        return nodes[self._channel_node % len(nodes)]
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -86,10 +146,11 @@ class Shared:
         with a message that names the endpoint and the operation, never a secret.
 
         This is the one place the engine maps errors, so it catches everything a broken connection can raise
-        on either event loop: the driver's own errors, socket errors it did not wrap (a reset, a timeout), an
-        ``EOFError`` (``IncompleteReadError``) from a stream cut mid-reply, and the ``RuntimeError`` uvloop
-        raises when the driver writes to a transport that has already been closed under it. Only driver code
-        runs inside, so a RuntimeError here is the connection's, not a bug of ours. Cancellation passes through.
+        on either event loop: the driver's own errors (the cluster client's too), socket errors it did not wrap
+        (a reset, a timeout), an ``EOFError`` (``IncompleteReadError``) from a stream cut mid-reply, and the
+        ``RuntimeError`` uvloop raises when the driver writes to a transport that has already been closed under
+        it. Only driver code runs inside, so a RuntimeError here is the connection's, not a bug of ours.
+        Cancellation passes through.
         """
         try:
             yield
@@ -101,7 +162,9 @@ class Shared:
             raise BackendUnavailable(
                 f"Redis at {self.endpoint} is unreachable while {doing} ({self.scrub(str(exc))})"
             ) from exc
-        except _rexc.RedisError as exc:
+        except (_rexc.RedisError, _rexc.RedisClusterException) as exc:
+            # On a cluster also ClusterDownError, TryAgainError, MovedError/AskError past the driver's
+            # redirections, and the driver's own RedisClusterException (no node reachable, slot not covered).
             raise BackendUnavailable(
                 f"Redis at {self.endpoint} refused a command while {doing} "
                 f"({type(exc).__name__}: {self.scrub(str(exc))})"

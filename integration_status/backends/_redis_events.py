@@ -1,9 +1,10 @@
 """Events on Redis Streams: one stream per project, one blocking reader per project per worker.
 
-Publishing is ``XADD {prefix}:events:{project} MAXLEN ~ n``; the entry id ("1732600000000-0") is the SSE id,
-so a client can resume with ``Last-Event-ID`` on any worker. Each worker runs ONE ``XREAD BLOCK`` loop per
-project that has local subscribers and fans the entries out to their bounded queues; a subscriber that falls a
-full queue behind is dropped (:class:`SubscriberLagging`) rather than slowing everyone else down.
+Publishing is ``XADD {prefix}:events:{<project>} MAXLEN ~ n`` and its expiry, in one script; the entry id
+("1732600000000-0") is the SSE id, so a client can resume with ``Last-Event-ID`` on any worker. Each worker runs
+ONE ``XREAD BLOCK`` loop per project that has local subscribers and fans the entries out to their bounded queues;
+a subscriber that falls a full queue behind is dropped (:class:`SubscriberLagging`) rather than slowing everyone
+else down.
 
 How nothing is lost between replay and live: a subscriber is registered with the reader in the same step (no
 await between) as it reads the reader's cursor ``C``. Everything after ``C`` reaches its queue; everything
@@ -76,6 +77,16 @@ def _decode(entries: Any) -> list[tuple[StreamId, StoredEvent | None]]:
             event = None
         out.append((sid, event))
     return out
+
+
+# KEYS[1] the project's stream. ARGV: maxlen, the event JSON, ms to keep an idle stream. The append and the
+# expiry in one step (a script: one slot, so also on a Redis Cluster); streams of projects nobody touches any
+# more disappear on their own.
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+"""
 
 
 class _Subscriber:
@@ -222,6 +233,7 @@ class RedisEventBus:
         self._readers: dict[str, _Reader] = {}
         self._running = 0
         self._tg: anyio.abc.TaskGroup | None = None
+        self._publish = shared.client.register_script(_PUBLISH)
 
     # --- lifecycle (driven by the engine) ---
 
@@ -247,12 +259,9 @@ class RedisEventBus:
     async def publish(self, project_id: str, event: Mapping[str, Any]) -> str:
         """Append an event to the project's stream; its stream id, used verbatim as the SSE id."""
         key = self._s.tagged("events", project_id)
+        args: list[str | int] = [self._maxlen, dumps(dict(event)), to_ms(self._ttl)]
         with self._s.errors("publishing an event"):
-            async with self._s.client.pipeline(transaction=True) as pipe:
-                pipe.xadd(key, {"data": dumps(dict(event))}, maxlen=self._maxlen, approximate=True)
-                # Streams of projects nobody touches any more disappear on their own.
-                pipe.pexpire(key, to_ms(self._ttl))
-                entry_id, _ = await pipe.execute()
+            entry_id = await self._publish(keys=[key], args=args)
         return str(entry_id)
 
     # --- subscribing ---
@@ -362,8 +371,18 @@ class RedisEventBus:
         while True:
             try:
                 with self._s.errors("reading events"):
-                    reply: Any = await self._s.reader.xread(
-                        {reader.key: format_id(reader.cursor)}, count=self._batch, block=self._block_ms
+                    # One stream per XREAD: on a cluster it goes straight to the node holding its slot.
+                    route = await self._s.reader_route(reader.key)
+                    reply: Any = await self._s.reader.execute_command(
+                        "XREAD",
+                        "COUNT",
+                        self._batch,
+                        "BLOCK",
+                        self._block_ms,
+                        "STREAMS",
+                        reader.key,
+                        format_id(reader.cursor),
+                        **route,
                     )
             except BackendUnavailable:
                 # One failed read is retried at once on a fresh connection, from the same cursor (nothing is

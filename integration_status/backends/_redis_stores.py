@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -166,16 +167,21 @@ class RedisCacheStore:
         return entry
 
     async def load_many(self, keys: Sequence[str]) -> list[CacheEntry | None]:
-        """:meth:`load` for several keys: the near copies, and ONE ``MGET`` for the rest (one project's keys
-        share a slot, so this works on a cluster too)."""
+        """:meth:`load` for several keys: the near copies, and ONE ``MGET`` per project for the rest (one
+        project's keys share a slot, so this works on a cluster too)."""
         near = self._near
         found: dict[str, CacheEntry | None] = {}
         if self.coherent:
             for key in keys:
                 if key in near:
                     found[key] = near[key]
-        missing = [key for key in keys if key not in found]
-        if missing:
+        # One MGET per project (hash tag): a cluster refuses an MGET across slots. The usual call is one
+        # project's keys, so one round trip.
+        by_tag: dict[str, list[str]] = {}
+        for key in keys:
+            if key not in found:
+                by_tag.setdefault(_tagged(key)[0], []).append(key)
+        for missing in by_tag.values():
             heard = self._heard
             with self._s.errors("reading the provider cache"):
                 raws = await self._s.client.mget([self._key("cache", key) for key in missing])
@@ -242,9 +248,10 @@ class RedisCacheStore:
         first = True
         self._stopping = False
         while not self._stopping:
-            pubsub = self._pubsub = self._s.reader.pubsub()
+            pubsub: Any = None
             try:
                 try:
+                    pubsub = self._pubsub = await self._open()
                     await self._subscribe(pubsub)
                 finally:
                     if first:
@@ -262,7 +269,8 @@ class RedisCacheStore:
             finally:
                 if self.coherent:
                     self._trust(False)
-                await self._drop(pubsub)
+                if pubsub is not None:
+                    await self._drop(pubsub)
             await anyio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -273,6 +281,13 @@ class RedisCacheStore:
         if self._pubsub is not None:
             await self._drop(self._pubsub)
 
+    async def _open(self) -> Any:
+        """A PubSub on the reader's connections; on a cluster, through the next node (any node hears every
+        ``PUBLISH``: the cluster forwards it to all of them)."""
+        with self._s.errors("subscribing to cache invalidations"):
+            node = await self._s.channel_node()
+        return self._s.reader.pubsub() if node is None else self._s.reader.pubsub(node=node)
+
     async def _drop(self, pubsub: Any) -> None:
         """Close the channel's connection without the PubSub's own ``aclose`` (which takes a lock that a
         cancelled read can leave waiting): shielded, as the listener may be being cancelled, and bounded."""
@@ -281,7 +296,9 @@ class RedisCacheStore:
             return
         with anyio.move_on_after(CHANNEL_TIMEOUT, shield=True), contextlib.suppress(Exception):
             await connection.disconnect(nowait=True)
-            await self._s.reader.connection_pool.release(connection)
+            await pubsub.connection_pool.release(
+                connection
+            )  # the reader's pool (or its node's, on a cluster)
 
     async def _subscribe(self, pubsub: Any) -> None:
         with self._s.errors("subscribing to cache invalidations"), anyio.fail_after(CHANNEL_TIMEOUT):
@@ -319,9 +336,10 @@ class RedisCacheStore:
 # follow-up), cp (checkpoint JSON), exp (ms: retention end), status, body, headers. The key also expires
 # after ``keep_for`` in Redis; times come from the injected clock (ARGV), like the rate limiter. A 'run'
 # record without cp whose lease is over provably never started: it counts as absent.
-# Every lease that a dead worker may leave to others (a checkpointed attempt, a follow-up) is also in the
-# sorted set ``{prefix}:idem:leases`` (KEYS[2], member: the key, score: ``until``), where
-# ``claim_abandoned`` finds the ones that ran out. The member is always the last ARGV.
+# Every lease that a dead worker may leave to others (a checkpointed attempt, a follow-up) is also in its
+# bucket's sorted set ``{prefix}:idem:{b<NN>}:leases`` (KEYS[2], member: the key, score: ``until``), where
+# ``claim_abandoned`` finds the ones that ran out. The member is always the last ARGV. A record and its
+# bucket's index share the hash tag ``{b<NN>}``, so each script touches one Redis Cluster slot.
 _IDEM_LIVE = """
 local function live(r, now)
   if not r[1] then return false end
@@ -483,9 +501,24 @@ def _begin_result(reply: list[Any]) -> BeginResult:
     return BeginResult(state="mismatch")
 
 
+#: How many lease indexes the idempotency records are spread over: each bucket is one hash tag (one slot on a
+#: Redis Cluster, spread over its nodes); ``claim_abandoned`` reads them all. Changing it moves every record.
+IDEM_BUCKETS: Final = 16
+
+
+def idem_bucket(key: str) -> str:
+    """The bucket of an idempotency key: ``b00`` ... ``b15``, from a stable hash (the same in every worker).
+
+    >>> idem_bucket("u1:p:k1"), idem_bucket("u1:p:k1") == idem_bucket("u1:p:k1")
+    ('b01', True)
+    """
+    return f"b{zlib.crc32(key.encode()) % IDEM_BUCKETS:02d}"
+
+
 class RedisIdempotencyStore:
-    """Idempotency records shared by all workers: one hash ``{prefix}:idem:{key}`` per key, holding the
-    attempt's lease and checkpoint while the action runs, then the finished response for replay."""
+    """Idempotency records shared by all workers: one hash ``{prefix}:idem:{b<NN>}:<key>`` per key, holding
+    the attempt's lease and checkpoint while the action runs, then the finished response for replay; the
+    leases a dead worker may leave are indexed per bucket in ``{prefix}:idem:{b<NN>}:leases``."""
 
     #: Other processes use these records too (so abandoned actions are swept, see ``claim_abandoned``).
     shared = True
@@ -499,9 +532,15 @@ class RedisIdempotencyStore:
         self._settle = shared.client.register_script(_SETTLE)
         self._release = shared.client.register_script(_RELEASE)
         self._claim = shared.client.register_script(_CLAIM)
+        self._sweep_from = 0  # the bucket the next claim_abandoned starts with
 
     def _keys(self, key: str) -> list[str]:
-        return [self._s.key("idem", key), self._s.key("idem", "leases")]
+        """The record and its bucket's lease index (one hash tag: one slot)."""
+        bucket = idem_bucket(key)
+        return [self._s.tagged("idem", bucket, key), self._index(bucket)]
+
+    def _index(self, bucket: str) -> str:
+        return self._s.tagged("idem", bucket, "leases")
 
     def _now(self) -> str:
         return repr(self._s.clock.time() * 1000)
@@ -546,17 +585,25 @@ class RedisIdempotencyStore:
             await self._release(keys=self._keys(key), args=[token, self._now(), key])
 
     async def claim_abandoned(self, *, lease: float, limit: int) -> list[tuple[str, BeginResult]]:
-        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract)."""
-        index = self._s.key("idem", "leases")
+        """Take over up to ``limit`` attempts or follow-ups whose worker stopped (see the contract), sweeping
+        the buckets' lease indexes in turn; each call starts one bucket further on, so a bucket with many due
+        leases cannot keep the others waiting."""
+        claimed: list[tuple[str, BeginResult]] = []
+        start, self._sweep_from = self._sweep_from, (self._sweep_from + 1) % IDEM_BUCKETS
         with self._s.errors("looking for abandoned actions"):
-            due = await self._s.client.zrangebyscore(index, "-inf", self._now(), start=0, num=limit)
-            claimed: list[tuple[str, BeginResult]] = []
-            for member in due:
-                key = str(member)  # decode_responses: members are str
-                args: list[str | int] = [uuid.uuid4().hex, self._now(), to_ms(lease), key]
-                reply = await self._claim(keys=self._keys(key), args=args)
-                if reply[0] in ("resume", "replay"):
-                    claimed.append((key, _begin_result(reply)))
+            for step in range(IDEM_BUCKETS):
+                if len(claimed) >= limit:
+                    break
+                index = self._index(f"b{(start + step) % IDEM_BUCKETS:02d}")
+                due = await self._s.client.zrangebyscore(
+                    index, "-inf", self._now(), start=0, num=limit - len(claimed)
+                )
+                for member in due:
+                    key = str(member)  # decode_responses: members are str
+                    args: list[str | int] = [uuid.uuid4().hex, self._now(), to_ms(lease), key]
+                    reply = await self._claim(keys=self._keys(key), args=args)
+                    if reply[0] in ("resume", "replay"):
+                        claimed.append((key, _begin_result(reply)))
         return claimed
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 try:
     import redis.asyncio as _redis
+    import redis.exceptions as _rexc
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry as _Retry
     from redis.backoff import NoBackoff as _NoBackoff
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -25,12 +27,13 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
 from integration_status._env import engine_values, environ, redis_url
 from integration_status._logging import get_logger
-from integration_status.backends._redis_base import Shared, describe_endpoint
+from integration_status.backends._redis_base import BoundedCluster, Shared, describe_endpoint
 from integration_status.backends._redis_etag import shared_etag_key
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
 from integration_status.backends._redis_stores import (
@@ -108,6 +111,7 @@ class RedisEngine:
         queue_size: int = 256,
         block: float = 0.1,
         idempotency: IdempotencyStore | None = None,
+        cluster: bool = False,
     ) -> RedisEngine:
         """An engine for the Redis at ``url`` (``redis://[:password@]host:port/db``, ``rediss://``, ``unix://``).
 
@@ -119,6 +123,10 @@ class RedisEngine:
         reader's ``XREAD BLOCK`` time in seconds. ``idempotency`` replaces the Redis idempotency records with
         another store (e.g. :class:`~integration_status.backends.postgres.PostgresIdempotencyStore`, which
         survives a Redis restart); the engine opens and closes it with itself.
+
+        ``cluster=True``: ``url`` is one node of a Redis Cluster (``redis://`` or ``rediss://``, database 0); the
+        engine learns the other nodes from it when it connects and sends every command to the node holding its
+        key's slot. ``pool_size`` then bounds the commands in flight (and so the connections to each node).
         """
         if not prefix or any(c.isspace() or c in "{}" for c in prefix):
             # Braces are Redis Cluster hash tags: the key layout puts its own around each project.
@@ -132,34 +140,44 @@ class RedisEngine:
         endpoint, password = describe_endpoint(url)
         # No driver-level retries: a command that fails is reported at once (fail closed) instead of being
         # re-sent, which could run a non-idempotent script twice. Stale pooled connections are re-opened by
-        # the pool's own health check before use.
+        # the pool's own health check before use. (A cluster client still follows MOVED, ASK and TRYAGAIN
+        # answers: with those the node ran nothing.)
         common = {
             "decode_responses": True,
             "retry": _Retry(_NoBackoff(), 0),
             "socket_connect_timeout": socket_timeout,
         }
+        client: _redis.Redis | RedisCluster
+        reader: _redis.Redis | RedisCluster
         try:
-            pool = _redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=pool_size,
-                timeout=socket_timeout,
-                socket_timeout=socket_timeout,
-                **common,
-            )
-            # Readers block in XREAD for ``block`` seconds, so their socket timeout is longer by that much.
-            reader_pool = _redis.ConnectionPool.from_url(url, socket_timeout=socket_timeout + block, **common)
-        except ValueError as exc:
+            if cluster:
+                client, reader = _cluster_clients(url, endpoint, pool_size, socket_timeout, block, common)
+            else:
+                pool = _redis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=pool_size,
+                    timeout=socket_timeout,
+                    socket_timeout=socket_timeout,
+                    **common,
+                )
+                # Readers block in XREAD for ``block`` seconds, so their socket timeout is longer by that much.
+                reader_pool = _redis.ConnectionPool.from_url(
+                    url, socket_timeout=socket_timeout + block, **common
+                )
+                client, reader = _redis.Redis.from_pool(pool), _redis.Redis.from_pool(reader_pool)
+        except (ValueError, _rexc.RedisClusterException) as exc:
             raise ConfigurationError(
                 f"the Redis URL for {endpoint} is invalid ({type(exc).__name__})"
             ) from None
         shared = Shared(
-            client=_redis.Redis.from_pool(pool),
-            reader=_redis.Redis.from_pool(reader_pool),
+            client=client,
+            reader=reader,
             prefix=prefix,
             clock=clock,
             endpoint=endpoint,
             password=password,
             socket_timeout=socket_timeout,
+            cluster=cluster,
         )
         return cls(
             shared,
@@ -206,6 +224,7 @@ class RedisEngine:
         """Check that Redis answers (``PING``); raise :class:`ConfigurationError` naming host:port if not."""
         try:
             with self._s.errors("connecting"):
+                await self._s.initialize()  # a cluster's nodes and slots
                 await self._s.client.ping()
         except BackendUnavailable as exc:
             raise ConfigurationError(f"cannot use Redis at {self._s.endpoint}: {exc}") from exc.__cause__
@@ -251,4 +270,33 @@ class RedisEngine:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisEngine(endpoint={self._s.endpoint!r}, prefix={self._s.prefix!r})"
+        cluster = ", cluster=True" if self._s.cluster else ""
+        return f"RedisEngine(endpoint={self._s.endpoint!r}, prefix={self._s.prefix!r}{cluster})"
+
+
+def _cluster_clients(
+    url: str, endpoint: str, pool_size: int, socket_timeout: float, block: float, common: dict[str, Any]
+) -> tuple[RedisCluster, RedisCluster]:
+    """The ordinary and the reader client for a Redis Cluster reached through the node at ``url``."""
+    if not url.startswith(("redis://", "rediss://")):
+        raise ConfigurationError(
+            f"a Redis Cluster is reached over redis:// or rediss://, not {url.split(':')[0]}://"
+        )
+    if urlsplit(url).path.strip("/") not in ("", "0"):
+        raise ConfigurationError(
+            f"a Redis Cluster has database 0 only; drop the /db from the URL for {endpoint}"
+        )
+    client = BoundedCluster.from_url(
+        url,
+        limit=pool_size,
+        wait=socket_timeout,
+        max_connections=pool_size,
+        socket_timeout=socket_timeout,
+        **common,
+    )
+    # The readers' connections are not bounded, as on a single Redis: one per project being read, and one
+    # for the invalidation channel.
+    reader = RedisCluster.from_url(
+        url, max_connections=2**31, socket_timeout=socket_timeout + block, **common
+    )
+    return client, reader

@@ -1,5 +1,6 @@
-"""Fixtures for the backend tests. Redis fixtures use the server on 127.0.0.1:6379, a unique key prefix per
-test, and delete every key under that prefix afterwards."""
+"""Fixtures for the backend tests. Redis fixtures run on the test's ``redis_target`` (the server on
+127.0.0.1:6379, or the local Redis Cluster: see tests/conftest.py), use a unique key prefix per test, and delete
+every key under that prefix afterwards."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from integration_status.testing import FakeClock
+from tests.redis_cluster import RedisTarget
 
 if TYPE_CHECKING:
     from integration_status.backends.redis import RedisEngine
@@ -55,24 +57,17 @@ def redis_clock() -> FakeClock:
 
 
 @pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix unique to this test; every key under it is deleted afterwards."""
-    import redis
-
+def redis_prefix(redis_target: RedisTarget) -> Iterator[str]:
+    """A key prefix unique to this test; every key under it is deleted afterwards (on every cluster node)."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    with redis.Redis.from_url(redis_url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+    redis_target.purge(prefix)
 
 
 @pytest.fixture
-async def redis_raw(redis_url: str) -> AsyncIterator[Any]:
-    """A plain client for looking at (and tampering with) the keys an engine wrote."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis_raw(redis_target: RedisTarget) -> AsyncIterator[Any]:
+    """A client for looking at (and tampering with) the keys an engine wrote: cluster-aware on the cluster."""
+    client = redis_target.raw()
     yield client
     await client.aclose()
 
@@ -82,18 +77,24 @@ EngineFactory = Callable[..., Awaitable["RedisEngine"]]
 
 @pytest.fixture
 async def redis_engines(
-    redis_url: str, redis_prefix: str, redis_clock: FakeClock
+    redis_target: RedisTarget, redis_prefix: str, redis_clock: FakeClock
 ) -> AsyncIterator[EngineFactory]:
     """Make started engines (each with its own connection pools, like separate workers) sharing the prefix and
-    the FakeClock; all are closed at the end. Keyword arguments go to ``RedisEngine.from_url``."""
+    the FakeClock, on the test's target (single Redis or cluster); all are closed at the end. Keyword arguments
+    go to ``RedisEngine.from_url``; ``url=`` (a proxy in front of the single Redis) needs a ``redis_single``
+    test."""
     from integration_status.backends.redis import RedisEngine
 
     async with AsyncExitStack() as stack:
 
         async def make(**kwargs: Any) -> RedisEngine:
             options: dict[str, Any] = {"prefix": redis_prefix, "clock": redis_clock, **kwargs}
-            url = options.pop("url", redis_url)
-            engine = RedisEngine.from_url(url, **options)
+            url = options.pop("url", None)
+            if url is None:
+                engine = redis_target.engine(**options)
+            else:
+                assert not redis_target.cluster, "a URL of its own is for the single Redis: mark the test"
+                engine = RedisEngine.from_url(url, **options)
             return await stack.enter_async_context(engine)
 
         yield make

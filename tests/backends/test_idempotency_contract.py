@@ -3,6 +3,7 @@ each (separate pools) sharing one FakeClock; and the guard's crash handling on e
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -15,7 +16,8 @@ from integration_status.backends.memory import MemoryIdempotencyStore
 from integration_status.core.idempotency import Attempt, IdempotencyGuard
 from integration_status.protocols import BeginResult, IdempotencyStore, StoredResponse
 from integration_status.testing import FakeClock
-from tests.services import POSTGRES_DSN
+from tests.redis_cluster import RedisTarget
+from tests.services import POSTGRES_DSN, require_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +29,7 @@ LEASE, KEEP = 30.0, 86_400.0
 Pair = tuple[IdempotencyStore, IdempotencyStore]
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "postgres"])
 async def stores(request: pytest.FixtureRequest, redis_clock: FakeClock) -> AsyncIterator[Pair]:
     """Two handles on one store (two workers with their own pools), on the engine named by the parameter."""
     if request.param == "memory":
@@ -35,13 +37,17 @@ async def stores(request: pytest.FixtureRequest, redis_clock: FakeClock) -> Asyn
         yield store, store
         return
     async with AsyncExitStack() as stack:
-        if request.param == "redis":
+        if request.param.startswith("redis"):
             from integration_status.backends.redis import RedisEngine
 
-            prefix = request.getfixturevalue("redis_prefix")
-            url = request.getfixturevalue("redis_url")
-            engines = [
-                await stack.enter_async_context(RedisEngine.from_url(url, prefix=prefix, clock=redis_clock))
+            prefix = f"test-{uuid.uuid4().hex[:8]}"
+            if request.param == "redis":
+                target = RedisTarget(kind="plain", url=require_redis())
+            else:
+                target = RedisTarget(kind="cluster", url=request.getfixturevalue("redis_cluster").url)
+            stack.callback(target.purge, prefix)
+            engines: list[RedisEngine] = [
+                await stack.enter_async_context(target.engine(prefix=prefix, clock=redis_clock))
                 for _ in range(2)
             ]
             yield engines[0].idempotency, engines[1].idempotency
@@ -328,15 +334,14 @@ async def test_guard_takes_over_an_abandoned_follow_up_and_settles_it(
 
 
 async def test_redis_engine_with_a_postgres_store_keeps_records_when_redis_loses_its_data(
-    redis_url: str, redis_prefix: str, postgres_schema: str, redis_clock: FakeClock, redis_raw: Any
+    redis_target: RedisTarget, redis_prefix: str, postgres_schema: str, redis_clock: FakeClock, redis_raw: Any
 ) -> None:
     """RedisEngine(idempotency=PostgresIdempotencyStore) opens the store with itself and keeps the records in
     PostgreSQL: wiping every Redis key (a restart without persistence) loses no replay."""
     from integration_status.backends.postgres import PostgresIdempotencyStore
-    from integration_status.backends.redis import RedisEngine
 
     store = PostgresIdempotencyStore.from_dsn(POSTGRES_DSN, schema=postgres_schema, clock=redis_clock)
-    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix, clock=redis_clock, idempotency=store)
+    engine = redis_target.engine(prefix=redis_prefix, clock=redis_clock, idempotency=store)
     async with engine:
         assert engine.idempotency is store
         await guard(engine.idempotency, redis_clock).run(scope="k", fingerprint="fp", action=_ok)

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
+from integration_status.backends._redis_stores import IDEM_BUCKETS, idem_bucket
 from integration_status.backends.redis import RedisEngine
 from integration_status.models import Problem
 from integration_status.protocols import (
@@ -198,21 +199,37 @@ async def test_idempotency_lifecycle(redis_engine: RedisEngine, redis_engine_b: 
 
 
 async def test_idempotency_key_layout_and_ttls(redis_engine: RedisEngine, redis_raw: Any) -> None:
-    """One hash per key, kept `keep_for`; the lease is a time inside it and is gone once done."""
+    """One hash per key at {prefix}:idem:{b<NN>}:<key>, kept `keep_for`; the lease is a time inside it and is
+    gone once done; a checkpointed lease is in its bucket's index {prefix}:idem:{b<NN>}:leases until it ends."""
     prefix = redis_engine.prefix
+    bucket = idem_bucket("k")
+    record_key, index_key = f"{prefix}:idem:{{{bucket}}}:k", f"{prefix}:idem:{{{bucket}}}:leases"
     started = await redis_engine.idempotency.begin("k", "fp", lease=12, keep_for=3600)
-    record = await redis_raw.hgetall(f"{prefix}:idem:k")
+    record = await redis_raw.hgetall(record_key)
     assert record["state"] == "run"
     assert "cp" not in record
     assert started.token is not None
+    assert await redis_raw.zscore(index_key, "k") is None  # not started yet: nothing a dead worker leaves
+    assert await redis_engine.idempotency.checkpoint("k", started.token, {"at": 1}, lease=12)
+    checkpointed = await redis_raw.hgetall(record_key)
+    assert await redis_raw.zscore(index_key, "k") == float(checkpointed["until"])
     await redis_engine.idempotency.complete(
         "k", started.token, StoredResponse(status=200, body={}), keep_for=3600
     )
-    record = await redis_raw.hgetall(f"{prefix}:idem:k")
+    record = await redis_raw.hgetall(record_key)
     assert record["state"] == "done"
     assert "until" not in record
     assert "token" not in record
-    assert 3_599_000 < await redis_raw.pttl(f"{prefix}:idem:k") <= 3_600_000
+    assert await redis_raw.zscore(index_key, "k") is None
+    assert 3_599_000 < await redis_raw.pttl(record_key) <= 3_600_000
+    assert await redis_raw.exists(f"{prefix}:idem:k", f"{prefix}:idem:leases") == 0  # the old layout: unused
+
+
+def test_idempotency_buckets_are_stable_and_spread() -> None:
+    """The bucket comes from a stable hash of the key (every worker agrees), and keys spread over all of them."""
+    assert idem_bucket("u1:p:k1") == idem_bucket("u1:p:k1") == "b01"
+    buckets = {idem_bucket(f"u1:p:key-{n}") for n in range(400)}
+    assert buckets == {f"b{n:02d}" for n in range(IDEM_BUCKETS)}
 
 
 async def test_release_lets_the_key_start_again(redis_engine: RedisEngine) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
 from integration_status.backends.redis import RedisEngine
@@ -104,6 +105,26 @@ async def test_async_with_checks_the_connection() -> None:
             pass
 
 
+def test_a_cluster_engine_says_so_and_hides_the_password() -> None:
+    """cluster=True builds cluster clients without connecting; the repr says cluster, never the password."""
+    engine = RedisEngine.from_url("redis://:s3cr3t-pw@cache.internal:7000", prefix="app", cluster=True)
+    assert repr(engine) == "RedisEngine(endpoint='cache.internal:7000', prefix='app', cluster=True)"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("unix:///run/redis.sock", "redis:// or rediss://"),
+        ("redis://127.0.0.1:7000/3", "database 0"),
+        ("http://127.0.0.1:7000", "must start with redis://"),
+    ],
+)
+def test_bad_cluster_urls_are_configuration_errors(url: str, match: str) -> None:
+    """A cluster is reached over TCP and has database 0 only: anything else is refused at construction."""
+    with pytest.raises(ConfigurationError, match=match):
+        RedisEngine.from_url(url, cluster=True)
+
+
 TRANSPORT_FAILURES = [
     pytest.param(
         RuntimeError("unable to perform operation on <TCPTransport closed=True>"), id="uvloop-closed"
@@ -112,6 +133,16 @@ TRANSPORT_FAILURES = [
     pytest.param(ConnectionResetError(104, "Connection reset by peer"), id="reset"),
     pytest.param(TimeoutError(), id="timeout"),
     pytest.param(BrokenPipeError(), id="broken-pipe"),
+    # What a cluster answers during a failover or a resharding, past the driver's redirections.
+    pytest.param(rexc.ClusterDownError("CLUSTERDOWN The cluster is down"), id="cluster-down"),
+    pytest.param(rexc.MasterDownError("MASTERDOWN Link with MASTER is down"), id="master-down"),
+    pytest.param(rexc.TryAgainError("TRYAGAIN Multiple keys request during rehashing"), id="try-again"),
+    pytest.param(rexc.MovedError("3999 127.0.0.1:6381"), id="moved"),
+    pytest.param(rexc.AskError("3999 127.0.0.1:6381"), id="ask"),
+    pytest.param(rexc.ClusterError("TTL exhausted."), id="redirections-exhausted"),
+    pytest.param(rexc.SlotNotCoveredError("Slot 3999 not covered by the cluster"), id="slot-not-covered"),
+    pytest.param(rexc.RedisClusterException("Redis Cluster cannot be connected"), id="cluster-unreachable"),
+    pytest.param(rexc.MaxConnectionsError(), id="max-connections"),
 ]
 
 
@@ -137,9 +168,9 @@ async def test_cancellation_is_not_mapped() -> None:
     assert scope.cancelled_caught
 
 
-async def test_connect_succeeds_against_the_real_redis(redis_url: str, redis_prefix: str) -> None:
-    """connect() against the live server returns; aclose() may be called twice."""
-    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+async def test_connect_succeeds_against_the_real_redis(redis_target: Any, redis_prefix: str) -> None:
+    """connect() against the live server (or cluster) returns; aclose() may be called twice."""
+    engine = redis_target.engine(prefix=redis_prefix)
     await engine.connect()
     await engine.aclose()
     await engine.aclose()
@@ -227,9 +258,8 @@ async def test_workers_on_one_redis_share_an_etag_key(redis_engines: Any, redis_
     assert await redis_raw.ttl(f"{a.prefix}:etag-key") == -1
 
 
-async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, redis_prefix: str) -> None:
+async def test_services_on_shared_redis_hand_out_the_same_etag(redis_target: Any, redis_prefix: str) -> None:
     """Two services (two workers) on one Redis prefix and no configured secret give one client the same ETag."""
-    from integration_status.backends.redis import RedisEngine
     from integration_status.protocols import Viewer
     from integration_status.service import StatusService
     from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
@@ -245,7 +275,7 @@ async def test_services_on_shared_redis_hand_out_the_same_etag(redis_url: str, r
 
     owner = Viewer(user_id="o", roles={"owner"})
     async with (
-        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as one,
-        worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as two,
+        worker(redis_target.engine(prefix=redis_prefix)) as one,
+        worker(redis_target.engine(prefix=redis_prefix)) as two,
     ):
         assert (await one.status("p", owner)).etag == (await two.status("p", owner)).etag

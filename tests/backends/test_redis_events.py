@@ -261,9 +261,9 @@ async def test_concurrent_publishing_while_subscribers_join(
         assert [e.id for e in got] == published[published.index(since) + 1 :]
 
 
-async def test_subscribe_needs_a_started_engine(redis_url: str, redis_prefix: str) -> None:
+async def test_subscribe_needs_a_started_engine(redis_target: Any, redis_prefix: str) -> None:
     """Subscribing before `async with engine:` is a configuration error, not a silent hang."""
-    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+    engine = redis_target.engine(prefix=redis_prefix)
     try:
         with pytest.raises(ConfigurationError, match="async with engine"):
             async with engine.events.subscribe("p1"):
@@ -272,10 +272,10 @@ async def test_subscribe_needs_a_started_engine(redis_url: str, redis_prefix: st
         await engine.aclose()
 
 
-async def test_closing_the_engine_ends_subscriptions(redis_url: str, redis_prefix: str) -> None:
+async def test_closing_the_engine_ends_subscriptions(redis_target: Any, redis_prefix: str) -> None:
     """Leaving `async with engine:` stops the readers and ends open subscriptions' iteration."""
     ended = anyio.Event()
-    engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+    engine = redis_target.engine(prefix=redis_prefix)
     async with anyio.create_task_group() as tg:
         async with engine:
             started = anyio.Event()

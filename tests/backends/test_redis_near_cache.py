@@ -119,6 +119,7 @@ async def test_a_read_that_overlapped_an_announcement_is_not_kept(
     assert "p:vercel" in store._near
 
 
+@pytest.mark.redis_single
 async def test_a_lost_channel_stops_trust_until_it_is_back(
     redis_engines: Any, redis_clock: FakeClock
 ) -> None:
@@ -145,6 +146,7 @@ async def test_a_lost_channel_stops_trust_until_it_is_back(
         proxy.cut()
 
 
+@pytest.mark.redis_single
 async def test_a_silent_channel_is_taken_as_lost(redis_engines: Any) -> None:
     """A Redis that stops answering (no pong on the channel) costs the worker its trust too, and answering
     again brings it back."""
