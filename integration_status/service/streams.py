@@ -10,9 +10,12 @@ is only the task the server runs the response in; everything else is shared:
   ``Last-Event-ID`` is still in the bus's buffer, in which case every later event is replayed instead;
 - a raw ``status:update`` on the bus is a marker: the provider views behind it are collected ONCE per project
   and marker, however many streams are open, and rendered once per viewer class (the service's render cache);
-  each stream writes the shared frame only when its items differ from the last ones it sent;
+  each stream writes the shared frame only when its content tag differs from the last one it sent;
 - provider events (``deploy:*``, ``github:push``, ``sanity:webhook``) are redacted and encoded once per
   event and visibility;
+- what an event becomes for a viewer class is worked out by the first stream of the class and looked up by
+  the others (a stream's viewer, and so its class, is asked once, when it opens); every event already waiting
+  when a stream wakes goes out in ONE write;
 - :class:`StreamHub` keeps one task that sleeps on the service clock until the next stream's heartbeat is due
   and wakes exactly the streams whose time has come. Shutdown wakes every stream at once.
 """
