@@ -133,12 +133,13 @@ class StreamBeat:
     async def pump(
         self,
         events: AsyncIterator[StoredEvent],
-        render: Callable[[StoredEvent], Awaitable[bytes | None]],
+        render: Callable[[StoredEvent], bytes | Awaitable[bytes | None] | None],
         write: Callable[[bytes], Awaitable[None]],
         poll: Callable[[], StoredEvent | None] | None = None,
     ) -> None:
         """Write the frame ``render`` makes of each event of ``events`` (None: nothing to send) and a heartbeat
-        whenever one is due, until the subscription ends or the hub shuts down.
+        whenever one is due, until the subscription ends or the hub shuts down. ``render`` answers the frame
+        itself when it has it at hand (no coroutine per event and stream), or an awaitable of it.
 
         Every event that is already waiting when the stream wakes (``poll``: the next one without waiting, or
         None) is rendered too and the frames go out in ONE write: a stream that fell behind catches up in one
@@ -172,12 +173,16 @@ class StreamBeat:
                         if scope.cancel_called:
                             break
                     event, pending = pending, None
-                    frame = await render(event)
+                    made = render(event)
+                    frame = made if made is None or isinstance(made, bytes) else await made
                     if poll is not None and (more := poll()) is not None:
                         frames = [frame] if frame is not None else []
                         while more is not None:
-                            if (extra := await render(more)) is not None:
-                                frames.append(extra)
+                            made = render(more)
+                            if made is not None and not isinstance(made, bytes):
+                                made = await made
+                            if made is not None:
+                                frames.append(made)
                             more = poll()
                         frame = b"".join(frames) if frames else None
                     if frame is not None:
@@ -364,16 +369,23 @@ class EventStreams:
                     del rendering  # not kept while the stream lives
                 rendered = self._rendered_for(project_id, grants)
 
-                async def render(stored: StoredEvent) -> bytes | None:
-                    nonlocal last_tag
+                def render(stored: StoredEvent) -> bytes | Awaitable[bytes | None] | None:
                     # What an event becomes for a viewer class is worked out by the first stream of that
-                    # class to reach it; the others only look it up.
+                    # class to reach it; the others only look it up (no coroutine on that path).
                     hit = rendered.get(stored.id)
                     if hit is None or not (hit[3] is stored.data or hit[3] == stored.data):
-                        hit = await self._render(stored, viewer, connections, grants)
-                        if len(rendered) >= RENDERED_PER_CLASS:
-                            del rendered[next(iter(rendered))]
-                        rendered[stored.id] = hit
+                        return work_out(stored)
+                    return sent(hit)
+
+                async def work_out(stored: StoredEvent) -> bytes | None:
+                    hit = await self._render(stored, viewer, connections, grants)
+                    if len(rendered) >= RENDERED_PER_CLASS:
+                        del rendered[next(iter(rendered))]
+                    rendered[stored.id] = hit
+                    return sent(hit)
+
+                def sent(hit: _Rendered) -> bytes | None:
+                    nonlocal last_tag
                     frame, tag = hit[1], hit[2]
                     if tag is not None:  # a status:update: only what changed for this viewer
                         if tag == last_tag:
