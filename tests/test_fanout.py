@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.events import redact_event
 from integration_status.core.sse import encode_event
+from integration_status.exceptions import SubscriberLagging
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
@@ -410,4 +411,87 @@ async def test_an_event_is_worked_out_once_per_viewer_class_however_many_streams
         )
         service.streams.shutdown()
         await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_batch_is_what_was_queued_so_heartbeats_go_out_while_events_keep_coming() -> None:
+    """Events keep arriving while each one's rendering waits once (a marker's views being collected): the
+    stream still writes between batches, every heartbeat goes out, and it is never taken for a stalled one."""
+    clock = FakeClock()
+    engine = MemoryEngine(clock=clock)
+    writes = _Writes()
+    outcome: list[str] = []
+
+    async def render(stored: StoredEvent) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        return f"data: {stored.id}\n\n".encode()
+
+    async with anyio.create_task_group() as tg:
+        hub = StreamHub(clock=clock, interval=5, spawn=tg.start_soon)
+
+        async def stream() -> None:
+            async with engine.events.subscribe("p") as sub:
+                beat = hub.open()
+                try:
+                    await beat.pump(aiter(sub), render, writes, sub.poll)
+                    outcome.append("ended")
+                except SubscriberLagging:
+                    outcome.append("stalled")
+                finally:
+                    hub.close_stream(beat)
+
+        tg.start_soon(stream)
+        await _until(lambda: len(hub) == 1)
+        for n in range(3000):  # one event per loop turn
+            await engine.events.publish("p", push(n))
+            await anyio.lowlevel.checkpoint()
+            if n in (1000, 2000):
+                clock.advance(5)
+        for _ in range(200):
+            await anyio.lowlevel.checkpoint()
+        assert outcome == []
+        assert writes.frames.count(HEARTBEAT) == 2
+        assert sum(f.count(b"data: ") for f in writes.frames if f != HEARTBEAT) == 3000
+        hub.shutdown()
+        tg.cancel_scope.cancel()
+
+
+async def test_class_tables_stay_bounded_and_go_with_their_streams() -> None:
+    """With a policy that answers every viewer with a new grants object (a RolePolicy subclass), each stream
+    has a table of its own, bounded however many events pass; the tables go when their streams close."""
+    from integration_status.core.policy import RolePolicy
+    from integration_status.service.streams import RENDERED_PER_CLASS
+
+    class Asking(RolePolicy):
+        pass
+
+    clock = FakeClock()
+    service = github_service(clock)
+    service.policy = Asking()
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        scopes = [anyio.CancelScope() for _ in range(5)]
+        writes = [_Writes() for _ in scopes]
+
+        async def run(scope: anyio.CancelScope, write: _Writes, n: int) -> None:
+            with scope:
+                await service.open_stream(Viewer(user_id=f"u{n}", roles={"owner"}), connections)(write)
+
+        for n, (scope, write) in enumerate(zip(scopes, writes, strict=True)):
+            tg.start_soon(run, scope, write, n)
+        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
+        for n in range(3 * RENDERED_PER_CLASS):
+            await service.publish("p", push(n))
+            await _until(lambda n=n: all(f"{n:040x}".encode() in w.frames[-1] for w in writes))
+        tables = service.streams._rendered["p"]
+        assert len(tables) == 5
+        assert all(len(t.events) <= RENDERED_PER_CLASS for t in tables.values())
+        for scope in scopes[:3]:
+            scope.cancel()
+        await _until(lambda: len(service.streams) == 2)
+        assert len(service.streams._rendered["p"]) == 2
+        for scope in scopes[3:]:
+            scope.cancel()
+        await _until(lambda: len(service.streams) == 0)
+        assert "p" not in service.streams._rendered
         tg.cancel_scope.cancel()

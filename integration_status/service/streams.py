@@ -22,6 +22,7 @@ is only the task the server runs the response in; everything else is shared:
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -69,9 +70,11 @@ OVERLOADED: Final = encode_event(data="too many connections", event="overloaded"
 #: Markers whose views are kept per project, for streams a few events behind the others.
 MARKERS_PER_PROJECT: Final = 64
 
-#: What events became for one viewer class, kept for the class's streams that reach them later.
-RENDERED_PER_CLASS: Final = 1024
-CLASSES_PER_PROJECT: Final = 256
+#: Events a stream takes from its queue for one write at most.
+BATCH_LIMIT: Final = 64
+#: What events became for one viewer class, kept (while a stream of the class is open) for the class's streams
+#: that reach them later: streams further behind than this work an event out again.
+RENDERED_PER_CLASS: Final = 64
 #: (viewer class, frame or None, content tag of a status:update or None, the event's data it was made from)
 _Rendered = tuple[Grants, bytes | None, str | None, Mapping[str, object]]
 
@@ -142,9 +145,11 @@ class StreamBeat:
         itself when it has it at hand (no coroutine per event and stream), or an awaitable of it.
 
         Every event that is already waiting when the stream wakes (``poll``: the next one without waiting, or
-        None) is rendered too and the frames go out in ONE write: a stream that fell behind catches up in one
-        step instead of one wake-up and one write per frame, so the cost of a busy moment shrinks per event
-        as the load grows.
+        None; at most :data:`BATCH_LIMIT`) is rendered too and the frames go out in ONE write: a stream that
+        fell behind catches up in a few steps instead of one wake-up and one write per frame, so the cost of a
+        busy moment shrinks per event as the load grows. The batch is taken before any of it is rendered, so
+        events that arrive while it renders wait in the bus (whose bound still drops a stream that cannot keep
+        up) and heartbeats still go out between batches.
 
         One cancel scope lives from one heartbeat to the next (scopes are not free: thousands of streams
         wait at once). The hub cancels it only while the stream waits for an event, so ``events.__anext__``
@@ -173,18 +178,18 @@ class StreamBeat:
                         if scope.cancel_called:
                             break
                     event, pending = pending, None
-                    made = render(event)
-                    frame = made if made is None or isinstance(made, bytes) else await made
-                    if poll is not None and (more := poll()) is not None:
-                        frames = [frame] if frame is not None else []
-                        while more is not None:
-                            made = render(more)
-                            if made is not None and not isinstance(made, bytes):
-                                made = await made
-                            if made is not None:
-                                frames.append(made)
-                            more = poll()
-                        frame = b"".join(frames) if frames else None
+                    batch = [event]
+                    if poll is not None:  # what is queued now, bounded; later arrivals wait in the bus
+                        while len(batch) < BATCH_LIMIT and (more := poll()) is not None:
+                            batch.append(more)
+                    frames: list[bytes] = []
+                    for one in batch:
+                        made = render(one)
+                        if made is not None and not isinstance(made, bytes):
+                            made = await made
+                        if made is not None:
+                            frames.append(made)
+                    frame = frames[0] if len(frames) == 1 else b"".join(frames) if frames else None
                     if frame is not None:
                         await write(frame)
         # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
@@ -283,6 +288,17 @@ class StreamHub:
             self._ticking = False
 
 
+class _ClassTable:
+    """What events became for one viewer class of one project, shared by the class's open streams."""
+
+    __slots__ = ("events", "grants", "streams")
+
+    def __init__(self, grants: Grants) -> None:
+        self.grants = grants
+        self.events: dict[str, _Rendered] = {}
+        self.streams = 0
+
+
 class _Marker:
     """The provider views behind one ``status:update`` marker of one project, collected once for every stream."""
 
@@ -320,7 +336,7 @@ class EventStreams:
         self._open_per_project: dict[str, int] = {}
         # Per project with a stream open, per viewer class (by identity, the class kept alongside so an id is
         # never mistaken for a later object's): event id -> what the event became for that class.
-        self._rendered: dict[str, dict[int, tuple[Grants, dict[str, _Rendered]]]] = {}
+        self._rendered: dict[str, dict[int, _ClassTable]] = {}
         self._collected = 0
 
     def __len__(self) -> int:
@@ -395,13 +411,14 @@ class EventStreams:
 
                 beat = self.hub.open()
                 try:
-                    await beat.pump(aiter(subscription), render, write, getattr(subscription, "poll", None))
+                    await beat.pump(aiter(subscription), render, write, _poll_of(subscription))
                 except (SubscriberLagging, BackendUnavailable) as exc:
                     # End the stream; the client reconnects and resumes with Last-Event-ID.
                     _log.info("integration_status.sse.dropped", error=type(exc).__name__)
                     dropped = True
                 finally:
                     self.hub.close_stream(beat)
+                    self._leave(project_id, grants)
         except Exception as exc:
             dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
             raise
@@ -418,15 +435,24 @@ class EventStreams:
 
     def _rendered_for(self, project_id: str, grants: Grants) -> dict[str, _Rendered]:
         """Event id -> what the event became for the viewer class ``grants`` in ``project_id``: one table per
-        class, shared by its streams (keyed by the class's identity, kept alongside so an id is never taken
-        for a later object's)."""
+        class, shared by its open streams (keyed by the class's identity, kept alongside so an id is never
+        taken for a later object's) and dropped with the last of them (:meth:`_leave`). A policy that answers
+        each viewer with a new object gives each stream a small table of its own."""
         classes = self._rendered.setdefault(project_id, {})
         entry = classes.get(id(grants))
-        if entry is None or entry[0] is not grants:
-            if len(classes) >= CLASSES_PER_PROJECT:  # a policy that answers each viewer with a new object
-                del classes[next(iter(classes))]
-            entry = classes[id(grants)] = (grants, {})
-        return entry[1]
+        if entry is None or entry.grants is not grants:
+            entry = classes[id(grants)] = _ClassTable(grants)
+        entry.streams += 1
+        return entry.events
+
+    def _leave(self, project_id: str, grants: Grants) -> None:
+        classes = self._rendered.get(project_id)
+        entry = None if classes is None else classes.get(id(grants))
+        if classes is None or entry is None or entry.grants is not grants:
+            return
+        entry.streams -= 1
+        if entry.streams <= 0:
+            del classes[id(grants)]
 
     async def _render(
         self, stored: StoredEvent, viewer: Viewer, connections: ProjectConnections, grants: Grants
@@ -475,6 +501,14 @@ class EventStreams:
     def reopen(self) -> None:
         """The service starts (again): streams may open."""
         self.hub.reopen()
+
+
+def _poll_of(subscription: Subscription) -> Callable[[], StoredEvent | None] | None:
+    """The subscription's ``poll()`` (see the Subscription protocol), when it offers a plain (not async) one."""
+    poll = getattr(subscription, "poll", None)
+    if not callable(poll) or inspect.iscoroutinefunction(poll):
+        return None
+    return poll  # type: ignore[no-any-return]
 
 
 def _ts(value: object, default: int) -> int:
