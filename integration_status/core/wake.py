@@ -1,4 +1,4 @@
-"""A one-shot wake-up for ONE waiting task, as cheap as the event loop allows.
+"""A one-shot wake-up, as cheap as the event loop allows.
 
 Thousands of event streams each wait for their next event, and every event wakes each of them: an
 ``anyio.Event`` per wait (which asks which async library runs, builds an ``asyncio.Event`` and its waiter
@@ -17,7 +17,7 @@ __all__ = ["Wake"]
 
 
 class Wake:
-    """Set once, awaited by one task. Make one per wait, in the task that will wait (or its loop)."""
+    """Set once, awaited by any number of tasks of one loop. Make one per wait, in that loop."""
 
     __slots__ = ("_event", "_future")
 

@@ -35,6 +35,7 @@ from integration_status._logging import get_logger
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
+from integration_status.core.wake import Wake
 from integration_status.exceptions import BackendUnavailable, SubscriberLagging
 from integration_status.models import ProviderKey
 from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
@@ -306,7 +307,9 @@ class _Marker:
 
     def __init__(self, event_id: str) -> None:
         self.event_id = event_id
-        self.done = anyio.Event()
+        # Every stream of the project that reaches the marker meanwhile waits on this one future: setting it
+        # wakes them from C, where an anyio/asyncio Event loops over its waiters in Python.
+        self.done = Wake()
         self.views: tuple[ProviderView, ...] | None = None
 
 
