@@ -152,6 +152,17 @@ class _Reader:
         self.done = anyio.Event()
 
 
+class _Lookup:
+    """One ``XREVRANGE`` in flight for a project, shared by every caller that wants its answer meanwhile."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = Wake()
+        self.result: StreamId | None = None
+        self.error: str | None = None
+
+
 class RedisSubscription:
     """Events of one project in id order: first the replay after ``Last-Event-ID``, then live events."""
 
@@ -231,6 +242,7 @@ class RedisEventBus:
         self._block_ms = to_ms(block)
         self._batch = batch
         self._readers: dict[str, _Reader] = {}
+        self._lookups: dict[str, _Lookup] = {}
         self._running = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._publish = shared.client.register_script(_PUBLISH)
@@ -274,8 +286,37 @@ class RedisEventBus:
         reader = self._readers.get(project_id)
         if reader is not None and not reader.done.is_set():
             return
-        with self._s.errors("opening an event stream"):
-            await self._s.client.xrevrange(self._s.tagged("events", project_id), "+", "-", count=1)
+        await self._latest(project_id, "opening an event stream")
+
+    async def _latest(self, project_id: str, doing: str) -> StreamId:
+        """The newest id in the project's stream (``0-0`` when empty), asked with ONE ``XREVRANGE`` however
+        many callers want it at once: thousands of browsers reconnecting to a restarted worker must not take
+        the whole connection pool (and fail on it) before the project's reader runs."""
+        while True:
+            lookup = self._lookups.get(project_id)
+            if lookup is None:
+                lookup = self._lookups[project_id] = _Lookup()
+                try:
+                    with self._s.errors(doing):
+                        newest = _decode(
+                            await self._s.client.xrevrange(
+                                self._s.tagged("events", project_id), "+", "-", count=1
+                            )
+                        )
+                    lookup.result = newest[0][0] if newest else _ZERO
+                except BackendUnavailable as exc:
+                    lookup.error = str(exc)
+                    raise
+                finally:
+                    del self._lookups[project_id]
+                    lookup.done.set()
+                return lookup.result
+            await lookup.done.wait()
+            if lookup.error is not None:
+                raise BackendUnavailable(lookup.error)
+            if lookup.result is not None:
+                return lookup.result
+            # The caller that asked was cancelled before the answer: ask again.
 
     @asynccontextmanager
     async def subscribe(
@@ -292,9 +333,7 @@ class RedisEventBus:
         if reader is not None and not reader.done.is_set():
             latest = reader.cursor  # the running reader hands this subscriber everything after it
         else:
-            with self._s.errors("subscribing to events"):
-                newest = _decode(await self._s.client.xrevrange(key, "+", "-", count=1))
-            latest = newest[0][0] if newest else _ZERO
+            latest = await self._latest(project_id, "subscribing to events")
             reader = self._readers.get(project_id)  # another subscriber may have started one meanwhile
 
         sub = _Subscriber(self._queue_size)

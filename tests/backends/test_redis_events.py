@@ -11,6 +11,7 @@ import pytest
 from integration_status.backends.redis import RedisEngine, SubscriberLagging
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import EventBus, StoredEvent, Subscription
+from tests.web.mounts import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -335,3 +336,36 @@ async def test_poll_hands_out_what_is_queued_without_waiting_and_skips_the_repla
     assert sub.poll() is None  # the error is for iterating to raise
     with pytest.raises(SubscriberLagging):
         await take(sub, 1)
+
+
+@pytest.mark.redis_single
+async def test_a_burst_of_streams_opening_asks_redis_for_the_newest_id_once(
+    redis_engines: Any, redis_raw: Any
+) -> None:
+    """Three hundred subscribers of one project arrive at once (browsers reconnecting to a restarted worker)
+    on a pool of two connections: every one of them subscribes, with one XREVRANGE for all, not one each."""
+
+    def calls() -> int:
+        return int(stats.get("cmdstat_xrevrange", {}).get("calls", 0))
+
+    engine = await redis_engines(pool_size=2)
+    await engine.events.publish("burst", {"n": 0})
+    stats = await redis_raw.info("commandstats")
+    before = calls()
+    opened = 0
+    release = anyio.Event()
+
+    async def one() -> None:
+        nonlocal opened
+        await engine.events.ready("burst")
+        async with engine.events.subscribe("burst"):
+            opened += 1
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(300):
+            tg.start_soon(one)
+        await wait_until(lambda: opened == 300)  # each one behind a Redis round trip or the shared one
+        stats = await redis_raw.info("commandstats")
+        release.set()
+    assert calls() - before <= 2  # ready() and subscribe() may each be first once
