@@ -179,18 +179,17 @@ class StreamBeat:
                         if scope.cancel_called:
                             break
                     event, pending = pending, None
-                    batch = [event]
-                    if poll is not None:  # what is queued now, bounded; later arrivals wait in the bus
+                    more = None if poll is None else poll()
+                    if more is None or poll is None:  # the usual case: one event, no lists
+                        frame = render(event)
+                        if frame is not None and not isinstance(frame, bytes):
+                            frame = await frame
+                    else:
+                        # What is queued now, bounded; what arrives while it renders waits in the bus.
+                        batch = [event, more]
                         while len(batch) < BATCH_LIMIT and (more := poll()) is not None:
                             batch.append(more)
-                    frames: list[bytes] = []
-                    for one in batch:
-                        made = render(one)
-                        if made is not None and not isinstance(made, bytes):
-                            made = await made
-                        if made is not None:
-                            frames.append(made)
-                    frame = frames[0] if len(frames) == 1 else b"".join(frames) if frames else None
+                        frame = await _joined(batch, render)
                     if frame is not None:
                         await write(frame)
         # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
@@ -504,6 +503,20 @@ class EventStreams:
     def reopen(self) -> None:
         """The service starts (again): streams may open."""
         self.hub.reopen()
+
+
+async def _joined(
+    batch: list[StoredEvent], render: Callable[[StoredEvent], bytes | Awaitable[bytes | None] | None]
+) -> bytes | None:
+    """The frames of ``batch``, in order, as one chunk (None when none of them is sent)."""
+    frames: list[bytes] = []
+    for event in batch:
+        made = render(event)
+        if made is not None and not isinstance(made, bytes):
+            made = await made
+        if made is not None:
+            frames.append(made)
+    return b"".join(frames) if frames else None
 
 
 def _poll_of(subscription: Subscription) -> Callable[[], StoredEvent | None] | None:
