@@ -27,6 +27,7 @@ from typing import Any, Final
 import anyio
 import attrs
 
+from integration_status._env import parse
 from integration_status._version import __version__
 from integration_status.adapters.env import (
     CLI_PROJECT_ID,
@@ -59,6 +60,7 @@ __all__ = [
 DEFAULT_TIMEOUT: Final = 2.5
 REDIS_URL_ENV: Final = "INTEGRATION_STATUS_REDIS_URL"
 REDIS_PREFIX_ENV: Final = "INTEGRATION_STATUS_REDIS_PREFIX"
+REDIS_CLUSTER_ENV: Final = "INTEGRATION_STATUS_REDIS_CLUSTER"
 
 # Label per provider, in the order the workspace status bar shows them.
 _LABELS: Final[tuple[tuple[ProviderKey, str], ...]] = (
@@ -198,6 +200,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"use Redis for cache, idempotency and events (default: ${REDIS_URL_ENV}, else in memory)",
     )
     demo.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=parse(REDIS_CLUSTER_ENV, env_value(env, REDIS_CLUSTER_ENV) or "false", bool),
+        help=f"the --redis URL is one node of a Redis Cluster (default: ${REDIS_CLUSTER_ENV}, else no)",
+    )
+    demo.add_argument(
         "--prefix",
         default=env_value(env, REDIS_PREFIX_ENV) or "integration-status",
         help=f"key prefix in Redis; demos sharing Redis and prefix act as one (default: ${REDIS_PREFIX_ENV}, "
@@ -265,7 +273,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     env = os.environ if env is None else env
-    parser = build_parser(env)
+    try:
+        parser = build_parser(env)
+    except ConfigurationError as exc:  # a default read from the environment is unusable
+        print(f"integration-status: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command == "demo":
         server = importlib.import_module("integration_status.demo.server")
@@ -280,6 +292,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
             port=args.port,
             redis_url=args.redis,
             redis_prefix=args.prefix,
+            redis_cluster=args.redis_cluster,
             providers=args.providers,
             limits=limits,
         )

@@ -129,6 +129,7 @@ def build_app(
     clock: Clock = SYSTEM_CLOCK,
     redis_url: str | None = None,
     redis_prefix: str = "integration-status",
+    redis_cluster: bool = False,
     seed: int = 7,
     providers: str = "simulated",
     env: Mapping[str, str] | None = None,
@@ -137,14 +138,15 @@ def build_app(
 ) -> Starlette:
     """The demo ASGI app, on simulated providers (default) or the real ones (``providers="real"``).
 
-    With ``redis_url``, every demo using the same Redis and ``redis_prefix`` shares cache, actions and events.
+    With ``redis_url``, every demo using the same Redis and ``redis_prefix`` shares cache, actions and events
+    (``redis_cluster``: the URL is one node of a Redis Cluster).
     ``engine`` reuses an existing engine (an app restarted in the same process keeps its event buffer, so
     browsers resume with ``Last-Event-ID``); ``deploy_seconds`` is how long a simulated deploy takes.
     """
     if redis_url and engine is None:
         from integration_status.backends.redis import RedisEngine
 
-        engine = RedisEngine.from_url(redis_url, prefix=redis_prefix, clock=clock)
+        engine = RedisEngine.from_url(redis_url, prefix=redis_prefix, clock=clock, cluster=redis_cluster)
     world: World | None = None
     http: HttpClient | None = None
     if providers == "real":
@@ -197,6 +199,7 @@ def run(
     port: int = 8000,
     redis_url: str | None = None,
     redis_prefix: str = "integration-status",
+    redis_cluster: bool = False,
     providers: str = "simulated",
     limits: ServerLimits | None = None,
 ) -> None:
@@ -215,7 +218,9 @@ def run(
     # Every allowed connection needs a descriptor, plus some for Redis, providers and the files served.
     raise_fd_limit(limits.max_connections + 256)
     logging.getLogger("integration_status").setLevel(logging.INFO)
-    app = build_app(redis_url=redis_url, redis_prefix=redis_prefix, providers=providers)
+    app = build_app(
+        redis_url=redis_url, redis_prefix=redis_prefix, redis_cluster=redis_cluster, providers=providers
+    )
     print(
         f"integration-status demo: open http://{host}:{port}/  (API: /api/integrations/status?projectId=demo)"
     )
