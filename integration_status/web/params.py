@@ -39,13 +39,14 @@ class QueryParams(dict[str, str]):
     @classmethod
     def one(cls, name: str, value: str) -> QueryParams:
         """The parameters of a query string with one pair (what a poll sends), built without the loop."""
-        params = cls.__new__(cls)
-        dict.__setitem__(params, name, value)
+        params = _new_dict(cls)  # no __init__: nothing to loop over
+        params[name] = value
         params.repeated = _NONE
         return params
 
 
 _NONE: frozenset[str] = frozenset()
+_new_dict = dict.__new__
 
 
 def join_header_lines(name: str, values: list[str]) -> str:
