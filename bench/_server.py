@@ -100,15 +100,32 @@ def throughput_app() -> Starlette:
     async def etag(request: Request) -> Response:
         return Response(content=bare["200"].headers["etag"])
 
-    return Starlette(
-        routes=[
-            *api_routes(service),
-            Route("/bare", bare_200),
-            Route("/bare304", bare_304),
-            Route("/etag", etag),
-        ],
-        lifespan=lifespan,
+    return ByFirstSegment(
+        {
+            "api": Starlette(routes=api_routes(service)),
+            "bare": Starlette(routes=[Route("/bare", bare_200)]),
+            "bare304": Starlette(routes=[Route("/bare304", bare_304)]),
+            "etag": Starlette(routes=[Route("/etag", etag)]),
+        },
+        lifespan=Starlette(lifespan=lifespan),
     )
+
+
+class ByFirstSegment:
+    """Sends each request to the Starlette app of its path's first segment (``/bare304`` -> ``"bare304"``),
+    and the lifespan to ``lifespan``. Every endpoint compared is the first route of an app of its own, so
+    none pays for the failed route matches of the others (about 5,000 instructions each: in one flat route
+    list, the endpoint listed last is measured with that handicap)."""
+
+    def __init__(self, apps: dict[str, Any], *, lifespan: Any) -> None:
+        self._apps = apps
+        self._lifespan = lifespan
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await self._apps[scope["path"].split("/", 2)[1]](scope, receive, send)
 
 
 def _system_clock() -> Any:
@@ -241,15 +258,15 @@ def engines_app(redis_url: str) -> Starlette:
     async def bare_304(request: Request) -> Response:
         return Response(status_code=304, headers=bare["304"][1])
 
-    # Flat routes (a Mount costs a sub-router per request): the bare ones first, then each engine's endpoints.
-    return Starlette(
-        routes=[
-            Route("/bare", bare_200),
-            Route("/bare304", bare_304),
-            *api_routes(services["redis"], prefix="/redis/api/integrations"),
-            *api_routes(services["mem"], prefix="/mem/api/integrations"),
-        ],
-        lifespan=lifespan,
+    # Each endpoint the first route of its own app (a Mount would cost a sub-router per request).
+    return ByFirstSegment(
+        {
+            "bare": Starlette(routes=[Route("/bare", bare_200)]),
+            "bare304": Starlette(routes=[Route("/bare304", bare_304)]),
+            "redis": Starlette(routes=api_routes(services["redis"], prefix="/redis/api/integrations")),
+            "mem": Starlette(routes=api_routes(services["mem"], prefix="/mem/api/integrations")),
+        },
+        lifespan=Starlette(lifespan=lifespan),
     )
 
 

@@ -162,12 +162,16 @@ class ConnectionResolver(Protocol):
 
 
 def _roles(value: Any) -> frozenset[str]:
+    if type(value) is frozenset:  # most viewers are built per request: the common case costs one check
+        return value
     return frozenset([value] if isinstance(value, str) else value)
 
 
 def _project_roles(value: Mapping[str, Iterable[str]] | None) -> Mapping[str, frozenset[str]]:
     # Sets, lists or a single role name per project, as host code naturally writes them.
-    return {project: _roles(roles) for project, roles in (value or {}).items()}
+    if not value:
+        return {}
+    return {project: _roles(roles) for project, roles in value.items()}
 
 
 @attrs.frozen(kw_only=True)
@@ -176,11 +180,12 @@ class Viewer:
     add visibility beyond the role (``"repo"``, ``"org"``, ``"urls"``)."""
 
     user_id: str
-    roles: frozenset[str] = attrs.field(factory=frozenset, converter=_roles)
+    # frozenset() is immutable: one default object instead of a factory call per viewer (one per request).
+    roles: frozenset[str] = attrs.field(default=frozenset(), converter=_roles)
     project_roles: Mapping[str, frozenset[str]] = attrs.field(
         factory=dict, hash=False, converter=_project_roles
     )
-    grants: frozenset[str] = attrs.field(factory=frozenset, converter=_roles)
+    grants: frozenset[str] = attrs.field(default=frozenset(), converter=_roles)
 
     def roles_for(self, project_id: str) -> frozenset[str]:
         roles = self.project_roles.get(project_id)

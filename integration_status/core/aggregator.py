@@ -27,7 +27,7 @@ from integration_status.core.breaker import BreakerConfig, BreakerPhase, Circuit
 from integration_status.core.cache import SnapshotCache
 from integration_status.core.clock import Clock, utcnow
 from integration_status.core.deadline import call_with_timeout
-from integration_status.core.metrics import NO_METRICS, FetchOutcome, Metrics
+from integration_status.core.metrics import NO_METRICS, CacheEvent, FetchOutcome, Metrics, NoMetrics
 from integration_status.core.policy import ProviderView
 from integration_status.exceptions import (
     BackendUnavailable,
@@ -150,6 +150,9 @@ class Aggregator:
         self._adapters = dict(adapters)
         self._activity = activity
         self._metrics = metrics
+        # A sink whose ``cache`` is the no-op one (NoMetrics, the health recorder) is not told of each hit of
+        # the warm path: four calls per request that record nothing.
+        self._counts_hits = getattr(type(metrics), "cache", None) is not NoMetrics.cache
         self._cache = cache
         self._clock = clock
         self._config = config or AggregatorConfig()
@@ -160,10 +163,10 @@ class Aggregator:
         self._fallback_since: LRUCache[str, tuple[tuple[object, ...], datetime]] = LRUCache(
             maxsize=self._config.max_breakers
         )
-        # Per project, with a process-local cache store only: (cache generation, valid until, views) of the
-        # last collect that found every provider fresh. Until the first entry goes stale (or the store is
-        # written), reading the four entries again would give the very same views.
-        self._fresh_views: dict[str, tuple[int, float, tuple[ProviderView, ...]]] = {}
+        # Per project, with a process-local (or coherent) cache store only: the views of the last collect that
+        # judged every provider without waiting (no cold start, the store reachable), and what they depend on.
+        # Until one of those moves, reading and judging the four entries again would give the very same views.
+        self._known: dict[str, _Known] = {}
 
     @property
     def config(self) -> AggregatorConfig:
@@ -189,14 +192,16 @@ class Aggregator:
         again without reading anything."""
         cache = self._cache
         local = cache.local
+        judged: _Known | None = None
         if local:
             generation = cache.generation
-            known = self._fresh_views.get(project_id)
-            if known is not None and known[0] == generation and self._clock.time() < known[1]:
-                for _ in PROVIDERS:
-                    self._metrics.cache("hit")
-                return known[2]
-            valid_until = float("inf")
+            known = self._known.get(project_id)
+            if known is not None and known.valid(generation, self._clock, cache):
+                if self._counts_hits:
+                    for event in known.events:
+                        self._metrics.cache(event)
+                return known.views
+            judged = _Known(generation)
         started = self._clock.monotonic()
         keys = [cache_key(project_id, provider) for provider in PROVIDERS]
         # One round trip for the four entries, bounded by the deadline: a hung store is an unreachable one.
@@ -205,16 +210,21 @@ class Aggregator:
         cold: list[tuple[ProviderKey, str, ProviderConnection | None]] = []
         now = utcnow(self._clock)
         for provider, key, entry in zip(PROVIDERS, keys, entries, strict=True):
+            if judged is not None and entry is not None:
+                # Kept by the store at least keep_for after it was checked.
+                judged.until = min(judged.until, entry.checked_at + cache.keep_for)
             if entry is not None and cache.is_fresh(entry):
                 self._metrics.cache("hit")
                 views[provider] = ProviderView(
                     provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at
                 )
-                if local:
-                    # Fresh until fresh_until; kept by the store at least keep_for after it was checked.
-                    valid_until = min(valid_until, entry.fresh_until, entry.checked_at + cache.keep_for)
+                if judged is not None:
+                    judged.events.append("hit")
+                    judged.until = min(judged.until, entry.fresh_until)  # then it needs a refresh
                 continue
             self._metrics.cache("miss")
+            if judged is not None:
+                judged.events.append("miss")
             connection = connections.get(provider)
             if connection is not None:  # warns once about a connection that cannot work as configured
                 check_connection(project_id, provider, connection, self._adapters.get(provider))
@@ -232,12 +242,14 @@ class Aggregator:
             elif entry is None and key not in self._last_problem:
                 cold.append((provider, key, connection))  # nothing to show yet: worth waiting for
             else:
-                views[provider] = self._serve_known(provider, key, connection, entry, now)
+                views[provider] = self._serve_known(provider, key, connection, entry, now, judged)
         if len(views) == len(PROVIDERS) and not cold:
             collected = tuple([views[p] for p in PROVIDERS])
-            hits = all(e is not None and cache.is_fresh(e) for e in entries)
-            if local and hits and cache.generation == generation:  # nothing was written while we read
-                self._remember_fresh(project_id, (generation, valid_until, collected))
+            # Not when the store was unreachable (the local copies moved the generation anyway), nor when
+            # something was written while we read.
+            if judged is not None and judged.reusable and not unreachable and cache.generation == generation:
+                judged.views = collected
+                self._remember(project_id, judged)
             return collected
         budget = max(0.0, self._config.deadline - (self._clock.monotonic() - started))
         # A cold refresh that earlier requests already waited for is waited for only up to ITS first deadline:
@@ -278,20 +290,37 @@ class Aggregator:
         connection: ProviderConnection | None,
         entry: CacheEntry | None,
         now: datetime,
+        judged: _Known | None = None,
     ) -> ProviderView:
         """The view of a provider that has something to show (a last good value, or a known failure) while its
         entry is not fresh: its refresh (or breaker probe) is started or joined in the background and never
         waited for. While that refresh is younger than the deadline, the last good value is shown as it is:
-        a request waiting for the answer would not have called it stale yet either."""
+        a request waiting for the answer would not have called it stale yet either.
+
+        ``judged`` collects what this view depends on besides the store: the refresh it joined (the same one
+        must still be running), when that refresh becomes overdue, or when a refusing breaker lets a probe
+        through (then the next request must ask it again)."""
+        events = None if judged is None else judged.events
         try:
             started = self._refresh_soon(provider, key, connection, entry)
         except ProviderError as exc:  # the breaker refused before anything ran
-            return self._fallback(provider, key, entry, problem_of(exc), now)
+            if judged is not None:
+                retry = self.breaker(key).retry_at() if isinstance(exc, _BreakerOpen) else None
+                if retry is None:
+                    judged.reusable = False
+                else:
+                    judged.until_monotonic = min(judged.until_monotonic, retry)
+                    judged.flights.append((key, self._cache.flight(key)))
+            return self._fallback(provider, key, entry, problem_of(exc), now, events)
         overdue = self._clock.monotonic() - started >= self._config.deadline
+        if judged is not None:
+            judged.flights.append((key, self._cache.flight(key)))
+            if not overdue:
+                judged.until_monotonic = min(judged.until_monotonic, started + self._config.deadline)
         if entry is not None and entry.error is None and not overdue:
             return ProviderView(provider=provider, snapshot=entry.snapshot, changed_at=entry.changed_at)
         problem = entry.error if entry is not None else self._last_problem.get(key)
-        return self._fallback(provider, key, entry, problem, now)
+        return self._fallback(provider, key, entry, problem, now, events)
 
     async def _wait_cold(
         self,
@@ -362,10 +391,13 @@ class Aggregator:
         entry: CacheEntry | None,
         problem: Problem | None,
         now: datetime,
+        events: list[CacheEvent] | None = None,
     ) -> ProviderView:
         view = fallback_view(provider, entry, problem, self._since(key, entry, problem, now))
         if entry is not None and view.stale:
             self._metrics.cache("stale")
+            if events is not None:
+                events.append("stale")
             code = None if problem is None else problem.code
             _log.info("integration_status.aggregator.stale_served", provider=provider, problem=code)
         return view
@@ -379,11 +411,11 @@ class Aggregator:
         self._fallback_since[key] = (state, now)
         return now
 
-    def _remember_fresh(self, project_id: str, known: tuple[int, float, tuple[ProviderView, ...]]) -> None:
-        fresh = self._fresh_views
-        if project_id not in fresh and len(fresh) >= self._config.max_breakers:
-            del fresh[next(iter(fresh))]  # the oldest project
-        fresh[project_id] = known
+    def _remember(self, project_id: str, known: _Known) -> None:
+        projects = self._known
+        if project_id not in projects and len(projects) >= self._config.max_breakers:
+            del projects[next(iter(projects))]  # the oldest project
+        projects[project_id] = known
 
     async def _refresh(
         self, provider: ProviderKey, key: str, connection: ProviderConnection | None
@@ -479,6 +511,35 @@ class Aggregator:
         breaker.record(success=success, duration=took)
         self._last_problem[key] = problem_of(exc)
         self._metrics.observe_fetch(key.rpartition(":")[2], took, fetch_outcome(exc))
+
+
+class _Known:
+    """The views one collect judged for a project, and until when the next collect would judge the same: the
+    store's generation (any write, invalidation, or read from the local copies moves it), the earliest
+    ``fresh_until`` and ``checked_at + keep_for`` of its entries (``clock.time()``), the earliest moment a
+    running refresh becomes overdue or a refusing breaker lets a probe through (``clock.monotonic()``), and
+    the refreshes it joined (``(key, flight)``: each must still be the one running, None for none)."""
+
+    __slots__ = ("events", "flights", "generation", "reusable", "until", "until_monotonic", "views")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.until = float("inf")
+        self.until_monotonic = float("inf")
+        self.flights: list[tuple[str, object | None]] = []
+        self.events: list[CacheEvent] = []  # the cache events to count again on each reuse
+        self.reusable = True
+        self.views: tuple[ProviderView, ...] = ()
+
+    def valid(self, generation: int, clock: Clock, cache: SnapshotCache) -> bool:
+        if generation != self.generation or clock.time() >= self.until:
+            return False
+        if self.until_monotonic != float("inf") and clock.monotonic() >= self.until_monotonic:
+            return False
+        for key, flight in self.flights:  # noqa: SIM110 - no generator on the hot path
+            if cache.flight(key) is not flight:
+                return False
+        return True
 
 
 def fetch_outcome(exc: ProviderError) -> FetchOutcome:

@@ -289,6 +289,12 @@ class SnapshotCache:
         while self._flights:
             await next(iter(self._flights.values())).done.wait()
 
+    def flight(self, key: str) -> object | None:
+        """The refresh of ``key`` running in this process (an opaque token, the same object for as long as
+        that refresh runs), or None: a caller that judged an entry while a refresh ran can tell whether it
+        still runs, or another one does."""
+        return self._flights.get(key)
+
     def flight_started(self, key: str) -> float | None:
         """When the refresh of ``key`` running in this process started (monotonic), or None."""
         flight = self._flights.get(key)

@@ -114,7 +114,12 @@ class RolePolicy:
         every time): the same object for the same question, so callers may compare answers by identity."""
         if type(self) is not RolePolicy:
             return _ask(self, viewer, project_id, providers)
-        key = (viewer.roles_for(project_id), viewer.grants, providers)
+        if type(viewer) is Viewer:  # viewer.roles_for(project_id), without the call
+            roles = viewer.project_roles.get(project_id)
+            for_project = viewer.roles if roles is None else frozenset(roles)
+        else:  # a subclass may answer roles_for its own way
+            for_project = viewer.roles_for(project_id)
+        key = (for_project, viewer.grants, providers)
         answer = self._memo.get(key)
         if answer is None:
             answer = _ask(self, viewer, project_id, providers)

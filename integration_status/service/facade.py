@@ -279,11 +279,17 @@ class StatusService:
         self, project_id: object, viewer: Viewer, *, if_none_match: str | None = None
     ) -> StatusResult:
         """The viewer's status envelope with its ETag; ``not_modified`` when ``if_none_match`` matches."""
-        self._require_running()
-        connections = await self.project(project_id, viewer)
+        if self._task_group is None:
+            self._require_running()
+        # project(), inline: this is the most polled path (400, then the same 404 for unknown and forbidden).
+        project_id = validate_project_id(project_id)
+        connections = await self._connections(project_id)
+        if connections is None or not await self._authorizer(viewer, project_id):
+            raise NotFound("project not found")
         project_id = connections.project_id
         views = await self.aggregator.collect(project_id, connections)
-        return self.renderer.answer(project_id, views, self.grants(viewer, project_id), if_none_match)
+        grants = grants_for(self.policy, viewer, project_id, PROVIDERS)
+        return self.renderer.answer(project_id, views, grants, if_none_match)
 
     async def items(self, connections: ProjectConnections, viewer: Viewer) -> tuple[StatusItem, ...]:
         """The four items of a project, as ``viewer`` sees them now."""

@@ -49,7 +49,8 @@ class ScopeHeaders(Mapping[str, str]):
             found: bytes | None = None
             more: list[str] | None = None
             for name, value in self._raw:
-                if name == wanted or name.lower() == wanted:
+                # ASGI servers send lower-case names (the spec asks them to): lower() only for the others.
+                if name == wanted or (not name.islower() and name.lower() == wanted):
                     if found is None:
                         found = value
                     elif more is None:
@@ -87,10 +88,18 @@ def query_dict(query_string: bytes) -> QueryParams:
     """The query string's parameters as Starlette decodes them (blank values kept), the first value of a
     repeated name, and the repeated names (see :mod:`integration_status.web.params`); without escapes it is
     split directly instead of through ``parse_qsl``."""
-    if b"%" in query_string or b"+" in query_string:
-        return QueryParams(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    # Tested on the decoded text: ``b"%" in some_bytes`` goes through the buffer protocol and costs ten times
+    # what ``"%" in some_str`` does.
+    text = query_string.decode("latin-1")
+    if "%" in text or "+" in text:
+        return QueryParams(parse_qsl(text, keep_blank_values=True))
+    if "&" not in text:  # one parameter (``?projectId=...``): the polled form
+        if not text:
+            return QueryParams()
+        name, _, value = text.partition("=")
+        return QueryParams.one(name, value)
     pairs: list[tuple[str, str]] = []
-    for part in query_string.decode("latin-1").split("&"):
+    for part in text.split("&"):
         if part:
             name, _, value = part.partition("=")
             pairs.append((name, value))
@@ -102,13 +111,21 @@ def scope_info(scope: Scope, receive: Receive) -> RequestInfo:
     ``Request``), built from the scope without Starlette's URL, header and query objects."""
     # Request.url.path is the scope path with these three characters escaped.
     path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
-    return RequestInfo(
-        method=scope["method"].upper(),
-        path=path,
-        headers=ScopeHeaders(scope["headers"]),
-        query=query_dict(scope.get("query_string", b"")),
-        raw=Request(scope, receive),
-    )
+    # RequestInfo(method=..., ...) without attrs' frozen __init__ (one bound __setattr__ call per field): the
+    # same slots filled through their descriptors, in a third of the time.
+    info: RequestInfo = _new_info(RequestInfo)
+    _set_method(info, scope["method"].upper())
+    _set_path(info, path)
+    _set_headers(info, ScopeHeaders(scope["headers"]))
+    _set_query(info, query_dict(scope.get("query_string", b"")))
+    _set_raw(info, Request(scope, receive))
+    return info
+
+
+_new_info: Final = object.__new__
+_set_method, _set_path, _set_headers, _set_query, _set_raw = (
+    RequestInfo.__dict__[name].__set__ for name in ("method", "path", "headers", "query", "raw")
+)
 
 
 def raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
@@ -136,6 +153,7 @@ class StatusEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await handlers.handle_status(self._service, scope_info(scope, receive))
-        headers = raw_headers(response)
+        pairs: list[tuple[bytes, bytes]] | None = response.wire.get("asgi")
+        headers = raw_headers(response) if pairs is None else list(pairs)  # raw_headers, without the call
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})

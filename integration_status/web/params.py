@@ -36,6 +36,18 @@ class QueryParams(dict[str, str]):
                 self[name] = value
         self.repeated: frozenset[str] = frozenset(repeated)
 
+    @classmethod
+    def one(cls, name: str, value: str) -> QueryParams:
+        """The parameters of a query string with one pair (what a poll sends), built without the loop."""
+        params = _new_dict(cls)  # no __init__: nothing to loop over
+        params[name] = value
+        params.repeated = _NONE
+        return params
+
+
+_NONE: frozenset[str] = frozenset()
+_new_dict = dict.__new__
+
 
 def join_header_lines(name: str, values: list[str]) -> str:
     """Repeated field lines as one value (RFC 9110 section 5.3; ``Cookie`` lines join with ``"; "``)."""
