@@ -343,11 +343,15 @@ def test_demo_redis_defaults_to_the_environment() -> None:
     assert (args.port, args.redis) == (9000, "redis://other:6379/0")
 
 
-def test_demo_redis_cluster_comes_from_the_flag_or_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_redis_cluster_comes_from_the_flag_or_the_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """--redis-cluster defaults to INTEGRATION_STATUS_REDIS_CLUSTER; an unusable value exits 2 naming it."""
     assert build_parser({}).parse_args(["demo"]).redis_cluster is False
     assert build_parser({}).parse_args(["demo", "--redis-cluster"]).redis_cluster is True
-    assert build_parser({"INTEGRATION_STATUS_REDIS_CLUSTER": "true"}).parse_args(["demo"]).redis_cluster is True
+    assert (
+        build_parser({"INTEGRATION_STATUS_REDIS_CLUSTER": "true"}).parse_args(["demo"]).redis_cluster is True
+    )
     assert main(["demo"], env={"INTEGRATION_STATUS_REDIS_CLUSTER": "maybe"}) == 2
     assert "INTEGRATION_STATUS_REDIS_CLUSTER must be true or false" in capsys.readouterr().err
 
