@@ -108,8 +108,10 @@ class Shared:
 
     async def reader_route(self, key: str) -> dict[str, Any]:
         """Keyword arguments that send a reader command on ``key`` straight to the node holding its slot (the
-        cluster driver would otherwise ask a node which of ``XREAD``'s arguments are keys, every call)."""
-        if not isinstance(self.reader, RedisCluster):
+        cluster driver would otherwise ask a node which of ``XREAD``'s arguments are keys, every call). Decided
+        by the ``cluster`` flag: ``isinstance`` against the driver's classes walks a typing protocol, every
+        read of every project's reader."""
+        if not self.cluster or not isinstance(self.reader, RedisCluster):
             return {}
         await self.reader.initialize()
         return {"target_nodes": self.reader.get_node_from_key(key)}
