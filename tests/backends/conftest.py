@@ -119,13 +119,26 @@ class RedisProxy:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        #: While True the proxy forwards nothing, either way, on old and new connections (a hung server).
-        self.hung = False
+        # Set while the proxy forwards; cleared while it is hung (the pipes block on it, no polling).
+        self._flowing = threading.Event()
+        self._flowing.set()
         #: Seconds added before each reply chunk is passed back (a slow server or network).
         self.latency = 0.0
         with self._lock:
             self._listener: socket.socket | None = self._listen(0)
             self.port: int = self._listener.getsockname()[1]
+
+    @property
+    def hung(self) -> bool:
+        """While True the proxy forwards nothing, either way, on old and new connections (a hung server)."""
+        return not self._flowing.is_set()
+
+    @hung.setter
+    def hung(self, value: bool) -> None:
+        if value:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -158,8 +171,7 @@ class RedisProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         try:
             while chunk := src.recv(65536):
-                while self.hung:  # ends when un-hung, or cut (which also un-hangs)
-                    time.sleep(0.01)
+                self._flowing.wait()  # returns when un-hung, or cut (which also un-hangs)
                 if replies and self.latency:
                     time.sleep(self.latency)
                 dst.sendall(chunk)
