@@ -20,13 +20,23 @@ import statistics
 import time
 from collections.abc import Callable
 
-from bench._common import Outcome, bench_server, percentile, read_response, report, request_bytes, skipped
+from bench._common import (
+    Outcome,
+    bench_server,
+    keepalive_latencies,
+    percentile,
+    read_response,
+    report,
+    request_bytes,
+    skipped,
+)
 from bench._server import REDIS_DIRECT, server_options
 from bench.throughput import _measure_ours, measure
 
 BAR_BARE = 0.7
 BAR_MEMORY = 0.85
 BAR_P95_MS = 500.0
+STATUS = "/api/integrations/status?projectId=demo"
 PATHS = {
     "bare": ("/bare", "/bare304"),
     "mem": ("/mem/api/integrations/status?projectId=demo",) * 2,
@@ -96,30 +106,6 @@ def throughput(smoke: bool) -> list[Outcome]:
     return outcomes
 
 
-async def _poll(port: int, clients: int, seconds: float) -> tuple[list[float], list[int]]:
-    """``clients`` keep-alive connections polling status for ``seconds``: latencies (ms) and status codes."""
-    stop = time.perf_counter() + seconds
-    latencies: list[float] = []
-    codes: list[int] = []
-    payload = request_bytes("/api/integrations/status?projectId=demo")
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                writer.write(payload)
-                status, _, _ = await read_response(reader)
-                latencies.append((time.perf_counter() - started) * 1000)
-                codes.append(status)
-                await asyncio.sleep(0.01)
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies, codes
-
-
 def faults(smoke: bool) -> list[Outcome]:
     from tests.backends.conftest import RedisProxy
 
@@ -128,16 +114,17 @@ def faults(smoke: bool) -> list[Outcome]:
     outcomes = []
     try:
         with bench_server("redis_faults", "--redis-url", proxy.url) as (port, _pid):
-            asyncio.run(_poll(port, 2, 0.2))  # warm
+            asyncio.run(keepalive_latencies(port, STATUS, clients=2, seconds=0.2, pause=0.01))  # warm
             for fault in ("hung", "slow"):
                 if fault == "hung":
                     proxy.hung = True
                 else:
                     proxy.latency = 0.3
-                latencies, codes = asyncio.run(_poll(port, clients, seconds))
+                latencies, bad = asyncio.run(
+                    keepalive_latencies(port, STATUS, clients=clients, seconds=seconds, pause=0.01)
+                )
                 proxy.hung, proxy.latency = False, 0.0
                 p95 = percentile(latencies, 95)
-                bad = sum(code != 200 for code in codes)
                 print(
                     f"[redis_engine] Redis {fault}: {len(latencies)} requests from {clients} clients in "
                     f"{seconds:g}s, p50 {percentile(latencies, 50):.0f} ms, p95 {p95:.0f} ms, "
@@ -147,7 +134,12 @@ def faults(smoke: bool) -> list[Outcome]:
                 outcomes.append(
                     report(f"redis_{fault}_p95_ms", p95, f"< {BAR_P95_MS:g}, all 200", ok, fmt="{:.0f}")
                 )
-                asyncio.run(_poll(port, 2, 3.0 if not smoke else 1.0))  # recover before the next fault
+                # Recover before the next fault.
+                asyncio.run(
+                    keepalive_latencies(
+                        port, STATUS, clients=2, seconds=3.0 if not smoke else 1.0, pause=0.01
+                    )
+                )
             proxy.reset()
             time.sleep(0.05)  # the server's loop sees the resets before the requests reuse its sockets
             codes = asyncio.run(_burst(port, 100))
@@ -160,7 +152,7 @@ def faults(smoke: bool) -> list[Outcome]:
 
 
 async def _burst(port: int, count: int) -> list[int]:
-    payload = request_bytes("/api/integrations/status?projectId=demo")
+    payload = request_bytes(STATUS)
 
     async def one() -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
