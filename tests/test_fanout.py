@@ -151,6 +151,24 @@ async def _until(predicate: Any) -> None:
             await anyio.lowlevel.checkpoint()
 
 
+async def _open_streams(
+    service: StatusService, tg: Any, connections: Any, viewers: list[Viewer]
+) -> list[_Writes]:
+    """A stream per viewer, each past its connected comment and snapshot, with the cold start's own markers
+    delivered (they change nothing): what every stream writes from here on is the test's doing."""
+    writes = [_Writes() for _ in viewers]
+    for viewer, write in zip(viewers, writes, strict=True):
+        tg.start_soon(service.open_stream(viewer, connections), write)
+    await _until(lambda: all(len(w.frames) >= 2 for w in writes))  # connected + snapshot
+    for _ in range(50):
+        await anyio.lowlevel.checkpoint()
+    return writes
+
+
+def _two_classes(n: int) -> list[Viewer]:
+    return [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(n)]
+
+
 async def test_each_stream_beats_on_its_own_schedule_from_one_timer() -> None:
     """Streams opened 2 s apart each get a heartbeat every 5 s of the clock after they opened; one timer
     sleeps for all of them, and none once they are gone."""
@@ -249,13 +267,8 @@ async def test_a_marker_is_collected_once_however_many_streams_are_open() -> Non
     service = github_service(clock)
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
-        writes = [_Writes() for _ in range(50)]
-        viewers = [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(50)]
-        for viewer, write in zip(viewers, writes, strict=True):
-            tg.start_soon(service.open_stream(viewer, connections), write)
-        await _until(lambda: all(len(w.frames) >= 2 for w in writes))  # connected + snapshot
-        for _ in range(50):  # the cold start's own markers reach the streams (and change nothing)
-            await anyio.lowlevel.checkpoint()
+        viewers = _two_classes(50)
+        writes = await _open_streams(service, tg, connections, viewers)
         before = service.streams.markers_collected
         sent = [len(w.frames) for w in writes]
         calls: list[str] = []
@@ -349,11 +362,7 @@ async def test_events_waiting_when_a_stream_wakes_go_out_in_one_write_in_order()
     service = github_service(clock)
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
-        writes = _Writes()
-        tg.start_soon(service.open_stream(OWNER, connections), writes)
-        await _until(lambda: len(writes.frames) >= 2)  # connected + snapshot
-        for _ in range(50):  # the cold start's own markers reach the stream
-            await anyio.lowlevel.checkpoint()
+        (writes,) = await _open_streams(service, tg, connections, [OWNER])
         before = len(writes.frames)
         ids = [await service.publish("p", push(n)) for n in (1, 2, 3)]  # no checkpoint in between
         await _until(lambda: len(writes.frames) > before)
@@ -380,13 +389,8 @@ async def test_an_event_is_worked_out_once_per_viewer_class_however_many_streams
     service = github_service(clock)
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
-        writes = [_Writes() for _ in range(40)]
-        viewers = [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(40)]
-        for viewer, write in zip(viewers, writes, strict=True):
-            tg.start_soon(service.open_stream(viewer, connections), write)
-        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
-        for _ in range(50):
-            await anyio.lowlevel.checkpoint()
+        viewers = _two_classes(40)
+        writes = await _open_streams(service, tg, connections, viewers)
         sent = [len(w.frames) for w in writes]
         asked: list[str] = []
         real_visibility = service.visibility

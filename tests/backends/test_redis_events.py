@@ -295,19 +295,24 @@ async def test_closing_the_engine_ends_subscriptions(redis_target: Any, redis_pr
     assert engine.events.reader_count() == 0
 
 
+def _queued(engine: RedisEngine, *, events: int, start: int) -> tuple[Any, Any]:
+    """A subscription resuming after ``<start>-0`` over a queue a reader filled with ``1-0`` .. ``<events>-0``
+    (event ``n`` carries ``{"n": n}``), and that queue."""
+    from integration_status.backends._redis_events import RedisSubscription, _Reader, _Subscriber
+
+    queue = _Subscriber(10)
+    for ms in range(1, events + 1):
+        assert queue.offer(((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms})))
+    reader = _Reader("p1", "unused", (0, 0))
+    sub = RedisSubscription(engine.events, reader, queue, gap=False, start=(start, 0), backlog=[], until=None)
+    return sub, queue
+
+
 async def test_live_events_up_to_the_start_are_skipped(redis_engine: RedisEngine) -> None:
     """Live entries at or before the resume point (a reader behind it) are skipped, later ones delivered."""
     # The race (a shared reader still behind a resuming client's id) cannot be provoked reliably through
     # Redis, so this drives the subscription with a queue as such a reader would have filled it.
-    from integration_status.backends._redis_events import RedisSubscription, _Reader, _Subscriber
-
-    queue = _Subscriber(10)
-    for ms in range(1, 6):
-        assert queue.offer(((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms})))
-    reader = _Reader("p1", "unused", (0, 0))
-    sub = RedisSubscription(
-        redis_engine.events, reader, queue, gap=False, start=(3, 0), backlog=[], until=None
-    )
+    sub, _ = _queued(redis_engine, events=5, start=3)
     assert [e.id for e in await take(sub, 2)] == ["4-0", "5-0"]
 
 
@@ -316,15 +321,7 @@ async def test_poll_hands_out_what_is_queued_without_waiting_and_skips_the_repla
 ) -> None:
     """poll() takes queued events in order (never one at or before the resume point), then says None while
     the queue is empty instead of waiting; iterating after it goes on from where poll left off."""
-    from integration_status.backends._redis_events import RedisSubscription, _Reader, _Subscriber
-
-    queue = _Subscriber(10)
-    for ms in range(1, 5):
-        assert queue.offer(((ms, 0), StoredEvent(id=f"{ms}-0", data={"n": ms})))
-    reader = _Reader("p1", "unused", (0, 0))
-    sub = RedisSubscription(
-        redis_engine.events, reader, queue, gap=False, start=(2, 0), backlog=[], until=None
-    )
+    sub, queue = _queued(redis_engine, events=4, start=2)
     assert [sub.poll(), sub.poll()] == [
         StoredEvent(id="3-0", data={"n": 3}),
         StoredEvent(id="4-0", data={"n": 4}),
