@@ -76,8 +76,8 @@ BATCH_LIMIT: Final = 64
 #: What events became for one viewer class, kept (while a stream of the class is open) for the class's streams
 #: that reach them later: streams further behind than this work an event out again.
 RENDERED_PER_CLASS: Final = 64
-#: (viewer class, frame or None, content tag of a status:update or None, the event's data it was made from)
-_Rendered = tuple[Grants, bytes | None, str | None, Mapping[str, object]]
+#: (frame or None, content tag of a status:update or None, the event's data it was made from)
+_Rendered = tuple[bytes | None, str | None, Mapping[str, object]]
 
 #: How a writer sends one chunk; the mount implements it over its server.
 Write = Callable[[bytes], Awaitable[None]]
@@ -391,7 +391,7 @@ class EventStreams:
                     # What an event becomes for a viewer class is worked out by the first stream of that
                     # class to reach it; the others only look it up (no coroutine on that path).
                     hit = rendered.get(stored.id)
-                    if hit is None or not (hit[3] is stored.data or hit[3] == stored.data):
+                    if hit is None or not (hit[2] is stored.data or hit[2] == stored.data):
                         return work_out(stored)
                     return sent(hit)
 
@@ -404,7 +404,7 @@ class EventStreams:
 
                 def sent(hit: _Rendered) -> bytes | None:
                     nonlocal last_tag
-                    frame, tag = hit[1], hit[2]
+                    frame, tag = hit[0], hit[1]
                     if tag is not None:  # a status:update: only what changed for this viewer
                         if tag == last_tag:
                             return None
@@ -459,20 +459,20 @@ class EventStreams:
     async def _render(
         self, stored: StoredEvent, viewer: Viewer, connections: ProjectConnections, grants: Grants
     ) -> _Rendered:
-        """What ``stored`` becomes for a viewer of class ``grants``: (grants, the frame or None, the content
-        tag of a ``status:update`` or None, the event's data)."""
+        """What ``stored`` becomes for a viewer of class ``grants``: (the frame or None, the content tag of a
+        ``status:update`` or None, the event's data)."""
         project_id = connections.project_id
         kind = stored.data.get("type")
         if kind == "status:update":
             views = await self._marker_views(stored, connections)
             rendering = self._renderer.rendering(project_id, views, grants)
             ts = _ts(stored.data.get("ts"), self._source.now_ms())
-            return grants, rendering.frame(stored.id, ts), rendering.tag, stored.data
+            return rendering.frame(stored.id, ts), rendering.tag, stored.data
         provider = EVENT_PROVIDER.get(str(kind))
         if provider is None:
-            return grants, None, None, stored.data
+            return None, None, stored.data
         visibility = self._source.visibility(viewer, project_id, provider)
-        return grants, self._renderer.event_frame(project_id, stored, visibility), None, stored.data
+        return self._renderer.event_frame(project_id, stored, visibility), None, stored.data
 
     async def _marker_views(
         self, stored: StoredEvent, connections: ProjectConnections
