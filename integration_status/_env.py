@@ -79,6 +79,7 @@ _UNITS: Final[Mapping[str, str]] = {
     "rate_limit": "actions per window",
     "sse_per_viewer": "streams",
     "sse_per_process": "streams",
+    "sse_write_interval": "seconds",
     "min_calls": "calls",
     "consecutive_failures": "calls",
     "half_open_permits": "calls",

@@ -21,6 +21,7 @@ from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
 from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import Renderer
+from integration_status.service.settings import Settings
 from integration_status.service.streams import HEARTBEAT, StreamHub
 from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive, Visibility
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
@@ -75,7 +76,9 @@ def test_a_member_never_gets_the_owners_frame() -> None:
     assert cache.event_frame("q", stored, Visibility.full()) is not owner  # ids are per project
 
 
-def github_service(clock: FakeClock) -> StatusService:
+def github_service(clock: FakeClock, write_interval: float = 0.0) -> StatusService:
+    """A service over scripted adapters on ``clock``. Its streams write every event at once unless the test
+    gives a write interval (a FakeClock stands still until the test moves it)."""
     github = ProviderSnapshot(
         provider="github",
         status="connected",
@@ -91,6 +94,7 @@ def github_service(clock: FakeClock) -> StatusService:
         connections=StaticConnections.linked("p", "github", "vercel", "sanity", "supabase"),
         adapters=adapters,
         clock=clock,
+        settings=Settings(sse_write_interval=write_interval),
     )
 
 
@@ -498,4 +502,161 @@ async def test_class_tables_stay_bounded_and_go_with_their_streams() -> None:
             scope.cancel()
         await _until(lambda: len(service.streams) == 0)
         assert "p" not in service.streams._rendered
+        tg.cancel_scope.cancel()
+
+
+async def _settle() -> None:
+    for _ in range(50):
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_stream_holds_after_a_write_and_sends_what_arrived_meanwhile_in_one_write() -> None:
+    """With a write interval, the first push goes out at once; two pushes within the interval wait (however
+    long the loop runs) and go out together, in order, once it has passed; after a quiet spell a push goes out
+    at once again."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=0.5)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        (writes,) = await _open_streams(service, tg, connections, [OWNER])
+        before = len(writes.frames)
+        first = await service.publish("p", push(1))
+        await _until(lambda: len(writes.frames) == before + 1)
+        assert f"id: {first}\n".encode() in writes.frames[-1]
+        ids = [await service.publish("p", push(n)) for n in (2, 3)]
+        await _settle()
+        assert len(writes.frames) == before + 1  # held: the interval has not passed
+        clock.advance(0.3)
+        await _settle()
+        assert len(writes.frames) == before + 1
+        clock.advance(0.2)
+        await _until(lambda: len(writes.frames) == before + 2)
+        batch = writes.frames[-1]
+        assert batch.count(b"event: github:push\n") == 2
+        assert batch.index(f"id: {ids[0]}\n".encode()) < batch.index(f"id: {ids[1]}\n".encode())
+        clock.advance(5)  # quiet: the hold after that write has ended too
+        await _settle()
+        lone = await service.publish("p", push(4))
+        await _until(lambda: len(writes.frames) == before + 3)
+        assert f"id: {lone}\n".encode() in writes.frames[-1]
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
+async def test_many_held_streams_are_released_together_by_one_timer() -> None:
+    """Thirty streams that wrote at slightly different moments are released by one sleep of the hub's timer
+    (holds that end within a tenth of the interval go together), each with the push that came meanwhile."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=1.0)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        viewers = [Viewer(user_id=f"u{n}", roles={"owner"}) for n in range(30)]
+        writes = await _open_streams(service, tg, connections, viewers)
+        sent = [len(w.frames) for w in writes]
+        await service.publish("p", push(1))
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        await service.publish("p", push(2))
+        await _settle()
+        assert all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True))
+        assert clock.sleepers <= 2  # the heartbeat timer and the release timer: none per stream
+        clock.advance(0.95)  # within a tenth of the interval: all are released at once
+        await _until(lambda: all(len(w.frames) == n + 2 for w, n in zip(writes, sent, strict=True)))
+        assert all(f"{2:040x}".encode() in w.frames[-1] for w in writes)
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_heartbeat_ends_a_hold_which_is_never_a_stall_and_shutdown_ends_a_held_stream() -> None:
+    """A write interval longer than the heartbeat: the heartbeat goes out during a hold and ends it (it is a
+    write itself), the held push follows, and the stream is not taken for stalled (a hold is a wait). A push
+    after heartbeats only goes out at once; shutdown ends a held stream at once, without its held push."""
+    clock = FakeClock()
+    service = StatusService(
+        authorizer=allow_global_roles,
+        connections=StaticConnections.linked("p", "github", "vercel", "sanity", "supabase"),
+        adapters=[ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")],
+        clock=clock,
+        settings=Settings(heartbeat=1.0, sse_write_interval=5.0),
+    )
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        (writes,) = await _open_streams(service, tg, connections, [OWNER])
+        before = len(writes.frames)
+        await service.publish("p", push(1))
+        await _until(lambda: len(writes.frames) == before + 1)
+        await service.publish("p", push(2))
+        await _settle()
+        assert len(writes.frames) == before + 1  # held
+        clock.advance(1.0)
+        await _until(lambda: any(f"{2:040x}".encode() in f for f in writes.frames))
+        assert writes.frames[before + 1] == HEARTBEAT
+        for beat in (2, 3):  # held again after that write: beats, never dropped as stalled
+            clock.advance(1.0)
+            await _until(lambda beat=beat: writes.frames.count(HEARTBEAT) == beat)
+        assert service.health.stats().sse.dropped == 0
+        await service.publish("p", push(3))  # after beats only: at once
+        await _until(lambda: any(f"{3:040x}".encode() in f for f in writes.frames))
+        await service.publish("p", push(4))
+        await _settle()
+        service.streams.shutdown()  # while held
+        await _until(lambda: len(service.streams) == 0)
+        assert not any(f"{4:040x}".encode() in f for f in writes.frames)
+        assert b"server stopping" in writes.frames[-1]
+        assert service.health.stats().sse.dropped == 0
+        tg.cancel_scope.cancel()
+
+
+def test_the_write_interval_is_bounded() -> None:
+    assert Settings().sse_write_interval == 0.1
+    assert Settings(sse_write_interval=0).sse_write_interval == 0
+    for bad in (-0.1, 5.5):
+        with pytest.raises(ValueError, match="sse_write_interval"):
+            Settings(sse_write_interval=bad)
+    assert Settings.from_env({"INTEGRATION_STATUS_SSE_WRITE_INTERVAL": "0.25"}).sse_write_interval == 0.25
+
+
+async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_the_others_wait() -> None:
+    """The provider views behind a marker take a while (a store round trip): the class's other streams reach
+    the marker meanwhile and wait for the first one's work instead of each working it out again; then every
+    stream gets its class's one frame."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        viewers = _two_classes(40)
+        writes = await _open_streams(service, tg, connections, viewers)
+        sent = [len(w.frames) for w in writes]
+        gate = anyio.Event()
+        real_views = service.views
+
+        async def slow(conns: Any) -> Any:
+            await gate.wait()
+            return await real_views(conns)
+
+        worked: list[str] = []
+        real_render = service.streams._render
+
+        async def counted(stored: StoredEvent, viewer: Viewer, *args: Any) -> Any:
+            worked.append("owner" if "owner" in viewer.roles else "viewer")
+            return await real_render(stored, viewer, *args)
+
+        service.views = slow  # type: ignore[method-assign]
+        service.streams._render = counted  # type: ignore[method-assign]
+        github = service.adapters["github"]
+        assert isinstance(github, ScriptedAdapter)
+        github.then(snapshot("github", status="warning"))
+        await service.refresh_provider("p", "github")
+        await _settle()
+        assert sorted(set(worked)) == ["owner", "viewer"]
+        assert len(worked) == 2  # the first stream of each class works; the 38 others wait for it
+        gate.set()
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        owner = {id(w.frames[-1]) for w, v in zip(writes, viewers, strict=True) if "owner" in v.roles}
+        assert len(owner) == 1
+        assert worked.count("owner") <= 2  # at most a change and a refresh
+        assert worked.count("viewer") <= 2
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
         tg.cancel_scope.cancel()

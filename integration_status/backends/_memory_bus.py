@@ -151,7 +151,7 @@ class MemorySubscription:
                 raise StopAsyncIteration
             self._wake = wake = Wake()
             try:
-                await wake.wait()
+                await wake
             finally:
                 self._wake = None
 

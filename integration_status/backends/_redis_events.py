@@ -137,7 +137,7 @@ class _Subscriber:
                 raise StopAsyncIteration
             self._wake = wake = Wake()
             try:
-                await wake.wait()
+                await wake
             finally:
                 self._wake = None
 

@@ -10,6 +10,8 @@ included) cancels the wait as usual.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
+from typing import Any
 
 import anyio
 
@@ -44,6 +46,15 @@ class Wake:
             return self._event.is_set()
         future = self._future
         return future.done() and not future.cancelled()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        """``await wake`` is :meth:`wait` without a coroutine of its own: one object less per wait, which counts
+        when thousands of streams wait at once (each live object of a wait is work for the garbage
+        collector's young generation)."""
+        if self._future is None:
+            assert self._event is not None
+            return self._event.wait().__await__()
+        return self._future.__await__()
 
     async def wait(self) -> None:
         """Return once :meth:`set` was called."""

@@ -175,6 +175,7 @@ class StatusService:
             per_viewer=self.settings.sse_per_viewer,
             per_process=self.settings.sse_per_process,
             spawn=self._spawn,
+            write_interval=self.settings.sse_write_interval,
         )
 
     # --- lifecycle ------------------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class Settings:
     heartbeat: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     sse_per_viewer: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     sse_per_process: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    #: The shortest time between two writes to one event stream: events that arrive meanwhile go out together.
+    sse_write_interval: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(5)]
+    )
     #: The per-deployment secret ETags are keyed with (see core.etag); None: a random key per process, or the
     #: one the Redis engine shares. Never shown in reprs.
     etag_secret: Secret | None = attrs.field(

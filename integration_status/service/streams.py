@@ -17,7 +17,10 @@ is only the task the server runs the response in; everything else is shared:
   the others (a stream's viewer, and so its class, is asked once, when it opens); every event already waiting
   when a stream wakes goes out in ONE write;
 - :class:`StreamHub` keeps one task that sleeps on the service clock until the next stream's heartbeat is due
-  and wakes exactly the streams whose time has come. Shutdown wakes every stream at once.
+  and wakes exactly the streams whose time has come. Shutdown wakes every stream at once;
+- a stream's writes are at least the write interval apart (``Settings.sse_write_interval``): under a steady
+  flow of events each write carries everything that arrived since the last, so the cost per event falls as
+  the rate rises; after a quiet spell an event goes out at once.
 """
 
 from __future__ import annotations
@@ -157,8 +160,13 @@ class StreamBeat:
         must not lose an event when cancelled while it waits: both built-in buses hand an event out only
         after their wait has returned (an async generator would be closed by the cancellation instead). An
         event that arrives together with the cancellation is sent in the next scope.
+
+        After each write the stream holds for the hub's write interval (:meth:`StreamHub.hold`) before it looks
+        for more: a stream's writes are at least that far apart, and whatever arrives meanwhile goes out
+        together. A held stream counts as waiting (a heartbeat interrupts the hold; it is not a stall).
         """
         pending: StoredEvent | None = None
+        hold = self._hub.write_interval > 0
         while not self._hub.closed:
             if self.stalled:
                 raise SubscriberLagging("the stream's writes made no progress for a heartbeat interval")
@@ -192,6 +200,15 @@ class StreamBeat:
                         frame = await _joined(batch, render)
                     if frame is not None:
                         await write(frame)
+                        if hold:
+                            # What arrives meanwhile goes out in the next write (see StreamHub.hold).
+                            self._waiting = True
+                            try:
+                                await self._hub.hold()
+                            finally:
+                                self._waiting = False
+                            if scope.cancel_called:
+                                break
         # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
         with anyio.move_on_after(1):
             await write(shutdown_frame())
@@ -219,11 +236,23 @@ class StreamHub:
     """
 
     def __init__(
-        self, *, clock: Clock, interval: float, spawn: Callable[[Callable[[], Awaitable[None]]], None]
+        self,
+        *,
+        clock: Clock,
+        interval: float,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+        write_interval: float = 0.0,
     ) -> None:
         self._clock = clock
         self._interval = interval
         self._spawn = spawn
+        #: The shortest time between two writes to one stream (0: every event is written at once).
+        self.write_interval = write_interval
+        # Held streams by release time: every hold lasts ``write_interval`` from its start, so a FIFO stays
+        # sorted, and one task releases them (a timer per stream would cost a handle and a task wake each).
+        self._held: deque[tuple[float, Wake]] = deque()
+        self._releasing = False
+        self._held_added: Wake | None = None
         # Deadlines only grow (each stream's next one is ``interval`` after its last): a FIFO stays sorted.
         self._due: deque[tuple[float, StreamBeat]] = deque()
         self._streams: set[StreamBeat] = set()
@@ -264,6 +293,47 @@ class StreamHub:
             beat._end()
         self._streams.clear()
         self._due.clear()
+        for _, wake in self._held:
+            wake.set()
+        self._held.clear()
+
+    def hold(self) -> Wake:
+        """What a stream that has just written awaits before it looks for its next events: set once
+        ``write_interval`` has passed (released up to a tenth of it early, in groups, so that the releasing
+        task wakes a few times per interval however many streams hold). Under a steady flow of events each
+        stream then writes at most once per interval, carrying everything that arrived meanwhile: fewer
+        writes, wake-ups and system calls per event exactly when there are many; an event after a quiet
+        spell still goes out at once."""
+        wake = Wake()
+        self._held.append((self._clock.monotonic() + self.write_interval, wake))
+        if not self._releasing:
+            self._releasing = True
+            self._spawn(self._release)
+        elif self._held_added is not None:
+            self._held_added.set()
+        return wake
+
+    async def _release(self) -> None:
+        held = self._held
+        early = self.write_interval / 10
+        try:
+            while True:
+                if not held:
+                    self._held_added = added = Wake()
+                    try:
+                        await added
+                    finally:
+                        self._held_added = None
+                    continue
+                delay = held[0][0] - early - self._clock.monotonic()
+                if delay > _EPSILON:
+                    await self._clock.sleep(delay)
+                    continue
+                until = self._clock.monotonic() + early + _EPSILON
+                while held and held[0][0] <= until:
+                    held.popleft()[1].set()  # a stream gone meanwhile: its wait was cancelled; harmless
+        finally:
+            self._releasing = False
 
     async def _tick(self) -> None:
         try:
@@ -288,6 +358,17 @@ class StreamHub:
             self._ticking = False
 
 
+class _Pending:
+    """An event being worked out for a viewer class: the class's other streams wait for it."""
+
+    __slots__ = ("data", "done", "result")
+
+    def __init__(self, data: Mapping[str, object]) -> None:
+        self.data = data
+        self.done = Wake()
+        self.result: _Rendered | None = None
+
+
 class _ClassTable:
     """What events became for one viewer class of one project, shared by the class's open streams."""
 
@@ -295,7 +376,7 @@ class _ClassTable:
 
     def __init__(self, grants: Grants) -> None:
         self.grants = grants
-        self.events: dict[str, _Rendered] = {}
+        self.events: dict[str, _Rendered | _Pending] = {}
         self.streams = 0
 
 
@@ -326,12 +407,13 @@ class EventStreams:
         per_viewer: int,
         per_process: int,
         spawn: Callable[[Callable[[], Awaitable[None]]], None],
+        write_interval: float = 0.0,
     ) -> None:
         self._source = source
         self._renderer = renderer
         self._metrics = metrics
         self.caps = ConnectionLimiter(per_viewer=per_viewer, per_process=per_process)
-        self.hub = StreamHub(clock=clock, interval=heartbeat, spawn=spawn)
+        self.hub = StreamHub(clock=clock, interval=heartbeat, spawn=spawn, write_interval=write_interval)
         # The newest markers per project with a stream open (streams of a project see markers in one order;
         # a few are kept for streams that lag a little behind the others).
         self._markers: dict[str, dict[str, _Marker]] = {}
@@ -389,18 +471,40 @@ class EventStreams:
 
                 def render(stored: StoredEvent) -> bytes | Awaitable[bytes | None] | None:
                     # What an event becomes for a viewer class is worked out by the first stream of that
-                    # class to reach it; the others only look it up (no coroutine on that path).
+                    # class to reach it; the others only look it up (no coroutine on that path), or wait for
+                    # it while it is being worked out (a marker's views may take a round trip to the store).
                     hit = rendered.get(stored.id)
-                    if hit is None or not (hit[2] is stored.data or hit[2] == stored.data):
+                    if hit is None:
+                        return work_out(stored)
+                    if isinstance(hit, _Pending):
+                        if hit.data is stored.data or hit.data == stored.data:
+                            return wait_for(hit, stored)
+                        return work_out(stored)
+                    if not (hit[2] is stored.data or hit[2] == stored.data):
                         return work_out(stored)
                     return sent(hit)
 
                 async def work_out(stored: StoredEvent) -> bytes | None:
-                    hit = await self._render(stored, viewer, connections, grants)
+                    pending = _Pending(stored.data)
                     if len(rendered) >= RENDERED_PER_CLASS:
                         del rendered[next(iter(rendered))]
-                    rendered[stored.id] = hit
+                    rendered[stored.id] = pending
+                    try:
+                        hit = pending.result = await self._render(stored, viewer, connections, grants)
+                    finally:
+                        if rendered.get(stored.id) is pending:
+                            if pending.result is None:
+                                del rendered[stored.id]  # failed or cancelled: the waiters work it out
+                            else:
+                                rendered[stored.id] = pending.result
+                        pending.done.set()
                     return sent(hit)
+
+                async def wait_for(pending: _Pending, stored: StoredEvent) -> bytes | None:
+                    await pending.done
+                    if pending.result is None:
+                        return await work_out(stored)
+                    return sent(pending.result)
 
                 def sent(hit: _Rendered) -> bytes | None:
                     nonlocal last_tag
@@ -435,7 +539,7 @@ class EventStreams:
                 self._markers.pop(project_id, None)
                 self._rendered.pop(project_id, None)
 
-    def _rendered_for(self, project_id: str, grants: Grants) -> dict[str, _Rendered]:
+    def _rendered_for(self, project_id: str, grants: Grants) -> dict[str, _Rendered | _Pending]:
         """Event id -> what the event became for the viewer class ``grants`` in ``project_id``: one table per
         class, shared by its open streams (keyed by the class's identity, kept alongside so an id is never
         taken for a later object's) and dropped with the last of them (:meth:`_leave`). A policy that answers

@@ -88,7 +88,10 @@ def make_service(
     projects: Iterable[str] = ("p", "q"),
     **kwargs: Any,
 ) -> StatusService:
-    """A service over scripted adapters (all four connected), header authentication and a FakeClock."""
+    """A service over scripted adapters (all four connected), header authentication and a FakeClock.
+
+    A FakeClock stands still unless a test moves it, so by default the streams write every event at once
+    (``sse_write_interval=0``); the write interval has tests of its own, which move the clock."""
     clock = clock or FakeClock()
     if adapters is None:
         adapters = [ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")]
@@ -98,7 +101,7 @@ def make_service(
         adapters=list(adapters),
         authenticator=header_auth,
         action_handlers=handlers,
-        settings=settings or Settings(),
+        settings=settings or Settings(sse_write_interval=0),
         clock=clock,
         **kwargs,
     )
