@@ -74,6 +74,29 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _family(pid: int) -> Iterator[list[str]]:
+    """The /proc/<pid>/stat fields (after the command name) of a process and of its child processes."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent's pid
+            yield fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its child processes (a server's workers) have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(int(f[11]) + int(f[12]) for f in _family(pid)) / tick
+
+
+def family_rss_kib(pid: int) -> int:
+    """Resident set size of a process and its child processes (a server's workers), in KiB."""
+    page = os.sysconf("SC_PAGE_SIZE") // 1024
+    return sum(int(f[21]) for f in _family(pid)) * page
+
+
 @contextlib.contextmanager
 def bench_server(kind: str, *args: str, module: str = "bench._server") -> Iterator[tuple[int, int]]:
     """Run ``python -m MODULE KIND --port N ARGS`` on a free loopback port; yields (port, pid)."""

@@ -1,15 +1,18 @@
 """Benchmark: event streams under webhook load, on the memory engine and on Redis, side by side.
 
-Thousands of clients (raw sockets, in separate processes) hold event streams of one project open on one uvicorn
-worker while signed GitHub push webhooks arrive at a steady rate. Each push becomes a ``github:push`` event, a
-refresh of the provider and a ``status:update`` marker, so every stream receives several frames per webhook.
-Meanwhile a poller measures the status endpoint. On Redis the commands the server sends per webhook are counted
-(``INFO commandstats``) at two stream counts: they must not grow with the number of streams.
+Thousands of clients (raw sockets, in separate processes) hold event streams of one project open while signed
+GitHub push webhooks arrive at a steady rate: on one uvicorn worker per engine, then on two Redis workers behind
+one socket (``uvicorn --workers 2``: the kernel spreads streams, webhooks and polls over them, and each worker's
+reader fans out what any worker published). Each push becomes a ``github:push`` event, a refresh of the provider
+and a ``status:update`` marker. Meanwhile a poller measures the status endpoint. On Redis the commands the
+server sends per webhook are counted (``INFO commandstats``) at two stream counts: they must not grow with the
+number of streams. Each run prints the cores the server and the stream clients kept busy: they share the
+machine.
 
 Bars: every reading stream gets every push (0 dropped), push delivery p99 < 250 ms, status p95 < 100 ms while
 it runs, memory < 30 KiB per stream, Redis commands per webhook independent of the stream count (within 25%).
 
-    python -m bench sse_load               # 2,000 streams, 20 webhooks/s for 60 s, memory then Redis
+    python -m bench sse_load               # 2,000 streams, 20 webhooks/s for 60 s: memory, Redis, Redis x2
     python -m bench.sse_load serve ...     # the server (started by the benchmark)
 """
 
@@ -34,13 +37,14 @@ from typing import Any
 from bench._common import (
     Outcome,
     bench_server,
+    cpu_seconds,
+    family_rss_kib,
     free_port,
     percentile,
     raise_nofile,
     read_response,
     report,
     request_bytes,
-    rss_kib,
     skipped,
 )
 
@@ -67,7 +71,9 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
 # --- the server ---------------------------------------------------------------------------------------------
 
 
-def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
+def build_app() -> Any:
+    """The benchmark's app, configured by ``BENCH_SSE_ENGINE``, ``BENCH_SSE_PREFIX`` and ``BENCH_SSE_REDIS_URL``
+    (an import string for uvicorn's workers, which each build their own)."""
     import logging
 
     import structlog
@@ -76,7 +82,7 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from bench._server import header_viewer, run_uvicorn, server_options
+    from bench._server import header_viewer
     from integration_status import Secret, Settings, StatusService, WebhookTarget, allow_global_roles
     from integration_status.demo import World, simulated_adapters
     from integration_status.demo.server import DemoConnections
@@ -88,10 +94,12 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     engine: Any = None
-    if engine_name == "redis":
+    if os.environ["BENCH_SSE_ENGINE"] == "redis":
         from integration_status.backends import RedisEngine
 
-        engine = RedisEngine.from_url(redis_url, prefix=prefix)
+        engine = RedisEngine.from_url(
+            os.environ["BENCH_SSE_REDIS_URL"], prefix=os.environ["BENCH_SSE_PREFIX"]
+        )
 
     async def resolve(provider: str, headers: Mapping[str, str], payload: Any) -> WebhookTarget | None:
         if provider == "github" and payload.get("repository", {}).get("full_name") == REPOSITORY:
@@ -110,19 +118,88 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str) -> None:
 
     async def stats(request: Request) -> Response:
         sse = service.health.stats().sse
-        body = {"streams": service.sse_connections.count, "dropped": sse.dropped, "ended": sse.ended}
+        body = {
+            "pid": os.getpid(),
+            "streams": service.sse_connections.count,
+            "dropped": sse.dropped,
+            "ended": sse.ended,
+        }
         return Response(content=json.dumps(body), media_type="application/json")
 
-    app = Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
-    run_uvicorn(app, port, {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()})
+    return Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
+
+
+def serve(port: int, engine_name: str, prefix: str, redis_url: str, workers: int) -> None:
+    """One uvicorn worker, or ``workers`` of them behind one socket (``uvicorn --workers``, as deployed)."""
+    import threading
+
+    import uvicorn
+
+    from bench._server import run_uvicorn, server_options
+
+    os.environ.update(BENCH_SSE_ENGINE=engine_name, BENCH_SSE_PREFIX=prefix, BENCH_SSE_REDIS_URL=redis_url)
+    options: dict[str, Any] = {"backlog": 4096, "timeout_graceful_shutdown": 1, **server_options()}
+    if workers == 1:
+        run_uvicorn(build_app(), port, options)
+        return
+
+    def announce() -> None:  # "ready" once every worker has answered
+        try:
+            _worker_stats(port, workers)
+        except RuntimeError as exc:
+            print(f"not ready: {exc}", flush=True)
+            return
+        print("ready", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    uvicorn.run(
+        "bench.sse_load:build_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        **options,
+    )
+
+
+def _worker_stats(port: int, workers: int, within: float = 60.0) -> dict[int, dict[str, int]]:
+    """``/bench/stats`` of every worker (by pid), asked on fresh connections until each has answered."""
+    import http.client
+
+    found: dict[int, dict[str, int]] = {}
+    deadline = time.monotonic() + within
+    while len(found) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(found)} of {workers} workers answered")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/bench/stats")
+            body = json.loads(conn.getresponse().read())
+            conn.close()
+        except (OSError, ValueError, http.client.HTTPException):
+            time.sleep(0.05)
+            continue
+        found[body["pid"]] = body
+    return found
 
 
 @contextlib.contextmanager
-def server(engine: str, prefix: str, redis_url: str) -> Iterator[tuple[int, int]]:
+def server(engine: str, prefix: str, redis_url: str, workers: int = 1) -> Iterator[tuple[int, int]]:
     """This benchmark's server in a subprocess (``python -m bench.sse_load serve``); its Redis keys go after."""
     try:
         with bench_server(
-            "serve", "--engine", engine, "--prefix", prefix, "--redis-url", redis_url, module="bench.sse_load"
+            "serve",
+            "--engine",
+            engine,
+            "--prefix",
+            prefix,
+            "--redis-url",
+            redis_url,
+            "--workers",
+            str(workers),
+            module="bench.sse_load",
         ) as running:
             yield running
     finally:
@@ -184,7 +261,7 @@ def _clients(port: int, first: int, count: int, queue: Any, stop_after: float) -
     that the load generator, which shares the machine with the server, costs as little as it can."""
     raise_nofile(count + 64)
 
-    async def run() -> tuple[list[dict[str, float]], int]:
+    async def run() -> tuple[list[dict[str, float]], int, float]:
         loop = asyncio.get_running_loop()
         arrivals: list[dict[str, float]] = [{} for _ in range(count)]
         ready = 0
@@ -233,13 +310,15 @@ def _clients(port: int, first: int, count: int, queue: Any, stop_after: float) -
             streams.append(protocol)
         await asyncio.wait_for(all_ready.wait(), 120)
         queue.put(("ready", count))
+        cpu = time.process_time()
         await asyncio.sleep(stop_after)
+        cpu = time.process_time() - cpu
         stopping = True
         for protocol in streams:
             if protocol.transport is not None:
                 protocol.transport.close()
         await asyncio.sleep(0.1)
-        return arrivals, ended_early
+        return arrivals, ended_early, cpu
 
     try:
         queue.put(("done", asyncio.run(run())))
@@ -337,29 +416,33 @@ def one_run(
     processes: int,
     redis_url: str = "",
     count_seconds: float = COUNT_SECONDS,
+    server_workers: int = 1,
 ) -> dict[str, Any]:
-    """Streams open, then webhooks and status polls for ``seconds``; the figures of that run."""
+    """Streams open, then webhooks and status polls for ``seconds``; the figures of that run. With several
+    server workers, the kernel spreads the streams and requests over them, as under ``uvicorn --workers``."""
     raise_nofile(streams + 256)
     prefix = f"bench-sse-{secrets.token_hex(4)}"
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    with server(engine, prefix, redis_url) as (port, pid):
+    with server(engine, prefix, redis_url, server_workers) as (port, pid):
         asyncio.run(_status_poller(port, 0.5, 1))  # warm: the cache filled, the code loaded
         time.sleep(0.5)
-        before = rss_kib(pid)
+        before = family_rss_kib(pid)
         share = streams // processes
-        workers = [
+        clients = [
             ctx.Process(target=_clients, args=(port, i * share, share, queue, seconds + count_seconds + 5.0))
             for i in range(processes)
         ]
-        for w in workers:
-            w.start()
-        for _ in workers:
+        for c in clients:
+            c.start()
+        for _ in clients:
             kind, value = queue.get(timeout=180)
             if kind != "ready":
                 raise RuntimeError(f"SSE clients failed: {value}")
         time.sleep(1.0)
-        during = rss_kib(pid)
+        during = family_rss_kib(pid)
+
+        cpu_before = cpu_seconds(pid)
 
         async def load() -> tuple[dict[str, float], list[float]]:
             sent, polled = await asyncio.gather(
@@ -368,6 +451,7 @@ def one_run(
             return sent, polled
 
         sent, polled = asyncio.run(load())
+        server_cpu = cpu_seconds(pid) - cpu_before
         # Then webhooks alone, for the Redis commands they cost (the status poller reads Redis too).
         calls_before = _redis_calls(redis_url) if engine == "redis" else None
         counted = asyncio.run(_webhooks(port, rate, count_seconds))
@@ -375,18 +459,19 @@ def one_run(
         sent.update(counted)
         arrivals: list[dict[str, float]] = []
         ended_early = 0
-        for _ in workers:
+        clients_cpu = 0.0
+        for _ in clients:
             kind, value = queue.get(timeout=120)
             if kind != "done":
                 raise RuntimeError(f"SSE clients failed: {value}")
             arrivals += value[0]
             ended_early += value[1]
-        for w in workers:
-            w.join(30)
-        with contextlib.suppress(Exception):
-            from bench._common import fetch
-
-            stats = json.loads(asyncio.run(fetch(port, "/bench/stats"))[2])
+            clients_cpu += value[2]
+        for c in clients:
+            c.join(30)
+        with contextlib.suppress(RuntimeError):
+            per_worker = _worker_stats(port, server_workers, within=10.0)
+            stats = {"dropped": sum(w["dropped"] for w in per_worker.values())}
     latencies = [(got[sha] - at) * 1000 for got in arrivals for sha, at in sent.items() if sha in got]
     missing = sum(1 for got in arrivals for sha in sent if sha not in got)
     incomplete = sum(1 for got in arrivals if any(sha not in got for sha in sent))
@@ -395,6 +480,7 @@ def one_run(
         commands = (calls_after - calls_before) / max(1, len(counted))
     return {
         "engine": engine,
+        "server_workers": server_workers,
         "streams": streams,
         "webhooks": len(sent),
         "rate": (len(sent) - len(counted)) / seconds,
@@ -408,19 +494,28 @@ def one_run(
         "status_p95": percentile(polled, 95) if polled else float("inf"),
         "kib_per_stream": (during - before) / streams,
         "commands_per_webhook": commands,
+        # Cores busy meanwhile: the server's while the webhooks ran, the stream clients' over their whole wait.
+        "server_cores": server_cpu / seconds,
+        "clients_cores": clients_cpu / (seconds + count_seconds + 5.0),
     }
+
+
+def _label(engine: str, workers: int) -> str:
+    return engine if workers == 1 else f"{engine}, {workers} workers"
 
 
 def _print(figures: Mapping[str, Any]) -> None:
     commands = figures["commands_per_webhook"]
     redis_part = "" if commands is None else f"; {commands:.1f} Redis commands per webhook"
     print(
-        f"[sse_load] {figures['engine']}: {figures['streams']} streams, {figures['webhooks']} webhooks "
+        f"[sse_load] {_label(figures['engine'], figures['server_workers'])}: {figures['streams']} streams, "
+        f"{figures['webhooks']} webhooks "
         f"({figures['rate']:.1f}/s), "
         f"{figures['deliveries']} push deliveries ({figures['missing']} missing, {figures['incomplete_streams']} "
         f"streams incomplete, {figures['server_dropped']} dropped by the server): p50 {figures['p50']:.0f} ms, "
         f"p99 {figures['p99']:.0f} ms; status p95 {figures['status_p95']:.1f} ms; "
-        f"{figures['kib_per_stream']:.1f} KiB per stream{redis_part}",
+        f"{figures['kib_per_stream']:.1f} KiB per stream{redis_part}; cores busy: server "
+        f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}",
         flush=True,
     )
 
@@ -435,48 +530,54 @@ def _run(smoke: bool, redis_url: str | None) -> list[Outcome]:
     count = 1.0 if smoke else COUNT_SECONDS
     few = max(10, streams // 10)
     outcomes: list[Outcome] = []
-    engines = ["memory"]
+    # The memory engine on one worker (it cannot share events between workers); Redis on one worker, and on
+    # two behind one socket (``uvicorn --workers 2``), the shape it is deployed in.
+    runs = [("memory", 1)]
     if redis_url is not None:
-        engines.append("redis")
+        runs += [("redis", 1), ("redis", 2)]
     else:
         outcomes.append(skipped("sse_load_redis", "no Redis: set BENCH_REDIS_URL or install redis-server"))
     results = {}
-    for engine in engines:
+    for engine, workers in runs:
+        name = engine if workers == 1 else f"{engine}_{workers}_workers"
         try:
-            figures = one_run(engine, streams, rate, seconds, processes, redis_url or "", count)
+            figures = one_run(engine, streams, rate, seconds, processes, redis_url or "", count, workers)
         except (
             RuntimeError,
             OSError,
             queue.Empty,
         ) as exc:  # the server could not keep up: a missed bar, not a crash
-            print(f"[sse_load] {engine}: the run did not complete: {str(exc)[:200]}", flush=True)
-            outcomes.append(report(f"sse_load_{engine}_completed", 0, "== 1", False, fmt="{:.0f}"))
+            print(
+                f"[sse_load] {_label(engine, workers)}: the run did not complete: {str(exc)[:200]}",
+                flush=True,
+            )
+            outcomes.append(report(f"sse_load_{name}_completed", 0, "== 1", False, fmt="{:.0f}"))
             continue
-        results[engine] = figures
+        results[name] = figures
         _print(figures)
         ok_delivery = figures["missing"] == 0 and figures["server_dropped"] == 0
         outcomes += [
             report(
-                f"sse_load_{engine}_webhooks_per_s",
+                f"sse_load_{name}_webhooks_per_s",
                 figures["rate"],
                 f">= {0.95 * rate:g} (offered {rate:g})",
                 figures["rate"] >= 0.95 * rate,
                 fmt="{:.1f}",
             ),
             report(
-                f"sse_load_{engine}_dropped", figures["incomplete_streams"], "== 0", ok_delivery, fmt="{:.0f}"
+                f"sse_load_{name}_dropped", figures["incomplete_streams"], "== 0", ok_delivery, fmt="{:.0f}"
             ),
             report(
-                f"sse_load_{engine}_p99_ms", figures["p99"], f"< {BAR_P99_MS:g}", figures["p99"] < BAR_P99_MS
+                f"sse_load_{name}_p99_ms", figures["p99"], f"< {BAR_P99_MS:g}", figures["p99"] < BAR_P99_MS
             ),
             report(
-                f"sse_load_{engine}_status_p95_ms",
+                f"sse_load_{name}_status_p95_ms",
                 figures["status_p95"],
                 f"< {BAR_STATUS_P95_MS:g}",
                 figures["status_p95"] < BAR_STATUS_P95_MS,
             ),
             report(
-                f"sse_load_{engine}_kib_per_stream",
+                f"sse_load_{name}_kib_per_stream",
                 figures["kib_per_stream"],
                 f"< {BAR_KIB:g}",
                 figures["kib_per_stream"] < BAR_KIB,
@@ -510,8 +611,9 @@ def _serve_main() -> None:
     parser.add_argument("--engine", choices=["memory", "redis"], default="memory")
     parser.add_argument("--prefix", default="bench-sse")
     parser.add_argument("--redis-url", default="")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    serve(args.port, args.engine, args.prefix, args.redis_url)
+    serve(args.port, args.engine, args.prefix, args.redis_url, args.workers)
 
 
 if __name__ == "__main__":
