@@ -660,3 +660,32 @@ async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_t
         service.streams.shutdown()
         await _until(lambda: len(service.streams) == 0)
         tg.cancel_scope.cancel()
+
+
+async def test_a_markers_views_are_collected_as_it_arrives_even_while_every_stream_is_held() -> None:
+    """Every stream is held (it has just written) when a marker arrives: its views are collected at once, by
+    the project's collector, so the streams find them ready once released; the collector goes with the
+    project's last stream."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=1.0)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        writes = await _open_streams(service, tg, connections, _two_classes(10))
+        sent = [len(w.frames) for w in writes]
+        await service.publish("p", push(1))
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        before = service.streams.markers_collected
+        github = service.adapters["github"]
+        assert isinstance(github, ScriptedAdapter)
+        github.then(snapshot("github", status="warning"))
+        await service.refresh_provider("p", "github")  # announced with a marker while every stream is held
+        await _until(lambda: service.streams.markers_collected > before)
+        await _settle()
+        assert all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True))  # still held
+        clock.advance(1.0)
+        await _until(lambda: all(len(w.frames) == n + 2 for w, n in zip(writes, sent, strict=True)))
+        assert all(b"event: status:update" in w.frames[-1] for w in writes)
+        assert service.engine.events.subscriber_count("p") == len(writes) + 1  # the streams and the collector
+        service.streams.shutdown()
+        await _until(lambda: service.engine.events.subscriber_count("p") == 0)
+        tg.cancel_scope.cancel()

@@ -38,6 +38,11 @@ StreamId = tuple[int, int]
 _ZERO: StreamId = (0, 0)
 
 
+#: How long a project's reader keeps retrying failed reads before its subscribers are told the store is gone
+#: (seconds on the engine's clock), and the pause between retries after the first (which is at once).
+READ_OUTAGE = 3.0
+READ_RETRY = 0.1
+
 #: Both halves of a stream id are unsigned 64-bit numbers; Redis refuses anything larger.
 _ID_PART_LIMIT = 2**64
 
@@ -406,7 +411,8 @@ class RedisEventBus:
             reader.done.set()
 
     async def _read(self, reader: _Reader) -> None:
-        retried = False
+        clock = self._s.clock
+        failing_since: float | None = None  # when the reads started to fail (service clock)
         while True:
             try:
                 with self._s.errors("reading events"):
@@ -424,14 +430,19 @@ class RedisEventBus:
                         **route,
                     )
             except BackendUnavailable:
-                # One failed read is retried at once on a fresh connection, from the same cursor (nothing is
-                # lost): a connection reset by a proxy, or a reply read late by a busy worker, must not end
-                # every stream of the project. Two in a row are an outage.
-                if retried:
+                # A failed read is retried on a fresh connection, from the same cursor (nothing is lost): at
+                # once, then every READ_RETRY seconds. A connection reset by a proxy, or replies read late by
+                # a worker whose loop lags behind its socket timeout, must not end every stream of the
+                # project. Reads failing for READ_OUTAGE seconds are an outage.
+                now = clock.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    continue
+                if now - failing_since >= READ_OUTAGE:
                     raise
-                retried = True
+                await clock.sleep(READ_RETRY)
                 continue
-            retried = False
+            failing_since = None
             # RESP2 answers [[stream, entries]], RESP3 {stream: entries}; nothing new within BLOCK is empty.
             streams = reply.items() if isinstance(reply, dict) else (reply or ())
             for _stream, entries in streams:

@@ -39,7 +39,7 @@ from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
 from integration_status.core.wake import Wake
-from integration_status.exceptions import BackendUnavailable, SubscriberLagging
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 from integration_status.models import ProviderKey
 from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
 from integration_status.service.render import Renderer
@@ -414,6 +414,10 @@ class EventStreams:
         self._metrics = metrics
         self.caps = ConnectionLimiter(per_viewer=per_viewer, per_process=per_process)
         self.hub = StreamHub(clock=clock, interval=heartbeat, spawn=spawn, write_interval=write_interval)
+        self._spawn = spawn
+        # Per project with a stream open: the scope of the task that collects each marker's views as soon as
+        # the marker arrives (see _collect_markers).
+        self._collectors: dict[str, anyio.CancelScope] = {}
         # The newest markers per project with a stream open (streams of a project see markers in one order;
         # a few are kept for streams that lag a little behind the others).
         self._markers: dict[str, dict[str, _Marker]] = {}
@@ -457,6 +461,7 @@ class EventStreams:
         try:
             async with source.subscribe(project_id, last_event_id=last_event_id) as subscription:
                 await write(CONNECTED)
+                self._start_collector(connections)
                 # A stream's viewer is fixed: its class (what it may do and see) is asked once.
                 grants = source.grants(viewer, project_id)
                 # The content tag of the last status sent: several raw markers can render alike.
@@ -538,6 +543,40 @@ class EventStreams:
                 self._open_per_project.pop(project_id, None)
                 self._markers.pop(project_id, None)
                 self._rendered.pop(project_id, None)
+                collector = self._collectors.pop(project_id, None)
+                if collector is not None:
+                    collector.cancel()
+
+    def _start_collector(self, connections: ProjectConnections) -> None:
+        """Once per project with a stream open: a task of the service that collects each marker's views the
+        moment the marker arrives. The streams then find the views ready and render at once, instead of the
+        first stream of each class collecting them (behind a store round trip) while the class's other streams
+        wait for it, each woken twice. It is only a head start: a collector that falls behind or loses the
+        store ends, and the streams collect for themselves as before."""
+        project_id = connections.project_id
+        if project_id in self._collectors:
+            return
+        scope = self._collectors[project_id] = anyio.CancelScope()
+
+        async def collect() -> None:
+            try:
+                with scope:
+                    async with self._source.subscribe(project_id) as subscription:
+                        async for stored in subscription:
+                            if stored.data.get("type") == "status:update":
+                                await self._marker_views(stored, connections)
+            except (SubscriberLagging, BackendUnavailable):
+                pass
+            except Exception:  # a bug here must not end the service's task group
+                _log.exception("integration_status.sse.collector_failed", project_id=project_id)
+            finally:
+                if self._collectors.get(project_id) is scope:
+                    del self._collectors[project_id]
+
+        try:
+            self._spawn(collect)
+        except ConfigurationError:  # the service is not running: the streams collect for themselves
+            del self._collectors[project_id]
 
     def _rendered_for(self, project_id: str, grants: Grants) -> dict[str, _Rendered | _Pending]:
         """Event id -> what the event became for the viewer class ``grants`` in ``project_id``: one table per

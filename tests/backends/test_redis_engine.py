@@ -14,8 +14,11 @@ import pytest
 import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
+from integration_status.backends._redis_events import READ_OUTAGE, READ_RETRY
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
+from integration_status.testing import FakeClock
+from tests.web.mounts import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -200,16 +203,57 @@ async def test_redis_going_away_mid_flight_fails_closed(
         await OPERATIONS[operation](engine)
 
 
-async def test_reader_failure_reaches_subscribers(redis_engines: Any, redis_proxy: Any) -> None:
-    """A subscriber whose reader loses Redis gets BackendUnavailable, and the reader is gone."""
+async def test_reader_failure_reaches_subscribers(
+    redis_engines: Any, redis_proxy: Any, redis_clock: FakeClock
+) -> None:
+    """A subscriber whose reader loses Redis for good gets BackendUnavailable once the reads have failed for
+    READ_OUTAGE seconds (not before), and the reader is gone."""
     engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
     async with engine.events.subscribe("p1") as sub:
         assert engine.events.reader_count() == 1
         redis_proxy.cut()
-        with anyio.fail_after(5), pytest.raises(BackendUnavailable):
-            await anext(aiter(sub))
+        got: list[BaseException] = []
+
+        async def next_event() -> None:
+            try:
+                await anext(aiter(sub))
+            except BackendUnavailable as exc:
+                got.append(exc)
+
+        async def half_a_second() -> None:
+            redis_clock.advance(0.5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(next_event)
+            # The reader pauses between retries, on the engine's clock.
+            await wait_until(lambda: redis_clock.sleepers > 0)
+            redis_clock.advance(READ_OUTAGE - 0.5)
+            await wait_until(lambda: redis_clock.sleepers > 0)  # still retrying
+            assert not got
+            await wait_until(lambda: bool(got), step=half_a_second)
         assert engine.events.reader_count() == 0
     assert engine.events.subscriber_count() == 0
+
+
+async def test_reads_failing_for_less_than_the_outage_window_end_no_subscriber(
+    redis_engines: Any, redis_proxy: Any, redis_clock: FakeClock
+) -> None:
+    """Reads that fail for a while (a worker whose loop lags behind its socket timeout, a proxy restarting):
+    the reader retries from where it was, and once Redis answers again the subscriber gets every event, in
+    order, with no error."""
+    engine = await redis_engines(url=redis_proxy.url, socket_timeout=0.5)
+    publisher = await redis_engines()  # another worker, straight to Redis
+    async with engine.events.subscribe("p1") as sub:
+        events = aiter(sub)
+        redis_proxy.cut()
+        await wait_until(lambda: redis_clock.sleepers > 0)  # retrying, paused on the engine's clock
+        redis_clock.advance(READ_OUTAGE / 2)
+        ids = [await publisher.events.publish("p1", {"n": n}) for n in (1, 2)]
+        redis_proxy.restore()
+        redis_clock.advance(READ_RETRY)
+        with anyio.fail_after(5):
+            assert [(await anext(events)).id for _ in ids] == ids
+        assert engine.events.reader_count() == 1
 
 
 async def test_a_reset_reader_connection_loses_no_event_and_ends_no_subscriber(

@@ -169,13 +169,14 @@ async def test_heartbeat_comment_after_the_interval(mount: MountFactory) -> None
 
 
 async def test_disconnect_cleans_up(mount: MountFactory) -> None:
-    """After the client goes away, the connection slot and the bus subscription are released."""
+    """After the client goes away, the connection slot and the bus subscriptions are released: the stream's
+    own and, with the project's last stream, the one that collects the project's markers as they arrive."""
     service = make_service()
     async with mount(service) as m, m.client() as client:
         async with events_stream(client) as r:
             await SSEReader(r).event()
             assert service.sse_connections.count == 1
-            assert service.engine.events.subscriber_count() == 1
+            await wait_until(lambda: service.engine.events.subscriber_count() == 2)
         await m.wait_released(lambda: service.sse_connections.count == 0)
         await m.wait_released(lambda: service.engine.events.subscriber_count() == 0)
 
