@@ -149,6 +149,12 @@ class SnapshotCache:
         self._counted = isinstance(getattr(store, "generation", None), int)
         self._local = getattr(store, "shared", True) is False and self._counted
         self._coherent = self._counted and not self._local and hasattr(store, "coherent")
+        # A shared store may hand out its own copies without a round trip (``cached_many(keys)``: every one, or
+        # None): those need no deadline, and a task group and a timer per read are most of a warm read's cost.
+        cached_many = getattr(store, "cached_many", None)
+        self._cached_many: Callable[[Sequence[str]], list[CacheEntry | None] | None] | None = (
+            cached_many if callable(cached_many) else None
+        )
         self._generation = 0  # bumped when peek answers from the local copy (the store failed)
         self._store_down_until = float("-inf")  # monotonic; see STORE_RETRY
         self._probing = False
@@ -208,7 +214,10 @@ class SnapshotCache:
             self._probe(keys)
             return self._fall_back(keys), True
         try:
-            if within is None or self._local:
+            held = None if self._cached_many is None else self._cached_many(keys)
+            if held is not None:  # the store's own copies: no round trip, nothing to bound
+                entries = held
+            elif within is None or self._local:
                 entries = await self._load_many(keys)
             else:
                 entries = await call_with_timeout(self._clock, within, partial(self._load_many, keys))

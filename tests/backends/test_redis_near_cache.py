@@ -183,3 +183,26 @@ async def test_a_warm_status_request_makes_no_redis_round_trip(redis_engine: Red
                 again = await service.status("p", viewer, if_none_match=first.etag)
                 assert again.not_modified
     assert sent == []
+
+
+async def test_the_copies_are_handed_out_only_when_all_are_held_and_trusted(
+    redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_clock: FakeClock
+) -> None:
+    """``cached_many`` answers the worker's copies (a miss remembered as None included) only when it holds
+    every key asked and trusts its channel; a key it lacks, another worker's write or a lost channel make it
+    answer None, so the read goes to Redis."""
+    store = redis_engine.cache_store
+    await store.save("p:github", entry(redis_clock, "one"), keep_for=60)
+    assert await store.load("p:vercel") is None  # a miss, now held as None
+    with counting(redis_engine) as sent:
+        held = store.cached_many(["p:github", "p:vercel"])
+    assert sent == []
+    assert held is not None
+    assert [text_of(e) for e in held] == ["one", None]
+    assert store.cached_many(["p:github", "p:sanity"]) is None
+    await redis_engine_b.cache_store.save("p:github", entry(redis_clock, "two"), keep_for=60)
+    await wait_until(lambda: store.cached_many(["p:github"]) is None)
+    assert await store.load("p:github") is not None
+    assert store.cached_many(["p:github"]) is not None
+    store._trust(False)
+    assert store.cached_many(["p:github"]) is None

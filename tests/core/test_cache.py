@@ -665,3 +665,40 @@ async def test_memory_store_locks_have_owners_and_expire(clock: FakeClock) -> No
     assert await store.try_lock("k", 5) is None
     await store.unlock("k", second)
     assert await store.try_lock("k", 5) is not None
+
+
+class HoldingStore(MemoryCacheStore):
+    """A shared store that holds copies of some keys (a near cache) and counts its round trips."""
+
+    shared = True
+
+    def __init__(self, *, clock: FakeClock, held: dict[str, CacheEntry | None]) -> None:
+        super().__init__(clock=clock)
+        self.held = held
+        self.round_trips = 0
+
+    def cached_many(self, keys: Any) -> list[CacheEntry | None] | None:
+        if not all(key in self.held for key in keys):
+            return None
+        return [self.held[key] for key in keys]
+
+    async def load_many(self, keys: Any) -> list[CacheEntry | None]:
+        self.round_trips += 1
+        return [await self.load(key) for key in keys]
+
+
+@pytest.mark.anyio
+async def test_a_shared_stores_own_copies_are_read_with_no_round_trip(clock: FakeClock, tg: Any) -> None:
+    """When a shared store holds a copy of every key asked (``cached_many``), a bounded read takes them, with
+    no round trip to bound; one key it does not hold sends the read to the store."""
+    held = _entry(clock, "held")
+    store = HoldingStore(clock=clock, held={"p:github": held, "p:vercel": None})
+    cache = make(store, clock, tg)
+    entries, down = await cache.peek_many(["p:github", "p:vercel"], within=0.3)
+    assert (entries, down) == ([held, None], False)
+    assert store.round_trips == 0
+    stored = _entry(clock, "stored")
+    await store.save("p:sanity", stored, keep_for=60)
+    entries, down = await cache.peek_many(["p:github", "p:sanity"], within=0.3)
+    assert (entries, down) == ([None, stored], False)  # what the store itself has: its copies are not asked
+    assert store.round_trips == 1
