@@ -382,8 +382,17 @@ async def _webhooks(port: int, rate: float, seconds: float) -> dict[str, float]:
                     **sign_github(SECRET, body),
                 }
                 sent[sha] = time.time()
-                writer.write(request_bytes(HOOK_PATH, headers, method="POST", body=body))
-                status, _, _ = await read_response(reader)
+                request = request_bytes(HOOK_PATH, headers, method="POST", body=body)
+                writer.write(request)
+                try:
+                    status, _, _ = await read_response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # At low rates a connection idles past the server's keep-alive timeout and is closed:
+                    # deliver on a fresh one, as a provider would.
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(request)
+                    status, _, _ = await read_response(reader)
                 if status != 200:
                     raise RuntimeError(f"webhook answered {status}")
         finally:
@@ -430,7 +439,11 @@ def one_run(
         before = family_rss_kib(pid)
         share = streams // processes
         clients = [
-            ctx.Process(target=_clients, args=(port, i * share, share, queue, seconds + count_seconds + 5.0))
+            ctx.Process(
+                target=_clients,
+                args=(port, i * share, share, queue, seconds + count_seconds + 5.0),
+                daemon=True,
+            )
             for i in range(processes)
         ]
         for c in clients:
