@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.events import redact_event
 from integration_status.core.sse import encode_event
-from integration_status.exceptions import SubscriberLagging
+from integration_status.exceptions import ConfigurationError, SubscriberLagging
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
@@ -689,3 +689,22 @@ async def test_a_markers_views_are_collected_as_it_arrives_even_while_every_stre
         service.streams.shutdown()
         await _until(lambda: service.engine.events.subscriber_count("p") == 0)
         tg.cancel_scope.cancel()
+
+
+async def test_a_hold_asked_while_the_hub_stops_or_cannot_start_its_timer_ends_at_once() -> None:
+    """After shutdown, or when the service can no longer start the releasing task, a hold is already over:
+    the stream goes on to its end instead of waiting for a release that never comes."""
+
+    def stopped(task: Any) -> None:
+        raise ConfigurationError("the service is not running")
+
+    hub = StreamHub(clock=FakeClock(), interval=15.0, spawn=stopped, write_interval=0.1)
+    assert hub.hold().is_set()
+    started: list[Any] = []
+    running = StreamHub(clock=FakeClock(), interval=15.0, spawn=started.append, write_interval=0.1)
+    held = running.hold()
+    assert not held.is_set()
+    assert len(started) == 1
+    running.shutdown()
+    assert held.is_set()
+    assert running.hold().is_set()

@@ -305,12 +305,19 @@ class StreamHub:
         writes, wake-ups and system calls per event exactly when there are many; an event after a quiet
         spell still goes out at once."""
         wake = Wake()
-        self._held.append((self._clock.monotonic() + self.write_interval, wake))
+        if self.closed:  # shutting down: nothing to hold for
+            wake.set()
+            return wake
         if not self._releasing:
+            try:
+                self._spawn(self._release)
+            except ConfigurationError:  # the service stopped under the stream: no hold
+                wake.set()
+                return wake
             self._releasing = True
-            self._spawn(self._release)
         elif self._held_added is not None:
             self._held_added.set()
+        self._held.append((self._clock.monotonic() + self.write_interval, wake))
         return wake
 
     async def _release(self) -> None:
@@ -416,7 +423,7 @@ class EventStreams:
         self.hub = StreamHub(clock=clock, interval=heartbeat, spawn=spawn, write_interval=write_interval)
         self._spawn = spawn
         # Per project with a stream open: the scope of the task that collects each marker's views as soon as
-        # the marker arrives (see _collect_markers).
+        # the marker arrives (see _start_collector).
         self._collectors: dict[str, anyio.CancelScope] = {}
         # The newest markers per project with a stream open (streams of a project see markers in one order;
         # a few are kept for streams that lag a little behind the others).
@@ -563,6 +570,8 @@ class EventStreams:
                 with scope:
                     async with self._source.subscribe(project_id) as subscription:
                         async for stored in subscription:
+                            if project_id not in self._open_per_project:
+                                return  # the last stream left: its cancellation is on its way
                             if stored.data.get("type") == "status:update":
                                 await self._marker_views(stored, connections)
             except (SubscriberLagging, BackendUnavailable):
