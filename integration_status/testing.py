@@ -52,6 +52,7 @@ class FakeClock:
         self._waiters: list[tuple[float, int, anyio.Event]] = []
         self._seq = itertools.count()
         self._sleeping = 0
+        self._next_sleep: list[anyio.Event] = []
 
     def time(self) -> float:
         return self._wall
@@ -66,6 +67,10 @@ class FakeClock:
         event = anyio.Event()
         heapq.heappush(self._waiters, (self._mono + seconds, next(self._seq), event))
         self._sleeping += 1
+        if self._next_sleep:
+            for started in self._next_sleep:
+                started.set()
+            self._next_sleep.clear()
         try:
             await event.wait()
         finally:
@@ -81,6 +86,14 @@ class FakeClock:
         self._mono += seconds
         while self._waiters and self._waiters[0][0] <= self._mono:
             heapq.heappop(self._waiters)[2].set()
+
+    def next_sleep(self) -> anyio.Event:
+        """An event set as soon as some task starts a (non-zero) sleep on this clock after this call: take it
+        before the step that should lead to a sleep, then wait for it instead of polling ``sleepers``, so the
+        next ``advance`` is sure to find that sleeper."""
+        started = anyio.Event()
+        self._next_sleep.append(started)
+        return started
 
     @property
     def sleepers(self) -> int:

@@ -76,7 +76,7 @@ def test_a_member_never_gets_the_owners_frame() -> None:
     assert cache.event_frame("q", stored, Visibility.full()) is not owner  # ids are per project
 
 
-def github_service(clock: FakeClock, write_interval: float = 0.0) -> StatusService:
+def github_service(clock: FakeClock, write_interval: float = 0.0, heartbeat: float = 15.0) -> StatusService:
     """A service over scripted adapters on ``clock``. Its streams write every event at once unless the test
     gives a write interval (a FakeClock stands still until the test moves it)."""
     github = ProviderSnapshot(
@@ -94,8 +94,16 @@ def github_service(clock: FakeClock, write_interval: float = 0.0) -> StatusServi
         connections=StaticConnections.linked("p", "github", "vercel", "sanity", "supabase"),
         adapters=adapters,
         clock=clock,
-        settings=Settings(sse_write_interval=write_interval),
+        settings=Settings(sse_write_interval=write_interval, heartbeat=heartbeat),
     )
+
+
+async def _github_turns_warning(service: StatusService) -> None:
+    """GitHub answers ``warning`` from now on, and a refresh fetches it and announces it with a marker."""
+    github = service.adapters["github"]
+    assert isinstance(github, ScriptedAdapter)
+    github.then(snapshot("github", status="warning"))
+    await service.refresh_provider("p", "github")
 
 
 async def test_status_frames_are_shared_per_permissions_and_match_the_event() -> None:
@@ -283,10 +291,7 @@ async def test_a_marker_is_collected_once_however_many_streams_are_open() -> Non
             return await real_views(conns)
 
         service.views = counted  # type: ignore[method-assign]  # the streams ask the service for views
-        github = service.adapters["github"]
-        assert isinstance(github, ScriptedAdapter)
-        github.then(snapshot("github", status="warning"))
-        await service.refresh_provider("p", "github")  # fetched again and announced with a marker
+        await _github_turns_warning(service)  # fetched again and announced with a marker
         await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
         for _ in range(50):  # any further marker of this change reaches every stream too
             await anyio.lowlevel.checkpoint()
@@ -573,13 +578,7 @@ async def test_a_heartbeat_ends_a_hold_which_is_never_a_stall_and_shutdown_ends_
     write itself), the held push follows, and the stream is not taken for stalled (a hold is a wait). A push
     after heartbeats only goes out at once; shutdown ends a held stream at once, without its held push."""
     clock = FakeClock()
-    service = StatusService(
-        authorizer=allow_global_roles,
-        connections=StaticConnections.linked("p", "github", "vercel", "sanity", "supabase"),
-        adapters=[ScriptedAdapter(p, snapshot(p)) for p in ("github", "vercel", "sanity", "supabase")],
-        clock=clock,
-        settings=Settings(heartbeat=1.0, sse_write_interval=5.0),
-    )
+    service = github_service(clock, write_interval=5.0, heartbeat=1.0)
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
         (writes,) = await _open_streams(service, tg, connections, [OWNER])
@@ -644,10 +643,7 @@ async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_t
 
         service.views = slow  # type: ignore[method-assign]
         service.streams._render = counted  # type: ignore[method-assign]
-        github = service.adapters["github"]
-        assert isinstance(github, ScriptedAdapter)
-        github.then(snapshot("github", status="warning"))
-        await service.refresh_provider("p", "github")
+        await _github_turns_warning(service)
         await _settle()
         assert sorted(set(worked)) == ["owner", "viewer"]
         assert len(worked) == 2  # the first stream of each class works; the 38 others wait for it
@@ -675,10 +671,7 @@ async def test_a_markers_views_are_collected_as_it_arrives_even_while_every_stre
         await service.publish("p", push(1))
         await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
         before = service.streams.markers_collected
-        github = service.adapters["github"]
-        assert isinstance(github, ScriptedAdapter)
-        github.then(snapshot("github", status="warning"))
-        await service.refresh_provider("p", "github")  # announced with a marker while every stream is held
+        await _github_turns_warning(service)  # announced with a marker while every stream is held
         await _until(lambda: service.streams.markers_collected > before)
         await _settle()
         assert all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True))  # still held
