@@ -167,15 +167,18 @@ class RedisCacheStore:
         return entry
 
     def cached_many(self, keys: Sequence[str]) -> list[CacheEntry | None] | None:
-        """This worker's copies of ``keys`` when it holds every one of them and trusts them (no round trip, so
-        nothing to bound by a deadline), else None: :meth:`load_many` then reads what is missing."""
+        """This worker's copies of ``keys`` when it holds an entry for every one of them and trusts them (no
+        round trip, so nothing to bound by a deadline), else None: :meth:`load_many` then reads. A remembered
+        miss does not count: on a cold start another worker is filling that entry right now, and its
+        announcement may still be on its way."""
         if not self.coherent:
             return None
         near = self._near
         try:
-            return [near[key] for key in keys]
+            entries = [near[key] for key in keys]
         except KeyError:  # not held, or expired
             return None
+        return None if None in entries else entries
 
     async def load_many(self, keys: Sequence[str]) -> list[CacheEntry | None]:
         """:meth:`load` for several keys: the near copies, and ONE ``MGET`` per project for the rest (one

@@ -188,17 +188,19 @@ async def test_a_warm_status_request_makes_no_redis_round_trip(redis_engine: Red
 async def test_the_copies_are_handed_out_only_when_all_are_held_and_trusted(
     redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_clock: FakeClock
 ) -> None:
-    """``cached_many`` answers the worker's copies (a miss remembered as None included) only when it holds
-    every key asked and trusts its channel; a key it lacks, another worker's write or a lost channel make it
-    answer None, so the read goes to Redis."""
+    """``cached_many`` answers the worker's copies only when it holds an entry for every key asked and trusts
+    its channel; a key it lacks, a remembered miss (another worker may be filling it), another worker's write
+    or a lost channel make it answer None, so the read goes to Redis."""
     store = redis_engine.cache_store
     await store.save("p:github", entry(redis_clock, "one"), keep_for=60)
+    await store.save("p:supabase", entry(redis_clock, "two"), keep_for=60)
     assert await store.load("p:vercel") is None  # a miss, now held as None
     with counting(redis_engine) as sent:
-        held = store.cached_many(["p:github", "p:vercel"])
+        held = store.cached_many(["p:github", "p:supabase"])
     assert sent == []
     assert held is not None
-    assert [text_of(e) for e in held] == ["one", None]
+    assert [text_of(e) for e in held] == ["one", "two"]
+    assert store.cached_many(["p:github", "p:vercel"]) is None
     assert store.cached_many(["p:github", "p:sanity"]) is None
     await redis_engine_b.cache_store.save("p:github", entry(redis_clock, "two"), keep_for=60)
     await wait_until(lambda: store.cached_many(["p:github"]) is None)
