@@ -111,7 +111,9 @@ async def test_supabase_reads_project_and_health_at_once_when_it_was_up() -> Non
     """A project that was up last time: project and health in parallel; the first check goes one by one."""
     with LoopbackJson(_supabase, delay=0.2) as server:
         async with HttpClient() as http:
-            adapter = SupabaseAdapter(http=http, base_url=server.url)
+            # The health call's round trip (0.2 s here, more on a busy machine) is what this adapter shows
+            # as latency; the threshold is lifted so that the test is about concurrency only.
+            adapter = SupabaseAdapter(http=http, base_url=server.url, latency_warning_ms=60_000)
             conn = ProviderConnection(provider="supabase", settings={"project_ref": "ref1"}, token="t")
             first = await adapter.fetch(conn, fetch_ctx(SYSTEM_CLOCK))
             assert server.peak == 1
