@@ -658,6 +658,52 @@ async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_t
         tg.cancel_scope.cancel()
 
 
+async def test_a_stream_going_while_its_class_waits_for_a_rendering_takes_no_other_stream_along() -> None:
+    """The class's streams wait on one shared wake-up for the first stream's work; one of them goes away
+    (its client disconnects) meanwhile. Only that stream ends: the others still get the frame once it is
+    worked out. (asyncio cancels a task by cancelling the future it waits on, the one they all share.)"""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        viewers = _two_classes(40)
+        leaving = anyio.CancelScope()
+        writes = [_Writes() for _ in viewers]
+
+        async def stream(i: int) -> None:
+            if i != len(viewers) - 2:  # the last "viewer" stream: never the first of its class to work
+                await service.open_stream(viewers[i], connections)(writes[i])
+                return
+            with leaving:
+                await service.open_stream(viewers[i], connections)(writes[i])
+
+        for i in range(len(viewers)):
+            tg.start_soon(stream, i)
+        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
+        await _settle()
+        sent = [len(w.frames) for w in writes]
+        gate = anyio.Event()
+        real_views = service.views
+
+        async def slow(conns: Any) -> Any:
+            await gate.wait()
+            return await real_views(conns)
+
+        service.views = slow  # type: ignore[method-assign]
+        await _github_turns_warning(service)
+        await _settle()
+        leaving.cancel()
+        await _settle()
+        assert len(service.streams) == len(viewers) - 1
+        gate.set()
+        stayed = [(w, n) for i, (w, n) in enumerate(zip(writes, sent, strict=True)) if i != len(viewers) - 2]
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in stayed))
+        assert len(service.streams) == len(viewers) - 1
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_markers_views_are_collected_as_it_arrives_even_while_every_stream_is_held() -> None:
     """Every stream is held (it has just written) when a marker arrives: its views are collected at once, by
     the project's collector, so the streams find them ready once released; the collector goes with the

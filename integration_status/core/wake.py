@@ -5,6 +5,11 @@ Thousands of event streams each wait for their next event, and every event wakes
 future) costs several times the wake-up itself. On asyncio a :class:`Wake` is one bare future of the running
 loop; on any other loop it falls back to ``anyio.Event``. Cancelling the waiting task (an anyio cancel scope
 included) cancels the wait as usual.
+
+Several tasks may wait on one :class:`Wake` (every stream of a class waits for the class's rendering). asyncio
+cancels a task by cancelling the future it waits on, which would wake every other waiter of that future with a
+``CancelledError`` that is not theirs. A waiter that gets one while its own task is not being cancelled waits
+again, on a fresh future of the same :class:`Wake`: only the cancelled task's wait ends.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ __all__ = ["Wake"]
 class Wake:
     """Set once, awaited by any number of tasks of one loop. Make one per wait, in that loop."""
 
-    __slots__ = ("_event", "_future")
+    __slots__ = ("_event", "_future", "_set")
 
     def __init__(self) -> None:
+        self._set = False
         try:
             self._future: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
             self._event: anyio.Event | None = None
@@ -32,7 +38,8 @@ class Wake:
             self._event = anyio.Event()
 
     def set(self) -> None:
-        """Wake the waiter (now, or as soon as it waits). Setting twice is harmless."""
+        """Wake the waiters (now, or as soon as they wait). Setting twice is harmless."""
+        self._set = True
         future = self._future
         if future is None:
             assert self._event is not None
@@ -41,11 +48,7 @@ class Wake:
             future.set_result(None)
 
     def is_set(self) -> bool:
-        if self._future is None:
-            assert self._event is not None
-            return self._event.is_set()
-        future = self._future
-        return future.done() and not future.cancelled()
+        return self._set
 
     def __await__(self) -> Generator[Any, None, None]:
         """``await wake`` is :meth:`wait` without a coroutine of its own: one object less per wait, which counts
@@ -54,12 +57,22 @@ class Wake:
         if self._future is None:
             assert self._event is not None
             return self._event.wait().__await__()
-        return self._future.__await__()
+        return self._wait_future()
+
+    def _wait_future(self) -> Generator[Any, None, None]:
+        while not self._set:
+            future = self._future
+            assert future is not None
+            if future.cancelled():  # cancelled by another waiter's cancellation (see the module docstring)
+                future = self._future = future.get_loop().create_future()
+            try:
+                yield from future.__await__()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or not future.cancelled():
+                    raise  # this task is being cancelled
+                # Another waiter's cancellation cancelled the shared future: wait again, unless set meanwhile.
 
     async def wait(self) -> None:
         """Return once :meth:`set` was called."""
-        if self._future is None:
-            assert self._event is not None
-            await self._event.wait()
-        else:
-            await self._future
+        await self
