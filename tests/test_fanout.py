@@ -565,6 +565,7 @@ async def test_many_held_streams_are_released_together_by_one_timer() -> None:
         await _settle()
         assert all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True))
         assert clock.sleepers <= 2  # the heartbeat timer and the release timer: none per stream
+        assert len(service.streams.hub._held) == 1  # one group, one wake-up for the thirty
         clock.advance(0.95)  # within a tenth of the interval: all are released at once
         await _until(lambda: all(len(w.frames) == n + 2 for w, n in zip(writes, sent, strict=True)))
         assert all(f"{2:040x}".encode() in w.frames[-1] for w in writes)
@@ -604,6 +605,69 @@ async def test_a_heartbeat_ends_a_hold_which_is_never_a_stall_and_shutdown_ends_
         assert not any(f"{4:040x}".encode() in f for f in writes.frames)
         assert b"server stopping" in writes.frames[-1]
         assert service.health.stats().sse.dropped == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_heartbeat_due_during_a_short_hold_goes_out_when_the_hold_ends() -> None:
+    """A hold much shorter than the heartbeat interval is not interrupted: the heartbeat that falls due
+    meanwhile goes out as the hold ends, before the held push, and the stream is not taken for stalled."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=0.5, heartbeat=10.0)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        (writes,) = await _open_streams(service, tg, connections, [OWNER])
+        before = len(writes.frames)
+        clock.advance(9.8)
+        await _settle()
+        await service.publish("p", push(1))  # written at once; held until 10.3
+        await _until(lambda: len(writes.frames) == before + 1)
+        await service.publish("p", push(2))
+        clock.advance(0.3)  # the heartbeat falls due (10.0) while the stream holds
+        await _settle()
+        assert len(writes.frames) == before + 1
+        clock.advance(0.25)
+        await _until(lambda: any(f"{2:040x}".encode() in f for f in writes.frames))
+        assert writes.frames[before + 1] == HEARTBEAT
+        assert service.health.stats().sse.dropped == 0
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_stream_going_while_held_leaves_its_group_held_and_released_together() -> None:
+    """Streams held in one group share a wake-up; one of them goes away meanwhile. The others stay held, and
+    are released together with the push that came in the meantime."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=1.0)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        viewers = [Viewer(user_id=f"u{n}", roles={"owner"}) for n in range(10)]
+        writes = [_Writes() for _ in viewers]
+        leaving = anyio.CancelScope()
+
+        async def stream(i: int) -> None:
+            with leaving if i == 3 else anyio.CancelScope():
+                await service.open_stream(viewers[i], connections)(writes[i])
+
+        for i in range(len(viewers)):
+            tg.start_soon(stream, i)
+        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
+        await _settle()
+        sent = [len(w.frames) for w in writes]
+        await service.publish("p", push(1))
+        await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
+        await service.publish("p", push(2))
+        await _settle()
+        leaving.cancel()
+        await _settle()
+        assert len(service.streams) == len(viewers) - 1
+        stayed = [(w, n) for i, (w, n) in enumerate(zip(writes, sent, strict=True)) if i != 3]
+        assert all(len(w.frames) == n + 1 for w, n in stayed)  # still held
+        clock.advance(1.0)
+        await _until(lambda: all(len(w.frames) == n + 2 for w, n in stayed))
+        assert all(f"{2:040x}".encode() in w.frames[-1] for w, _ in stayed)
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
         tg.cancel_scope.cancel()
 
 

@@ -127,7 +127,7 @@ class StreamBeat:
     slot; the client resumes with ``Last-Event-ID``.
     """
 
-    __slots__ = ("_hub", "_scope", "_waiting", "due", "open", "stalled")
+    __slots__ = ("_holding", "_hub", "_scope", "_waiting", "due", "open", "stalled")
 
     def __init__(self, hub: StreamHub) -> None:
         self.due = False
@@ -135,6 +135,7 @@ class StreamBeat:
         self.open = True
         self._hub = hub
         self._waiting = False
+        self._holding = False
         self._scope: anyio.CancelScope | None = None
 
     async def pump(
@@ -202,11 +203,11 @@ class StreamBeat:
                         await write(frame)
                         if hold:
                             # What arrives meanwhile goes out in the next write (see StreamHub.hold).
-                            self._waiting = True
+                            self._waiting = self._holding = True
                             try:
                                 await self._hub.hold()
                             finally:
-                                self._waiting = False
+                                self._waiting = self._holding = False
                             if scope.cancel_called:
                                 break
         # Ended by shutdown: the hint that tells the browser to come back soon (bounded: a stuck client).
@@ -220,6 +221,8 @@ class StreamBeat:
                 self._scope.cancel()
             return
         self.due = True
+        if self._holding and not self._hub.beats_end_holds:
+            return  # the heartbeat goes out when the hold ends, a small part of the heartbeat interval later
         if self._waiting and self._scope is not None:
             self._scope.cancel()
 
@@ -248,9 +251,14 @@ class StreamHub:
         self._spawn = spawn
         #: The shortest time between two writes to one stream (0: every event is written at once).
         self.write_interval = write_interval
-        # Held streams by release time: every hold lasts ``write_interval`` from its start, so a FIFO stays
-        # sorted, and one task releases them (a timer per stream would cost a handle and a task wake each).
+        # Groups of held streams by release time: every hold lasts ``write_interval`` from its start, so a FIFO
+        # stays sorted, and one task releases them (a timer per stream would cost a handle and a task wake
+        # each). Holds that start within ``_join`` of each other share one group and its one wake-up.
         self._held: deque[tuple[float, Wake]] = deque()
+        self._join = write_interval / 20
+        #: Whether a heartbeat interrupts a hold: only when a hold could delay it by more than a tenth of the
+        #: heartbeat interval (a write interval of seconds); a shorter hold just runs out first.
+        self.beats_end_holds = write_interval > interval / 10
         self._releasing = False
         self._held_added: Wake | None = None
         # Deadlines only grow (each stream's next one is ``interval`` after its last): a FIFO stays sorted.
@@ -303,26 +311,32 @@ class StreamHub:
         task wakes a few times per interval however many streams hold). Under a steady flow of events each
         stream then writes at most once per interval, carrying everything that arrived meanwhile: fewer
         writes, wake-ups and system calls per event exactly when there are many; an event after a quiet
-        spell still goes out at once."""
-        wake = Wake()
+        spell still goes out at once.
+
+        The streams of one group await one shared :class:`Wake`: under load thousands of streams hold at
+        any moment, and a wake-up (a future) apiece would be that many more objects for the garbage
+        collector, made and dropped ten times a second per stream."""
         if self.closed:  # shutting down: nothing to hold for
-            wake.set()
-            return wake
+            return _set_wake()
         if not self._releasing:
             try:
                 self._spawn(self._release)
             except ConfigurationError:  # the service stopped under the stream: no hold
-                wake.set()
-                return wake
+                return _set_wake()
             self._releasing = True
-        elif self._held_added is not None:
+        held = self._held
+        due = self._clock.monotonic() + self.write_interval
+        if held and held[-1][0] >= due - self._join:
+            return held[-1][1]  # the group that started a moment ago
+        wake = Wake()
+        held.append((due, wake))
+        if self._held_added is not None:
             self._held_added.set()
-        self._held.append((self._clock.monotonic() + self.write_interval, wake))
         return wake
 
     async def _release(self) -> None:
         held = self._held
-        early = self.write_interval / 10
+        early = self._join  # a group's last members joined up to ``_join`` after its first
         try:
             while True:
                 if not held:
@@ -363,6 +377,12 @@ class StreamHub:
                     self._due.append((deadline + self._interval, beat))
         finally:
             self._ticking = False
+
+
+def _set_wake() -> Wake:
+    wake = Wake()
+    wake.set()
+    return wake
 
 
 class _Pending:
