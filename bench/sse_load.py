@@ -6,8 +6,10 @@ one socket (``uvicorn --workers 2``: the kernel spreads streams, webhooks and po
 reader fans out what any worker published). Each push becomes a ``github:push`` event, a refresh of the provider
 and a ``status:update`` marker. Meanwhile a poller measures the status endpoint. On Redis the commands the
 server sends per webhook are counted (``INFO commandstats``) at two stream counts: they must not grow with the
-number of streams. Each run prints the cores the server and the stream clients kept busy: they share the
-machine.
+number of streams. Each run prints the cores the server and the stream clients kept busy (they share the
+machine), the push p99 of each ten seconds, the server's full garbage collections and the longest of them
+(each stops a worker's loop), and the share of the machine's time its hypervisor stole meanwhile (on a shared
+VM steal comes in bursts, and the bad ten seconds of a run are usually those).
 
 Bars: every reading stream gets every push (0 dropped), push delivery p99 < 250 ms, status p95 < 100 ms while
 it runs, memory < 30 KiB per stream, Redis commands per webhook independent of the stream count (within 25%).
@@ -40,12 +42,14 @@ from bench._common import (
     cpu_seconds,
     family_rss_kib,
     free_port,
+    machine_ticks,
     percentile,
     raise_nofile,
     read_response,
     report,
     request_bytes,
     skipped,
+    steal_share,
 )
 
 BAR_P99_MS = 250.0
@@ -74,6 +78,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
 def build_app() -> Any:
     """The benchmark's app, configured by ``BENCH_SSE_ENGINE``, ``BENCH_SSE_PREFIX`` and ``BENCH_SSE_REDIS_URL``
     (an import string for uvicorn's workers, which each build their own)."""
+    import gc
     import logging
 
     import structlog
@@ -116,14 +121,33 @@ def build_app() -> Any:
         settings=Settings(sse_per_viewer=100_000, sse_per_process=100_000, heartbeat=30.0),
     )
 
+    # Full collections so far, and the longest since the last stats: with thousands of streams each stops the
+    # worker's loop for a while.
+    full_gcs = [0, 0.0]
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            full_gcs[0] += 1
+            full_gcs[1] = max(full_gcs[1], (time.perf_counter() - started[0]) * 1000)
+
+    gc.callbacks.append(on_gc)
+
     async def stats(request: Request) -> Response:
         sse = service.health.stats().sse
         body = {
             "pid": os.getpid(),
+            "full_gcs": full_gcs[0],
+            "longest_gc_ms": round(full_gcs[1]),
             "streams": service.sse_connections.count,
             "dropped": sse.dropped,
             "ended": sse.ended,
         }
+        full_gcs[1] = 0.0
         return Response(content=json.dumps(body), media_type="application/json")
 
     return Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
@@ -456,6 +480,8 @@ def one_run(
         during = family_rss_kib(pid)
 
         cpu_before = cpu_seconds(pid)
+        ticks_before = machine_ticks()
+        pauses_before = _worker_stats(port, server_workers, within=10.0)
 
         async def load() -> tuple[dict[str, float], list[float]]:
             sent, polled = await asyncio.gather(
@@ -465,6 +491,8 @@ def one_run(
 
         sent, polled = asyncio.run(load())
         server_cpu = cpu_seconds(pid) - cpu_before
+        stolen = steal_share(ticks_before, machine_ticks())
+        pauses_after = _worker_stats(port, server_workers, within=10.0)
         # Then webhooks alone, for the Redis commands they cost (the status poller reads Redis too).
         calls_before = _redis_calls(redis_url) if engine == "redis" else None
         counted = asyncio.run(_webhooks(port, rate, count_seconds))
@@ -486,6 +514,13 @@ def one_run(
             per_worker = _worker_stats(port, server_workers, within=10.0)
             stats = {"dropped": sum(w["dropped"] for w in per_worker.values())}
     latencies = [(got[sha] - at) * 1000 for got in arrivals for sha, at in sent.items() if sha in got]
+    # Push p99 per ten seconds of the run, by the time each push was sent: a steady figure, or bad moments.
+    start = min(sent.values(), default=0.0)
+    windows: dict[int, list[float]] = {}
+    for got in arrivals:
+        for sha, at in sent.items():
+            if sha in got:
+                windows.setdefault(int((at - start) // 10), []).append((got[sha] - at) * 1000)
     missing = sum(1 for got in arrivals for sha in sent if sha not in got)
     incomplete = sum(1 for got in arrivals if any(sha not in got for sha in sent))
     commands = None
@@ -507,6 +542,13 @@ def one_run(
         "status_p95": percentile(polled, 95) if polled else float("inf"),
         "kib_per_stream": (during - before) / streams,
         "commands_per_webhook": commands,
+        "p99_by_10s": [round(percentile(windows[w], 99)) for w in sorted(windows)],
+        # Full garbage collections in the server while the webhooks ran (each stops its worker's loop).
+        "full_gcs": sum(
+            w["full_gcs"] - pauses_before.get(pid_, {}).get("full_gcs", 0) for pid_, w in pauses_after.items()
+        ),
+        "longest_gc_ms": max((w["longest_gc_ms"] for w in pauses_after.values()), default=0),
+        "steal": stolen,
         # Cores busy meanwhile: the server's while the webhooks ran, the stream clients' over their whole wait.
         "server_cores": server_cpu / seconds,
         "clients_cores": clients_cpu / (seconds + count_seconds + 5.0),
@@ -528,7 +570,9 @@ def _print(figures: Mapping[str, Any]) -> None:
         f"streams incomplete, {figures['server_dropped']} dropped by the server): p50 {figures['p50']:.0f} ms, "
         f"p99 {figures['p99']:.0f} ms; status p95 {figures['status_p95']:.1f} ms; "
         f"{figures['kib_per_stream']:.1f} KiB per stream{redis_part}; cores busy: server "
-        f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}",
+        f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}; p99 by 10 s "
+        f"{figures['p99_by_10s']} ms; {figures['full_gcs']} full GCs (longest {figures['longest_gc_ms']} ms); "
+        f"{figures['steal'] * 100:.0f}% of the machine stolen by its hypervisor",
         flush=True,
     )
 
