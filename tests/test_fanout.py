@@ -671,6 +671,44 @@ async def test_a_stream_going_while_held_leaves_its_group_held_and_released_toge
         tg.cancel_scope.cancel()
 
 
+async def test_a_worker_whose_releases_run_late_holds_longer_until_it_has_caught_up() -> None:
+    """Releases that run late (the loop is behind) stretch the holds that follow, so a busy worker writes less
+    often, each write carrying more; on-time releases shrink the stretch again. It never exceeds twice the
+    write interval."""
+    clock = FakeClock()
+    service = github_service(clock, write_interval=1.0)
+    hub = service.streams.hub
+    early = 0.05  # how early the releasing task lets a group go (a twentieth of the interval)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        (writes,) = await _open_streams(service, tg, connections, [OWNER])
+        before = len(writes.frames)
+        assert hub.stretch == 0
+        await service.publish("p", push(1))
+        await _until(lambda: len(writes.frames) == before + 1)
+        await service.publish("p", push(2))
+        await _settle()
+        clock.advance(3.0)  # the release was due at 1.0: it runs 2 s late
+        await _until(lambda: len(writes.frames) == before + 2)
+        stretched = hub.stretch
+        assert 0.5 < stretched <= 2.0
+        await service.publish("p", push(3))
+        clock.advance(1.2)  # a plain hold would be over
+        await _settle()
+        assert len(writes.frames) == before + 2
+        clock.advance(stretched - 0.2 - early + 1e-6)  # when the stretched hold is released
+        await _until(lambda: len(writes.frames) == before + 3)
+        assert hub.stretch < stretched  # released on time: the stretch falls
+        for n in range(4, 40):  # a flow of events, each release on time
+            await service.publish("p", push(n))
+            clock.advance(1.0 + hub.stretch - early + 1e-6)
+            await _until(lambda n=n: any(f"{n:040x}".encode() in f for f in writes.frames))
+        assert hub.stretch < stretched / 5
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
 def test_the_write_interval_is_bounded() -> None:
     assert Settings().sse_write_interval == 0.1
     assert Settings(sse_write_interval=0).sse_write_interval == 0

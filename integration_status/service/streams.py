@@ -108,6 +108,11 @@ class StreamSource(Protocol):
 HEARTBEAT: Final = encode_comment()
 #: Deadlines closer than this count as reached (float sums of a clock's steps are not exact).
 _EPSILON = 1e-9
+#: How the holds follow the releases' lateness (see StreamHub._note_lateness): the weight of each new sample,
+#: the stretch per second of smoothed lateness, and the longest stretch, in write intervals.
+LAG_SMOOTHING: Final = 0.1
+STRETCH_GAIN: Final = 4.0
+STRETCH_MAX: Final = 2.0
 #: The last frame of a stream ended by shutdown: reconnect (to another worker, with Last-Event-ID) in 1-3 s,
 #: spread so that a restarting worker's clients do not all arrive at once.
 SHUTDOWN_RETRY_MS: Final = (1000, 3000)
@@ -256,6 +261,9 @@ class StreamHub:
         # each). Holds that start within ``_join`` of each other share one group and its one wake-up.
         self._held: deque[tuple[float, Wake]] = deque()
         self._join = write_interval / 20
+        self._lag = 0.0  # how late the releases run, smoothed (seconds)
+        #: What a hold lasts beyond ``write_interval`` now: a worker whose loop runs behind holds longer.
+        self.stretch = 0.0
         #: Whether a heartbeat interrupts a hold: only when a hold could delay it by more than a tenth of the
         #: heartbeat interval (a write interval of seconds); a shorter hold just runs out first.
         self.beats_end_holds = write_interval > interval / 10
@@ -325,14 +333,23 @@ class StreamHub:
                 return _set_wake()
             self._releasing = True
         held = self._held
-        due = self._clock.monotonic() + self.write_interval
+        due = self._clock.monotonic() + self.write_interval + self.stretch
         if held and held[-1][0] >= due - self._join:
-            return held[-1][1]  # the group that started a moment ago
+            return held[-1][1]  # the group that started a moment ago (or ends later: the stretch fell)
         wake = Wake()
         held.append((due, wake))
         if self._held_added is not None:
             self._held_added.set()
         return wake
+
+    def _note_lateness(self, late: float) -> None:
+        """A release ran ``late`` seconds after its time: the loop is that far behind. Holds stretch by a
+        multiple of the smoothed lateness (up to twice the interval), so that a busy worker writes less
+        often, each write carrying more, until it has caught up: the writes' system calls are most of what
+        a stream costs, and a worker that stays saturated turns a short stall (a full garbage collection,
+        CPU taken by a neighbour) into seconds of backlog."""
+        self._lag += LAG_SMOOTHING * (late - self._lag)
+        self.stretch = min(STRETCH_GAIN * self._lag, STRETCH_MAX * self.write_interval)
 
     async def _release(self) -> None:
         held = self._held
@@ -350,6 +367,7 @@ class StreamHub:
                 if delay > _EPSILON:
                     await self._clock.sleep(delay)
                     continue
+                self._note_lateness(-delay)
                 until = self._clock.monotonic() + early + _EPSILON
                 while held and held[0][0] <= until:
                     held.popleft()[1].set()  # a stream gone meanwhile: its wait was cancelled; harmless
