@@ -1,6 +1,7 @@
 """A throwaway three-master Redis Cluster on loopback, started from the ``redis-server`` and ``redis-cli``
 binaries for one test session (see the ``redis_cluster`` fixture in tests/conftest.py), and the two targets
-every Redis engine test runs on: the single test Redis and that cluster.
+every Redis engine test runs on: the single test Redis and that cluster. With ``replicas=1`` each master gets a
+replica (six nodes), for the failover tests (the ``redis_cluster_replicated`` fixture, one per test module).
 
 Each node runs in the foreground as a child process with its config, and nothing else, in a temporary directory;
 ``stop()`` ends exactly those processes. Ports are free loopback ports whose cluster-bus port (port + 10000) is
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import attrs
+import pytest
 
+from tests.services import REDIS_URL, require_redis
 from tests.web.mounts import wait_until
 
 if TYPE_CHECKING:
@@ -32,6 +35,9 @@ HOST = "127.0.0.1"
 MASTERS = 3
 #: How long the cluster may take to form (seconds): a few hundred milliseconds is usual.
 FORM_WITHIN = 30.0
+#: The replicated cluster's cluster-node-timeout (ms): a master that stops answering for this long is failed
+#: over to its replica (in about twice that, all told), so a test can wait for it.
+NODE_TIMEOUT_MS = 1000
 
 
 def binaries() -> tuple[str, str] | None:
@@ -63,15 +69,19 @@ def free_ports(n: int) -> list[int]:
 
 
 class LocalCluster:
-    """Three masters, no replicas, all slots assigned; ``url`` points at the first node."""
+    """Three masters, all slots assigned, and ``replicas`` replicas per master (none by default); ``url`` points
+    at the first node. ``node_timeout`` (milliseconds) is the nodes' ``cluster-node-timeout``: how long a master
+    may stop answering before its replica is promoted (Redis's default, 15 s, when None)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replicas: int = 0, node_timeout: int | None = None) -> None:
         found = binaries()
         if found is None:
             raise FileNotFoundError("redis-server and redis-cli are needed for a local Redis Cluster")
         self._server, self._cli = found
         self._dir = directory
-        self.ports = free_ports(MASTERS)
+        self.replicas = replicas
+        self._node_timeout = node_timeout
+        self.ports = free_ports(MASTERS * (1 + replicas))
         self._procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -91,7 +101,7 @@ class LocalCluster:
                     "create",
                     *(f"{HOST}:{port}" for port in self.ports),
                     "--cluster-replicas",
-                    "0",
+                    str(self.replicas),
                     "--cluster-yes",
                 ],
                 check=True,
@@ -103,12 +113,21 @@ class LocalCluster:
                     lambda p=port: self._cli_ok(p, "cluster", "info", expect="cluster_state:ok"),
                     f"node {port} to report cluster_state:ok",
                 )
+            for port in self.ports:
+                self._wait(lambda p=port: self._synced(p), f"node {port} to be a master or a synced replica")
         except BaseException:
             self.stop()
             raise
 
+    def _synced(self, port: int) -> bool:
+        """Whether the node is a master, or a replica whose link to its master is up (it can be promoted)."""
+        return self._cli_ok(port, "info", "replication", expect="role:master") or self._cli_ok(
+            port, "info", "replication", expect="master_link_status:up"
+        )
+
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
-        log = (self._dir / f"node-{port}.log").open("wb")
+        timeout = [] if self._node_timeout is None else ["--cluster-node-timeout", str(self._node_timeout)]
+        log = (self._dir / f"node-{port}.log").open("ab")
         with log:
             return subprocess.Popen(
                 [
@@ -129,6 +148,10 @@ class LocalCluster:
                     "no",
                     "--dir",
                     str(self._dir),
+                    # A replica syncs at once (Redis waits 5 s by default for more replicas to share a sync).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    *timeout,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -185,6 +208,21 @@ class LocalCluster:
         """The process id of the node on ``port`` (to pause it with SIGSTOP in a fault test)."""
         return self._procs[self.ports.index(port)].pid
 
+    def kill(self, port: int) -> None:
+        """End the node on ``port`` at once (SIGKILL, no shutdown of its own), as a crashed server."""
+        proc = self._procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again after :meth:`kill`, with the cluster configuration it saved: it
+        rejoins the cluster (a master that was failed over comes back as a replica). Returns at once; the
+        caller waits for the role it expects."""
+        index = self.ports.index(port)
+        if self._procs[index].poll() is None:
+            raise RuntimeError(f"the node on {port} is still running")
+        self._procs[index] = self._spawn(port)
+
 
 KINDS: Final = ("plain", "cluster")
 
@@ -233,3 +271,12 @@ class RedisTarget:
             for node in nodes:  # the sync cluster client's close() leaves its nodes' pools open
                 if node.redis_connection is not None:
                     node.redis_connection.connection_pool.disconnect()
+
+
+def target_of(kind: str, request: pytest.FixtureRequest) -> RedisTarget:
+    """The target named ``kind``: the single test Redis (``plain``; skips without it, fails under CI=true) or
+    the session's local cluster (``cluster``). The ``redis_target`` fixture, and fixtures choosing their own."""
+    if kind == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return RedisTarget(kind="cluster", url=cluster.url)
+    return RedisTarget(kind="plain", url=require_redis(REDIS_URL))
