@@ -149,9 +149,12 @@ class Shared:
 
         This is the one place the engine maps errors, so it catches everything a broken connection can raise
         on either event loop: the driver's own errors (the cluster client's too), socket errors it did not wrap
-        (a reset, a timeout), an ``EOFError`` (``IncompleteReadError``) from a stream cut mid-reply, and the
+        (a reset, a timeout), an ``EOFError`` (``IncompleteReadError``) from a stream cut mid-reply, the
         ``RuntimeError`` uvloop raises when the driver writes to a transport that has already been closed under
-        it. Only driver code runs inside, so a RuntimeError here is the connection's, not a bug of ours.
+        it, and the ``AttributeError`` the driver raises from its own code when another task closed the
+        connection under a command (the cluster client closes all its connections when it learns the layout
+        again, e.g. during a failover). Only driver code runs inside, so a RuntimeError here is the
+        connection's, not a bug of ours; an AttributeError is mapped only when the driver raised it.
         Cancellation passes through.
         """
         try:
@@ -175,3 +178,20 @@ class Shared:
             raise BackendUnavailable(
                 f"Redis at {self.endpoint} is unreachable while {doing} ({type(exc).__name__})"
             ) from exc
+        except AttributeError as exc:
+            if not raised_by_driver(exc):
+                raise
+            # A connection closed under the command by another task: its socket writer is gone.
+            raise BackendUnavailable(
+                f"Redis at {self.endpoint} is unreachable while {doing} (connection closed under the command)"
+            ) from exc
+
+
+def raised_by_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the redis package's own code (the innermost frame of its traceback)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "redis"

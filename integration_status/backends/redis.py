@@ -286,17 +286,23 @@ def _cluster_clients(
         raise ConfigurationError(
             f"a Redis Cluster has database 0 only; drop the /db from the URL for {endpoint}"
         )
+    # A MOVED answer names the slot's new node, and the driver patches its slot map with it
+    # (reinitialize_steps=0). By default it would instead learn the whole layout again on every fifth MOVED
+    # by closing every connection it holds, failing the commands in flight on healthy nodes too: a failover
+    # would cost requests errors that it need not. A lost connection or CLUSTERDOWN still makes it learn the
+    # layout again.
+    cluster = {"reinitialize_steps": 0, **common}
     client = BoundedCluster.from_url(
         url,
         limit=pool_size,
         wait=socket_timeout,
         max_connections=pool_size,
         socket_timeout=socket_timeout,
-        **common,
+        **cluster,
     )
     # The readers' connections are not bounded, as on a single Redis: one per project being read, and one
     # for the invalidation channel.
     reader = RedisCluster.from_url(
-        url, max_connections=2**31, socket_timeout=socket_timeout + block, **common
+        url, max_connections=2**31, socket_timeout=socket_timeout + block, **cluster
     )
     return client, reader

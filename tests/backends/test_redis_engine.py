@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis.asyncio
 import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
@@ -160,6 +161,32 @@ def test_every_transport_failure_is_backend_unavailable(failure: Exception) -> N
         raise failure
     assert caught.value.__cause__ is failure
     assert "hunter2" not in str(caught.value)
+
+
+async def test_an_attribute_error_of_the_driver_is_backend_unavailable_and_one_of_ours_is_not() -> None:
+    """A connection closed by another task under a command (the cluster driver closes all its connections when
+    it learns the layout again, during a failover) makes the driver raise AttributeError from its own code: no
+    socket writer is left. That is BackendUnavailable; an AttributeError raised outside the driver is a bug and
+    propagates as it is."""
+    engine = RedisEngine.from_url("redis://127.0.0.1:6390/0", prefix="p")
+    connection = redis.asyncio.Connection(host="127.0.0.1", port=6390)  # never connected: no writer
+    with (
+        pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:6390 is unreachable while reading") as caught,
+        engine._s.errors("reading"),
+    ):
+        await connection._send_packed_command([b"PING"])
+    assert isinstance(caught.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError), engine._s.errors("reading"):
+        _ = engine.no_such_attribute  # type: ignore[attr-defined]
+
+
+def test_cluster_clients_patch_their_slot_map_from_moved() -> None:
+    """Both cluster clients follow a MOVED answer by patching the slot it names, never by dropping every
+    connection to learn the whole layout again (the driver's default on every fifth MOVED, which fails the
+    commands in flight on healthy nodes during a failover)."""
+    engine = RedisEngine.from_url("redis://127.0.0.1:6390", prefix="p", cluster=True)
+    clients: list[Any] = [engine._s.client, engine._s.reader]
+    assert [client.reinitialize_steps for client in clients] == [0, 0]
 
 
 async def test_cancellation_is_not_mapped() -> None:
