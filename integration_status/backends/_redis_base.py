@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +17,8 @@ import attrs
 import redis.asyncio as _redis
 import redis.exceptions as _rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.typing import EncodableT
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from integration_status.core.clock import Clock
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -76,6 +77,33 @@ class BoundedCluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
         finally:
             self._slots.release()
+
+    def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
+        return ClusterScript(self, script)
+
+
+class ClusterScript(AsyncScript):
+    """A script that is sent whole (``EVAL``) when the node holding its slot does not know it even after the
+    driver loaded it.
+
+    The driver answers a ``NOSCRIPT`` with ``SCRIPT LOAD`` on the masters it knows of, then runs the script by
+    its digest again. Replicas do not get scripts from their master, so in a failover the load can go to the
+    master that is stepping down while the retry reaches the replica just promoted: the retry fails too. A node
+    that answers ``NOSCRIPT`` ran nothing, so sending the script itself is safe, and caches it on that node.
+    """
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: Any = None,
+    ) -> Any:
+        try:
+            return await super().__call__(keys, args, client)
+        except _rexc.NoScriptError:
+            keys, args = list(keys or ()), list(args or ())
+            target: Any = client if client is not None else self.registered_client
+            return await target.eval(self.script, len(keys), *keys, *args)  # the text it was registered with
 
 
 Client = _redis.Redis | RedisCluster

@@ -269,3 +269,27 @@ async def test_a_cluster_engine_on_a_plain_redis_is_a_configuration_error(redis_
             await engine.connect()
     finally:
         await engine.aclose()
+
+
+async def test_a_script_the_node_does_not_know_after_the_drivers_load_is_sent_whole(
+    redis_engine: RedisEngine, redis_raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a failover the driver's answer to NOSCRIPT (SCRIPT LOAD on the masters it knows of, then the digest
+    again) can miss the replica just promoted: replicas do not get scripts from their master. Here no load
+    reaches any node: the engine then sends the script itself (EVAL), which runs it once, and the node knows
+    it from then on."""
+    limiter = redis_engine.rate_limiter
+    assert (await limiter.hit("u1:p", limit=5, window=60)).remaining == 4
+    loads: list[str] = []
+
+    async def load_nowhere(script: str) -> str:
+        loads.append(script)
+        return str(limiter._hit.sha)
+
+    monkeypatch.setattr(redis_engine._s.client, "script_load", load_nowhere)
+    await redis_raw.execute_command("SCRIPT FLUSH", target_nodes=redis_raw.ALL_NODES)
+    assert (await limiter.hit("u1:p", limit=5, window=60)).remaining == 3  # ran, once
+    assert len(loads) == 1
+    assert await redis_raw.zcard(f"{redis_engine.prefix}:rl:u1:p") == 2
+    node = redis_raw.get_node_from_key(f"{redis_engine.prefix}:rl:u1:p")
+    assert await redis_raw.execute_command("SCRIPT EXISTS", limiter._hit.sha, target_nodes=node) == [True]

@@ -15,6 +15,7 @@ import redis.asyncio
 import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
+from integration_status.backends._redis_base import ClusterScript
 from integration_status.backends._redis_events import READ_OUTAGE, READ_RETRY
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -180,13 +181,15 @@ async def test_an_attribute_error_of_the_driver_is_backend_unavailable_and_one_o
         _ = engine.no_such_attribute  # type: ignore[attr-defined]
 
 
-def test_cluster_clients_patch_their_slot_map_from_moved() -> None:
+def test_cluster_clients_patch_their_slot_map_from_moved_and_send_unknown_scripts_whole() -> None:
     """Both cluster clients follow a MOVED answer by patching the slot it names, never by dropping every
     connection to learn the whole layout again (the driver's default on every fifth MOVED, which fails the
-    commands in flight on healthy nodes during a failover)."""
+    commands in flight on healthy nodes during a failover); the engine's scripts are ClusterScripts."""
     engine = RedisEngine.from_url("redis://127.0.0.1:6390", prefix="p", cluster=True)
     clients: list[Any] = [engine._s.client, engine._s.reader]
     assert [client.reinitialize_steps for client in clients] == [0, 0]
+    assert isinstance(engine._s.client.register_script("return 1"), ClusterScript)
+    assert isinstance(engine.rate_limiter._hit, ClusterScript)
 
 
 async def test_cancellation_is_not_mapped() -> None:
