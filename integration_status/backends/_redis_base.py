@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -133,6 +133,18 @@ class Shared:
         for client in (self.client, self.reader):
             if isinstance(client, RedisCluster):
                 await client.initialize()
+
+    async def aclose(self) -> None:
+        """Close both clients' connections. The cluster driver's own ``aclose()`` closes nothing while it is
+        due to learn the layout again (as after any lost connection, e.g. in a failover), so the nodes of a
+        cluster client are closed here as well."""
+        for client in (self.client, self.reader):
+            await client.aclose()
+            if isinstance(client, RedisCluster):
+                manager = client.nodes_manager
+                for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
+                    with suppress(Exception):  # closing is best effort: the node may be gone
+                        await node.disconnect()
 
     async def reader_route(self, key: str) -> dict[str, Any]:
         """Keyword arguments that send a reader command on ``key`` straight to the node holding its slot (the

@@ -238,8 +238,7 @@ class RedisEngine:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
-        await self._s.client.aclose()
-        await self._s.reader.aclose()
+        await self._s.aclose()
         if self._own_store is not None and hasattr(self._own_store, "aclose"):
             await self._own_store.aclose()
 

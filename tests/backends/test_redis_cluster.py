@@ -293,3 +293,27 @@ async def test_a_script_the_node_does_not_know_after_the_drivers_load_is_sent_wh
     assert await redis_raw.zcard(f"{redis_engine.prefix}:rl:u1:p") == 2
     node = redis_raw.get_node_from_key(f"{redis_engine.prefix}:rl:u1:p")
     assert await redis_raw.execute_command("SCRIPT EXISTS", limiter._hit.sha, target_nodes=node) == [True]
+
+
+async def test_closing_the_engine_closes_every_connection_while_the_driver_means_to_relearn_the_layout(
+    redis_target: Any, redis_prefix: str
+) -> None:
+    """A lost connection (in a failover, say) leaves the cluster driver due to learn the layout again, and its
+    own aclose() then closes nothing: the engine closes every node's connections anyway, its reader's too."""
+    engine = redis_target.engine(prefix=redis_prefix)
+    async with engine:
+        async with engine.events.subscribe("p1"):
+            assert await engine.deliveries.first_seen("d", 60)
+        clients: list[Any] = [engine._s.client, engine._s.reader]
+        nodes = [
+            node
+            for client in clients
+            for node in [
+                *client.nodes_manager.nodes_cache.values(),
+                *client.nodes_manager.startup_nodes.values(),
+            ]
+        ]
+        assert any(connection.is_connected for node in nodes for connection in node._connections)
+        for client in clients:
+            client._initialize = True  # what the driver does after a lost connection
+    assert not any(connection.is_connected for node in nodes for connection in node._connections)
