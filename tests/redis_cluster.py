@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -169,7 +170,8 @@ class LocalCluster:
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
         """Wait (bounded, with the suite's one poll helper) for the nodes to do something; a node that
-        exits meanwhile ends the wait at once, with the nodes' logs."""
+        exits meanwhile ends the wait at once, with the nodes' logs. The helper runs in a thread of its own, so
+        that the cluster can also be started from an async fixture (whose event loop is running here)."""
 
         def done() -> bool:
             for proc in self._procs:
@@ -180,7 +182,8 @@ class LocalCluster:
             return ready()
 
         try:
-            anyio.run(functools.partial(wait_until, done, within=FORM_WITHIN))
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(anyio.run, functools.partial(wait_until, done, within=FORM_WITHIN)).result()
         except TimeoutError:
             raise RuntimeError(f"timed out waiting for {what}: {self._logs()}") from None
 
