@@ -269,3 +269,30 @@ async def test_with_no_retry_a_live_worker_answers_what_the_dead_one_started(sha
     assert on_b.calls == []
     assert retry.replayed
     assert_outcome_unknown(retry)
+
+
+async def test_an_attempt_a_live_worker_cannot_finish_is_handed_back_for_the_clients_retry(
+    shared_store: Store,
+) -> None:
+    """A dead worker left an attempt recorded without its request (so no other worker can run its follow-up).
+    A live worker's sweep finds the lease run out, cannot finish it, and hands it back instead of keeping it:
+    the client's retry is answered "outcome unknown" as after any dead worker, not 409 "in progress"."""
+    clock = shared_store.clock
+    handler = Handler()
+    b = make_service(clock=clock, handlers={DEPLOY: handler}, engine=shared_store.engine())
+    async with b:
+        async with shared_store.engine() as engine:  # the dead worker's record, as dead_worker_left writes it
+            scope = scope_key("u1", "p", "k1")
+            begun = await engine.idempotency.begin(
+                scope, fingerprint("POST", "/actions", BODY), lease=60, keep_for=86_400
+            )
+            assert begun.token is not None
+            await engine.idempotency.checkpoint(scope, begun.token, {"operationId": "op_dead"}, lease=60)
+        swept = clock.next_sleep()
+        clock.advance(b.idempotency.lease)  # B's sweep wakes and finds the lease over
+        with anyio.fail_after(5):  # a bound on B's round trips to Redis
+            await swept.wait()
+        first = await act(b)
+        again = await act(b)
+    assert handler.calls == []
+    assert_outcome_unknown(first, again)

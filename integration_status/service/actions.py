@@ -233,22 +233,29 @@ class ActionRunner:
                 continue  # the store is away: the next sweep tries again
             for scope, begun in claimed:
                 try:
-                    await self._finish_abandoned(scope, begun)
+                    finished = await self._finish_abandoned(scope, begun)
+                    if not finished and begun.state == "resume" and begun.token is not None:
+                        # This worker cannot finish it: hand the attempt back (its lease ends, as when an
+                        # attempt fails), so that the client's retry is answered as after any dead worker
+                        # instead of finding it taken by this sweep.
+                        await guard.store.release(scope, begun.token)
                 except Exception as exc:
                     _log.warning("integration_status.action.abandoned_failed", error=type(exc).__name__)
 
-    async def _finish_abandoned(self, scope: str, begun: BeginResult) -> None:
+    async def _finish_abandoned(self, scope: str, begun: BeginResult) -> bool:
+        """Finish a claimed attempt or follow-up; False when this worker cannot (the attempt was recorded
+        without its request, or this worker has no handler for the action)."""
         service = self._service
         request = (begun.checkpoint or {}).get("request")
         if not isinstance(request, Mapping):
-            return  # recorded without its request: only the client's retry can finish it
+            return False  # recorded without its request: only the client's retry can finish it
         call = parse_action_body({k: v for k, v in request.items() if k != "userId"})
         viewer = Viewer(user_id=str(request.get("userId", "")))
         connections = await service.connections_of(call.project_id)
         connection = None if connections is None else connections.get(call.provider)
         handler = self.handler(call.provider, call.action)
         if handler is None:
-            return
+            return False
         _log.info("integration_status.action.abandoned", provider=call.provider, action=call.action)
 
         async def action(attempt: Attempt) -> StoredResponse:
@@ -256,6 +263,7 @@ class ActionRunner:
             return await self._dispatch(call, viewer, conn, handler, attempt)
 
         await service.idempotency.finish_abandoned(scope=scope, begun=begun, action=action)
+        return True
 
     def handler(self, provider: ProviderKey, action: str) -> ActionHandler | None:
         override = self._overrides.get((provider, action))
