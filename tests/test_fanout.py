@@ -177,6 +177,25 @@ async def _open_streams(
     return writes
 
 
+async def _open_streams_one_leaving(
+    service: StatusService, tg: Any, connections: Any, viewers: list[Viewer], leaving: int
+) -> tuple[list[_Writes], anyio.CancelScope]:
+    """As :func:`_open_streams`, the stream of ``viewers[leaving]`` in a cancel scope of its own: cancelling
+    it is that client going away."""
+    writes = [_Writes() for _ in viewers]
+    scope = anyio.CancelScope()
+
+    async def stream(i: int) -> None:
+        with scope if i == leaving else anyio.CancelScope():
+            await service.open_stream(viewers[i], connections)(writes[i])
+
+    for i in range(len(viewers)):
+        tg.start_soon(stream, i)
+    await _until(lambda: all(len(w.frames) >= 2 for w in writes))
+    await _settle()
+    return writes, scope
+
+
 def _two_classes(n: int) -> list[Viewer]:
     return [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(n)]
 
@@ -642,17 +661,7 @@ async def test_a_stream_going_while_held_leaves_its_group_held_and_released_toge
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
         viewers = [Viewer(user_id=f"u{n}", roles={"owner"}) for n in range(10)]
-        writes = [_Writes() for _ in viewers]
-        leaving = anyio.CancelScope()
-
-        async def stream(i: int) -> None:
-            with leaving if i == 3 else anyio.CancelScope():
-                await service.open_stream(viewers[i], connections)(writes[i])
-
-        for i in range(len(viewers)):
-            tg.start_soon(stream, i)
-        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
-        await _settle()
+        writes, leaving = await _open_streams_one_leaving(service, tg, connections, viewers, 3)
         sent = [len(w.frames) for w in writes]
         await service.publish("p", push(1))
         await _until(lambda: all(len(w.frames) == n + 1 for w, n in zip(writes, sent, strict=True)))
@@ -769,20 +778,8 @@ async def test_a_stream_going_while_its_class_waits_for_a_rendering_takes_no_oth
     async with service, anyio.create_task_group() as tg:
         connections = await service.project("p", OWNER)
         viewers = _two_classes(40)
-        leaving = anyio.CancelScope()
-        writes = [_Writes() for _ in viewers]
-
-        async def stream(i: int) -> None:
-            if i != len(viewers) - 2:  # the last "viewer" stream: never the first of its class to work
-                await service.open_stream(viewers[i], connections)(writes[i])
-                return
-            with leaving:
-                await service.open_stream(viewers[i], connections)(writes[i])
-
-        for i in range(len(viewers)):
-            tg.start_soon(stream, i)
-        await _until(lambda: all(len(w.frames) >= 2 for w in writes))
-        await _settle()
+        # The last "viewer" stream goes: never the first of its class to work an event out.
+        writes, leaving = await _open_streams_one_leaving(service, tg, connections, viewers, len(viewers) - 2)
         sent = [len(w.frames) for w in writes]
         gate = anyio.Event()
         real_views = service.views

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -31,7 +30,8 @@ from integration_status.backends._redis_events import READ_RETRY
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable
 from integration_status.protocols import BeginResult, CacheEntry, StoredEvent, StoredResponse
-from integration_status.testing import FakeClock, snapshot
+from integration_status.testing import FakeClock
+from tests.backends.test_redis_cluster import entry
 from tests.redis_cluster import HOST, NODE_TIMEOUT_MS, LocalCluster, RedisTarget
 from tests.web.mounts import wait_until
 
@@ -49,16 +49,6 @@ OK = StoredResponse(status=202, body={"success": True, "operationId": "op_1"})
 def redis_target(redis_cluster_replicated: LocalCluster) -> RedisTarget:
     """Every Redis fixture of this module (engines, prefix, raw client) on the replicated cluster."""
     return RedisTarget(kind="cluster", url=redis_cluster_replicated.url)
-
-
-def entry(clock: FakeClock, text: str) -> CacheEntry:
-    now = clock.time()
-    return CacheEntry(
-        snapshot=snapshot("github", text=text),
-        fresh_until=now + 15,
-        changed_at=datetime(2025, 1, 1, tzinfo=UTC),
-        checked_at=now,
-    )
 
 
 # --- the nodes, asked one by one --------------------------------------------------------------------------
