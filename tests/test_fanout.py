@@ -196,6 +196,20 @@ async def _open_streams_one_leaving(
     return writes, scope
 
 
+def _gate_views(service: StatusService) -> anyio.Event:
+    """Make collecting the provider views wait (a store round trip that takes a while) until the returned
+    event is set."""
+    gate = anyio.Event()
+    real_views = service.views
+
+    async def slow(conns: Any) -> Any:
+        await gate.wait()
+        return await real_views(conns)
+
+    service.views = slow  # type: ignore[method-assign]
+    return gate
+
+
 def _two_classes(n: int) -> list[Viewer]:
     return [Viewer(user_id=f"u{i}", roles={"owner" if i % 2 else "viewer"}) for i in range(n)]
 
@@ -738,12 +752,7 @@ async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_t
         viewers = _two_classes(40)
         writes = await _open_streams(service, tg, connections, viewers)
         sent = [len(w.frames) for w in writes]
-        gate = anyio.Event()
-        real_views = service.views
-
-        async def slow(conns: Any) -> Any:
-            await gate.wait()
-            return await real_views(conns)
+        gate = _gate_views(service)
 
         worked: list[str] = []
         real_render = service.streams._render
@@ -752,7 +761,6 @@ async def test_a_marker_behind_a_slow_store_is_worked_out_once_per_class_while_t
             worked.append("owner" if "owner" in viewer.roles else "viewer")
             return await real_render(stored, viewer, *args)
 
-        service.views = slow  # type: ignore[method-assign]
         service.streams._render = counted  # type: ignore[method-assign]
         await _github_turns_warning(service)
         await _settle()
@@ -781,14 +789,8 @@ async def test_a_stream_going_while_its_class_waits_for_a_rendering_takes_no_oth
         # The last "viewer" stream goes: never the first of its class to work an event out.
         writes, leaving = await _open_streams_one_leaving(service, tg, connections, viewers, len(viewers) - 2)
         sent = [len(w.frames) for w in writes]
-        gate = anyio.Event()
-        real_views = service.views
+        gate = _gate_views(service)
 
-        async def slow(conns: Any) -> Any:
-            await gate.wait()
-            return await real_views(conns)
-
-        service.views = slow  # type: ignore[method-assign]
         await _github_turns_warning(service)
         await _settle()
         leaving.cancel()

@@ -271,6 +271,16 @@ async def next_event(events: AsyncIterator[StoredEvent], clock: FakeClock) -> St
     return got[0]
 
 
+async def events_go_on(a: RedisEngine, events: Any, project: str, before: str, clock: FakeClock) -> None:
+    """An event A publishes now reaches the subscription opened before the switch (``events``), and a
+    subscription resumed from ``before`` (the last id before the switch) gets it with no gap."""
+    after = await a.events.publish(project, {"type": "after"})
+    assert (await next_event(events, clock)).id == after
+    async with a.events.subscribe(project, last_event_id=before) as resumed:
+        assert resumed.gap is False
+        assert (await next_event(aiter(resumed), clock)).id == after
+
+
 async def still_works(a: RedisEngine, b: RedisEngine, raw: Any, clock: FakeClock, project: str) -> None:
     """After the switch, on the failed-over project: ``a`` writes the cache and ``b``'s near copy is told of it
     (b trusts its near cache again and reads the new value); the refresh lock script excludes the other worker;
@@ -362,11 +372,7 @@ async def test_a_manual_failover_is_followed_without_errors_or_a_restart(
 
         await still_works(a, b, redis_raw, redis_clock, project)
         assert routed_to(a, project) == routed_to(b, project) == replica
-        after = await a.events.publish(project, {"type": "after"})
-        assert (await next_event(events, redis_clock)).id == after
-    async with a.events.subscribe(project, last_event_id=before) as resumed:
-        assert resumed.gap is False
-        assert (await next_event(aiter(resumed), redis_clock)).id == after
+        await events_go_on(a, events, project, before, redis_clock)
 
 
 async def test_a_killed_master_is_failed_over_and_the_same_engines_recover(
@@ -416,11 +422,7 @@ async def test_a_killed_master_is_failed_over_and_the_same_engines_recover(
             await still_works(a, b, redis_raw, redis_clock, project)
             assert int(b.cache_store._pubsub.node.port) != victim
             assert routed_to(a, project) == routed_to(b, project) == replica
-            after = await a.events.publish(project, {"type": "after"})
-            assert (await next_event(events, redis_clock)).id == after
-        async with a.events.subscribe(project, last_event_id=before) as resumed:
-            assert resumed.gap is False
-            assert (await next_event(aiter(resumed), redis_clock)).id == after
+            await events_go_on(a, events, project, before, redis_clock)
     finally:
         if killed:
             cluster.restart(victim)
