@@ -151,7 +151,9 @@ class MemorySubscription:
                 raise StopAsyncIteration
             self._wake = wake = Wake()
             try:
-                await wake
+                # The wake is this subscription's alone, so a cancellation here is always its own task's:
+                # ``bare()`` spares the generator of ``await wake`` (see Wake.bare).
+                await wake.bare()
             finally:
                 self._wake = None
 

@@ -15,7 +15,7 @@ skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -104,6 +104,9 @@ class _Subscriber:
         self.queue: list[tuple[StreamId, StoredEvent]] = []  # with each event its parsed id
         self.error: tuple[type[Exception], str] | None = None
         self.closed = False
+        #: The id of the last event handed out (or where the subscription starts): the live queue may hold
+        #: entries at or before it, which are skipped.
+        self.cursor: StreamId = _ZERO
         self._wake: Wake | None = None  # only while the subscriber waits
 
     def offer(self, queued: tuple[StreamId, StoredEvent]) -> bool:
@@ -126,23 +129,38 @@ class _Subscriber:
         if self._wake is not None:
             self._wake.set()
 
-    def take(self) -> tuple[StreamId, StoredEvent] | None:
-        """The next queued event, or None (nothing queued, or an error or the end that ``next`` reports)."""
-        if self.error is None and self.queue:
-            return self.queue.pop(0)
+    def take(self) -> StoredEvent | None:
+        """The next queued event after :attr:`cursor`, or None (nothing queued, or an error or the end that
+        ``next`` reports)."""
+        if self.error is not None:
+            return None
+        queue = self.queue
+        while queue:
+            sid, event = queue.pop(0)
+            if sid > self.cursor:
+                self.cursor = sid
+                return event
         return None
 
-    async def next(self) -> tuple[StreamId, StoredEvent]:
+    async def next(self) -> StoredEvent:
+        """The next event after :attr:`cursor` (an entry at or before it, which a reader behind a resuming
+        client's id can queue, is skipped), waiting for it."""
         while True:
             if self.error is not None:
                 raise self.error[0](self.error[1])
-            if self.queue:
-                return self.queue.pop(0)
+            queue = self.queue
+            while queue:
+                sid, event = queue.pop(0)
+                if sid > self.cursor:
+                    self.cursor = sid
+                    return event
             if self.closed:
                 raise StopAsyncIteration
             self._wake = wake = Wake()
             try:
-                await wake
+                # The wake is this subscriber's alone, so a cancellation here is always its own task's:
+                # ``bare()`` spares the generator of ``await wake`` (see Wake.bare).
+                await wake.bare()
             finally:
                 self._wake = None
 
@@ -188,27 +206,33 @@ class RedisSubscription:
         self._bus = bus
         self._reader = reader
         self._sub = sub
-        self._cursor = start  # the last id handed out (or the starting point)
+        sub.cursor = start  # the last id handed out (or the starting point)
         self._backlog = backlog[::-1]  # reversed: pop() takes the oldest; a list, lighter than a deque
         self._until = until  # replay with XRANGE up to here, then switch to the live queue
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
         return self
 
-    async def __anext__(self) -> StoredEvent:
-        while True:
+    def __anext__(self) -> Awaitable[StoredEvent]:
+        """The next event: the subscriber's own wait once the replay is over, with no coroutine of this
+        subscription's around it (thousands of streams wait at once; see Wake.bare)."""
+        if self._backlog or self._until is not None:
+            return self._replaying()
+        return self._sub.next()
+
+    async def _replaying(self) -> StoredEvent:
+        sub = self._sub
+        while self._backlog or self._until is not None:
             if self._backlog:
                 return self._hand_out(*self._backlog.pop())
             if self._until is not None:
-                if self._cursor < self._until:
-                    page = await self._bus._range(self._reader.key, self._cursor, self._until)
+                if sub.cursor < self._until:
+                    page = await self._bus._range(self._reader.key, sub.cursor, self._until)
                     if page:
                         self._backlog = page[::-1]  # the backlog is empty here
                         continue
                 self._until = None
-            sid, event = await self._sub.next()
-            if sid > self._cursor:
-                return self._hand_out(sid, event)
+        return await sub.next()
 
     def poll(self) -> StoredEvent | None:
         """The next event if one is already here, without waiting; None when the next one must be waited
@@ -217,13 +241,10 @@ class RedisSubscription:
             return self._hand_out(*self._backlog.pop())
         if self._until is not None:
             return None
-        while (queued := self._sub.take()) is not None:
-            if queued[0] > self._cursor:
-                return self._hand_out(*queued)
-        return None
+        return self._sub.take()
 
     def _hand_out(self, sid: StreamId, event: StoredEvent) -> StoredEvent:
-        self._cursor = sid
+        self._sub.cursor = sid
         return event
 
 

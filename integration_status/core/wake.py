@@ -15,12 +15,16 @@ again, on a fresh future of the same :class:`Wake`: only the cancelled task's wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import anyio
 
-__all__ = ["Wake"]
+__all__ = ["AsyncioCancelled", "Wake"]
+
+#: What a wait of :meth:`Wake.bare` raises on asyncio when it is cancelled (its own task's cancellation, or
+#: another waiter's; :meth:`Wake.woken_by_other` tells which). Other loops raise their own, never this.
+AsyncioCancelled = asyncio.CancelledError
 
 
 class Wake:
@@ -61,17 +65,42 @@ class Wake:
 
     def _wait_future(self) -> Generator[Any, None, None]:
         while not self._set:
-            future = self._future
-            assert future is not None
-            if future.cancelled():  # cancelled by another waiter's cancellation (see the module docstring)
-                future = self._future = future.get_loop().create_future()
             try:
-                yield from future.__await__()
+                yield from self.bare().__await__()
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling() or not future.cancelled():
+                if not self.woken_by_other():
                     raise  # this task is being cancelled
-                # Another waiter's cancellation cancelled the shared future: wait again, unless set meanwhile.
+
+    def bare(self) -> Awaitable[Any]:
+        """The one thing to await for this wake, with nothing of its own around it: on asyncio the shared
+        future itself. For the hottest waits (thousands of streams holding at once, where even the generator
+        of ``await wake`` shows in the collector's work); the caller then does what ``await wake`` does::
+
+            while not wake.is_set():
+                try:
+                    await wake.bare()
+                except asyncio.CancelledError:
+                    if not wake.woken_by_other():
+                        raise
+        """
+        future = self._future
+        if future is None:
+            assert self._event is not None
+            return self._event.wait()
+        if future.cancelled():  # cancelled by another waiter's cancellation (see the module docstring)
+            future = self._future = future.get_loop().create_future()
+            if self._set:
+                future.set_result(None)
+        return future
+
+    def woken_by_other(self) -> bool:
+        """After a ``CancelledError`` out of :meth:`bare`: True when it was not this task's (another waiter's
+        cancellation cancelled the shared future), so the caller waits again; False when this task is being
+        cancelled."""
+        if self._future is None:  # not on asyncio: a cancellation there is the waiter's own
+            return False
+        task = asyncio.current_task()
+        return task is not None and not task.cancelling()
 
     async def wait(self) -> None:
         """Return once :meth:`set` was called."""

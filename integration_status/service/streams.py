@@ -25,6 +25,7 @@ is only the task the server runs the response in; everything else is shared:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 from collections import deque
@@ -38,7 +39,7 @@ from integration_status._logging import get_logger
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
-from integration_status.core.wake import Wake
+from integration_status.core.wake import AsyncioCancelled, Wake
 from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 from integration_status.models import ProviderKey
 from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
@@ -200,17 +201,27 @@ class StreamBeat:
                             frame = await frame
                     else:
                         # What is queued now, bounded; what arrives while it renders waits in the bus.
-                        batch = [event, more]
-                        while len(batch) < BATCH_LIMIT and (more := poll()) is not None:
-                            batch.append(more)
-                        frame = await _joined(batch, render)
+                        frame = await _joined(_batch(event, more, poll), render)
+                    del event, more  # nothing of this round is kept through the hold
                     if frame is not None:
                         await write(frame)
+                        frame = None
                         if hold:
                             # What arrives meanwhile goes out in the next write (see StreamHub.hold).
                             self._waiting = self._holding = True
                             try:
-                                await self._hub.hold()
+                                # ``await wake`` without its generator (see Wake.bare): thousands of streams
+                                # hold at once, and each object of a wait that is alive when the collector's
+                                # middle generation runs moves to the old one, which brings the next full
+                                # collection (a pause of the whole worker) closer.
+                                wake = self._hub.hold()
+                                while not wake.is_set():
+                                    try:
+                                        await wake.bare()
+                                    except AsyncioCancelled:
+                                        if not wake.woken_by_other():
+                                            raise
+                                del wake
                             finally:
                                 self._waiting = self._holding = False
                             if scope.cancel_called:
@@ -490,10 +501,8 @@ class EventStreams:
 
             return refuse
 
-        async def stream(write: Write) -> None:
-            await self._stream(viewer, connections, last_event_id, write)
-
-        return stream
+        # A partial, not a closure: a few objects less for each of thousands of streams.
+        return functools.partial(self._stream, viewer, connections, last_event_id)
 
     async def _stream(
         self, viewer: Viewer, connections: ProjectConnections, last_event_id: str | None, write: Write
@@ -512,62 +521,14 @@ class EventStreams:
                 # The content tag of the last status sent: several raw markers can render alike.
                 last_tag: str | None = None
                 if last_event_id is None or subscription.gap:
-                    views = await source.views(connections)
-                    rendering = self._renderer.rendering(project_id, views, grants)
+                    rendering = self._renderer.rendering(project_id, await source.views(connections), grants)
                     last_tag = rendering.tag
                     await write(rendering.frame(subscription.resume_id, source.now_ms()))
                     del rendering  # not kept while the stream lives
-                rendered = self._rendered_for(project_id, grants)
-
-                def render(stored: StoredEvent) -> bytes | Awaitable[bytes | None] | None:
-                    # What an event becomes for a viewer class is worked out by the first stream of that
-                    # class to reach it; the others only look it up (no coroutine on that path), or wait for
-                    # it while it is being worked out (a marker's views may take a round trip to the store).
-                    hit = rendered.get(stored.id)
-                    if hit is None:
-                        return work_out(stored)
-                    if isinstance(hit, _Pending):
-                        if hit.data is stored.data or hit.data == stored.data:
-                            return wait_for(hit, stored)
-                        return work_out(stored)
-                    if not (hit[2] is stored.data or hit[2] == stored.data):
-                        return work_out(stored)
-                    return sent(hit)
-
-                async def work_out(stored: StoredEvent) -> bytes | None:
-                    pending = _Pending(stored.data)
-                    if len(rendered) >= RENDERED_PER_CLASS:
-                        del rendered[next(iter(rendered))]
-                    rendered[stored.id] = pending
-                    try:
-                        hit = pending.result = await self._render(stored, viewer, connections, grants)
-                    finally:
-                        if rendered.get(stored.id) is pending:
-                            if pending.result is None:
-                                del rendered[stored.id]  # failed or cancelled: the waiters work it out
-                            else:
-                                rendered[stored.id] = pending.result
-                        pending.done.set()
-                    return sent(hit)
-
-                async def wait_for(pending: _Pending, stored: StoredEvent) -> bytes | None:
-                    await pending.done
-                    if pending.result is None:
-                        return await work_out(stored)
-                    return sent(pending.result)
-
-                def sent(hit: _Rendered) -> bytes | None:
-                    nonlocal last_tag
-                    frame, tag = hit[0], hit[1]
-                    if tag is not None:  # a status:update: only what changed for this viewer
-                        if tag == last_tag:
-                            return None
-                        last_tag = tag
-                    return frame
-
+                frames = _Frames(self, viewer, connections, grants, last_tag)
                 beat = self.hub.open()
                 try:
-                    await beat.pump(aiter(subscription), render, write, _poll_of(subscription))
+                    await beat.pump(aiter(subscription), frames.render, write, _poll_of(subscription))
                 except (SubscriberLagging, BackendUnavailable) as exc:
                     # End the stream; the client reconnects and resumes with Last-Event-ID.
                     _log.info("integration_status.sse.dropped", error=type(exc).__name__)
@@ -693,6 +654,89 @@ class EventStreams:
     def reopen(self) -> None:
         """The service starts (again): streams may open."""
         self.hub.reopen()
+
+
+class _Frames:
+    """What one stream sends for each event: one object with the stream's class and last status tag, instead
+    of closures (each a function, its cells and their tuple: some twenty objects more per stream for the
+    collector to walk on every full collection).
+
+    What an event becomes for a viewer class is worked out by the first stream of that class to reach it; the
+    others only look it up (no coroutine on that path), or wait for it while it is being worked out (a
+    marker's views may take a round trip to the store)."""
+
+    __slots__ = ("_connections", "_grants", "_last_tag", "_rendered", "_streams", "_viewer")
+
+    def __init__(
+        self,
+        streams: EventStreams,
+        viewer: Viewer,
+        connections: ProjectConnections,
+        grants: Grants,
+        last_tag: str | None,
+    ) -> None:
+        self._streams = streams
+        self._viewer = viewer
+        self._connections = connections
+        self._grants = grants
+        self._rendered = streams._rendered_for(connections.project_id, grants)
+        self._last_tag = last_tag  # the content tag of the last status sent: several markers can render alike
+
+    def render(self, stored: StoredEvent) -> bytes | Awaitable[bytes | None] | None:
+        hit = self._rendered.get(stored.id)
+        if hit is None:
+            return self._work_out(stored)
+        if isinstance(hit, _Pending):
+            if hit.data is stored.data or hit.data == stored.data:
+                return self._wait_for(hit, stored)
+            return self._work_out(stored)
+        if not (hit[2] is stored.data or hit[2] == stored.data):
+            return self._work_out(stored)
+        return self._sent(hit)
+
+    async def _work_out(self, stored: StoredEvent) -> bytes | None:
+        rendered = self._rendered
+        pending = _Pending(stored.data)
+        if len(rendered) >= RENDERED_PER_CLASS:
+            del rendered[next(iter(rendered))]
+        rendered[stored.id] = pending
+        try:
+            hit = pending.result = await self._streams._render(
+                stored, self._viewer, self._connections, self._grants
+            )
+        finally:
+            if rendered.get(stored.id) is pending:
+                if pending.result is None:
+                    del rendered[stored.id]  # failed or cancelled: the waiters work it out
+                else:
+                    rendered[stored.id] = pending.result
+            pending.done.set()
+        return self._sent(hit)
+
+    async def _wait_for(self, pending: _Pending, stored: StoredEvent) -> bytes | None:
+        await pending.done
+        if pending.result is None:
+            return await self._work_out(stored)
+        return self._sent(pending.result)
+
+    def _sent(self, hit: _Rendered) -> bytes | None:
+        frame, tag = hit[0], hit[1]
+        if tag is not None:  # a status:update: only what changed for this viewer
+            if tag == self._last_tag:
+                return None
+            self._last_tag = tag
+        return frame
+
+
+def _batch(
+    first: StoredEvent, second: StoredEvent, poll: Callable[[], StoredEvent | None]
+) -> list[StoredEvent]:
+    """What is queued now, bounded (:data:`BATCH_LIMIT`); what arrives while it renders waits in the bus. A
+    function of its own, so that the list goes with the call instead of living on in the stream's frame."""
+    batch = [first, second]
+    while len(batch) < BATCH_LIMIT and (more := poll()) is not None:
+        batch.append(more)
+    return batch
 
 
 async def _joined(

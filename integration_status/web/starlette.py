@@ -38,7 +38,7 @@ from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.service.webhooks import DEFAULT_MAX_BODY as _DEFAULT_MAX_BODY
 from integration_status.web import handlers
-from integration_status.web._asgi import ScopeHeaders, StatusEndpoint, query_dict
+from integration_status.web._asgi import ScopeHeaders, StatusEndpoint, query_dict, scope_info
 from integration_status.web.handlers import Response, Write
 
 __all__ = [
@@ -127,33 +127,36 @@ class _WriterResponse(StarletteResponse):
         self._spawn = spawn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The watch and the writes are methods on this response, not closures: a stream lives long and there
+        # are thousands, so each object less is less for the collector to walk.
+        self._receive = receive
+        self._send = send
+        self._disconnected = False
+        self._writing = writing = anyio.CancelScope()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        disconnected = False
-        writing = anyio.CancelScope()
-
-        async def watch() -> None:
-            nonlocal disconnected
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except Exception:  # a broken receive channel means the client is gone too
-                pass
-            disconnected = True
-            writing.cancel()
-
-        async def write(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        if self._spawn_watch(watch):
-            disconnected = await self._write(write, writing)
+        if self._spawn_watch(self._watch):
+            disconnected = await self._write(self._send_body, writing)
         else:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                disconnected = await self._write(write, writing)
+                tg.start_soon(self._watch)
+                disconnected = await self._write(self._send_body, writing)
                 tg.cancel_scope.cancel()
-        if not disconnected:
+        if not (disconnected or self._disconnected):
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self) -> None:
+        receive = self._receive
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a broken receive channel means the client is gone too
+            pass
+        self._disconnected = True
+        self._writing.cancel()
+
+    async def _send_body(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     def _spawn_watch(self, watch: Callable[[], Awaitable[None]]) -> bool:
         """Start ``watch`` in the service's task group; False when there is none (not running). The watch is
@@ -175,6 +178,22 @@ class _WriterResponse(StarletteResponse):
             except OSError:  # the connection broke while writing
                 return True
         return writing.cancel_called
+
+
+class _EventsEndpoint:
+    """``GET /events`` as a plain ASGI app (a Starlette ``Route`` treats a non-function endpoint as one). A
+    stream lives as long as its client, and a worker holds thousands: Starlette's request/response wrapper
+    would keep its coroutines, closures and a second ``Request`` alive for each of them, some twenty objects
+    more per stream for every full garbage collection to walk."""
+
+    def __init__(self, service: StatusService) -> None:
+        self._service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self._service
+        watch_server_exit(service)
+        response = await handlers.handle_events(service, scope_info(scope, receive))
+        await _to_starlette(response, service.spawn)(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -218,10 +237,6 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
         body = await _read_body(request, handlers.MAX_ACTION_BODY)
         return _to_starlette(await handlers.handle_action(service, _info(request), body))
 
-    async def events(request: Request) -> StarletteResponse:
-        watch_server_exit(service)
-        return _to_starlette(await handlers.handle_events(service, _info(request)), service.spawn)
-
     async def webhooks(request: Request) -> StarletteResponse:
         body = await _read_body(request, MAX_WEBHOOK_BODY)
         provider = request.path_params["provider"]
@@ -237,7 +252,9 @@ def routes(service: StatusService, *, prefix: str = DEFAULT_PREFIX) -> list[Base
     return [
         Route(f"{prefix}/status", StatusEndpoint(service), methods=["GET"], name="integration_status:status"),
         Route(f"{prefix}/actions", actions, methods=["POST"], name="integration_status:actions"),
-        Route(f"{prefix}/events", events, methods=["GET"], name="integration_status:events"),
+        Route(
+            f"{prefix}/events", _EventsEndpoint(service), methods=["GET"], name="integration_status:events"
+        ),
         Route(
             f"{prefix}/webhooks/{{provider}}", webhooks, methods=["POST"], name="integration_status:webhooks"
         ),

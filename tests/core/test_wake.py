@@ -12,9 +12,28 @@ from integration_status.core.wake import Wake
 pytestmark = pytest.mark.anyio
 
 
-async def _waiter(wake: Wake, log: list[str], name: str) -> None:
-    try:
+@pytest.fixture(params=["await", "bare"])
+def style(request: pytest.FixtureRequest) -> str:
+    """How a waiter waits: ``await wake``, or the loop around :meth:`Wake.bare` that the hottest waits use
+    instead (the two must behave alike)."""
+    return str(request.param)
+
+
+async def _wait(wake: Wake, style: str) -> None:
+    if style == "await":
         await wake
+        return
+    while not wake.is_set():
+        try:
+            await wake.bare()
+        except asyncio.CancelledError:
+            if not wake.woken_by_other():
+                raise
+
+
+async def _waiter(wake: Wake, log: list[str], name: str, style: str = "await") -> None:
+    try:
+        await _wait(wake, style)
     except asyncio.CancelledError:
         log.append(f"{name} cancelled")
         raise
@@ -26,10 +45,10 @@ async def _steps(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-async def test_cancelling_one_waiter_leaves_the_others_waiting_for_the_set() -> None:
+async def test_cancelling_one_waiter_leaves_the_others_waiting_for_the_set(style: str) -> None:
     wake = Wake()
     log: list[str] = []
-    tasks = [asyncio.create_task(_waiter(wake, log, name)) for name in "abc"]
+    tasks = [asyncio.create_task(_waiter(wake, log, name, style)) for name in "abc"]
     await _steps()
     tasks[0].cancel()
     await _steps()
@@ -42,11 +61,11 @@ async def test_cancelling_one_waiter_leaves_the_others_waiting_for_the_set() -> 
     assert wake.is_set()
 
 
-async def test_a_set_right_after_another_waiters_cancellation_is_not_lost() -> None:
+async def test_a_set_right_after_another_waiters_cancellation_is_not_lost(style: str) -> None:
     """The set lands while the other waiters are still to learn of the cancelled future: they return."""
     wake = Wake()
     log: list[str] = []
-    tasks = [asyncio.create_task(_waiter(wake, log, name)) for name in "ab"]
+    tasks = [asyncio.create_task(_waiter(wake, log, name, style)) for name in "ab"]
     await _steps()
     tasks[0].cancel()
     wake.set()
@@ -55,18 +74,18 @@ async def test_a_set_right_after_another_waiters_cancellation_is_not_lost() -> N
     assert log == ["a cancelled", "b woke"]
 
 
-async def test_an_anyio_cancel_scope_ends_only_its_own_wait() -> None:
+async def test_an_anyio_cancel_scope_ends_only_its_own_wait(style: str) -> None:
     wake = Wake()
     log: list[str] = []
     scope = anyio.CancelScope()
 
     async def scoped() -> None:
         with scope:
-            await _waiter(wake, log, "scoped")
+            await _waiter(wake, log, "scoped", style)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(scoped)
-        tg.start_soon(_waiter, wake, log, "other")
+        tg.start_soon(_waiter, wake, log, "other", style)
         await _steps()
         scope.cancel()
         await _steps()
@@ -75,9 +94,9 @@ async def test_an_anyio_cancel_scope_ends_only_its_own_wait() -> None:
     assert log == ["scoped cancelled", "other woke"]
 
 
-async def test_the_cancelled_waiter_itself_still_gets_its_cancellation() -> None:
+async def test_the_cancelled_waiter_itself_still_gets_its_cancellation(style: str) -> None:
     wake = Wake()
-    task = asyncio.create_task(wake.wait())
+    task = asyncio.create_task(_wait(wake, style))
     await _steps()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -92,3 +111,25 @@ async def test_a_wake_set_before_anyone_waits_returns_at_once() -> None:
     with anyio.fail_after(1):
         await wake
         await wake.wait()
+        await wake.bare()
+
+
+async def test_a_lone_waiters_bare_wait_is_the_future_itself_and_a_cancellation_is_its_own() -> None:
+    """A wake with one waiter (a subscription's own) is awaited bare: nothing but the loop's future, and a
+    cancellation there is never taken for another waiter's."""
+    wake = Wake()
+    assert isinstance(wake.bare(), asyncio.Future)
+
+    async def lone() -> None:
+        await wake.bare()
+
+    task = asyncio.create_task(lone())
+    await _steps()
+    task.cancel()
+    await _steps()
+    assert task.cancelled()
+    fresh = wake.bare()  # the cancelled future is replaced, and a set still reaches the new one
+    assert not fresh.done()  # type: ignore[attr-defined]
+    wake.set()
+    with anyio.fail_after(1):
+        await fresh
