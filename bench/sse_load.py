@@ -156,6 +156,8 @@ def build_app() -> Any:
             "ended": sse.ended,
         }
         full_gcs[1] = 0.0
+        if request.query_params.get("objects"):  # what a full collection walks (~10 ms to count)
+            body["objects"] = len(gc.get_objects())
         return Response(content=json.dumps(body), media_type="application/json")
 
     return Starlette(routes=[*routes(service), Route("/bench/stats", stats)], lifespan=service.lifespan)
@@ -196,7 +198,9 @@ def serve(port: int, engine_name: str, prefix: str, redis_url: str, workers: int
     )
 
 
-def _worker_stats(port: int, workers: int, within: float = 60.0) -> dict[int, dict[str, int]]:
+def _worker_stats(
+    port: int, workers: int, within: float = 60.0, query: str = ""
+) -> dict[int, dict[str, int]]:
     """``/bench/stats`` of every worker (by pid), asked on fresh connections until each has answered."""
     import http.client
 
@@ -207,7 +211,7 @@ def _worker_stats(port: int, workers: int, within: float = 60.0) -> dict[int, di
             raise RuntimeError(f"{len(found)} of {workers} workers answered")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/bench/stats")
+            conn.request("GET", "/bench/stats" + query)
             body = json.loads(conn.getresponse().read())
             conn.close()
         except (OSError, ValueError, http.client.HTTPException):
@@ -434,6 +438,11 @@ async def _webhooks(port: int, rate: float, seconds: float) -> dict[str, float]:
     return sent
 
 
+def _objects(port: int, workers: int) -> int:
+    """The objects the collector tracks in all the server's workers: what each full collection walks."""
+    return sum(w["objects"] for w in _worker_stats(port, workers, within=10.0, query="?objects=1").values())
+
+
 def _redis_calls(url: str) -> int | None:
     """Commands Redis has executed so far (all clients), or None when Redis cannot be reached."""
     try:
@@ -469,6 +478,7 @@ def one_run(
         asyncio.run(_status_poller(port, 0.5, 1))  # warm: the cache filled, the code loaded
         time.sleep(0.5)
         before = family_rss_kib(pid)
+        objects_before = _objects(port, server_workers)
         share = streams // processes
         clients = [
             ctx.Process(
@@ -486,6 +496,7 @@ def one_run(
                 raise RuntimeError(f"SSE clients failed: {value}")
         time.sleep(1.0)
         during = family_rss_kib(pid)
+        objects_during = _objects(port, server_workers)
 
         cpu_before = cpu_seconds(pid)
         ticks_before = machine_ticks()
@@ -549,6 +560,7 @@ def one_run(
         "p99": percentile(latencies, 99) if latencies else float("inf"),
         "status_p95": percentile(polled, 95) if polled else float("inf"),
         "kib_per_stream": (during - before) / streams,
+        "objects_per_stream": (objects_during - objects_before) / streams,
         "commands_per_webhook": commands,
         "p99_by_10s": [round(percentile(windows[w], 99)) for w in sorted(windows)],
         # Full garbage collections in the server while the webhooks ran (each stops its worker's loop).
@@ -577,7 +589,8 @@ def _print(figures: Mapping[str, Any]) -> None:
         f"{figures['deliveries']} push deliveries ({figures['missing']} missing, {figures['incomplete_streams']} "
         f"streams incomplete, {figures['server_dropped']} dropped by the server): p50 {figures['p50']:.0f} ms, "
         f"p99 {figures['p99']:.0f} ms; status p95 {figures['status_p95']:.1f} ms; "
-        f"{figures['kib_per_stream']:.1f} KiB per stream{redis_part}; cores busy: server "
+        f"{figures['kib_per_stream']:.1f} KiB and {figures['objects_per_stream']:.0f} tracked objects per stream"
+        f"{redis_part}; cores busy: server "
         f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}; p99 by 10 s "
         f"{figures['p99_by_10s']} ms; {figures['full_gcs']} full GCs (longest {figures['longest_gc_ms']} ms); "
         f"{figures['steal'] * 100:.0f}% of the machine stolen by its hypervisor",
