@@ -694,6 +694,26 @@ async def test_a_stream_going_while_held_leaves_its_group_held_and_released_toge
         tg.cancel_scope.cancel()
 
 
+async def test_a_gone_stream_waiting_for_its_next_heartbeat_deadline_keeps_no_scope_or_task_alive() -> None:
+    """The heartbeat queue drops a closed stream's deadline only when it is reached (up to an interval later);
+    until then it holds the bare registration, not the stream's cancel scope and, through it, its task."""
+    clock = FakeClock()
+    service = github_service(clock)
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        viewers = [Viewer(user_id=f"u{n}", roles={"owner"}) for n in range(3)]
+        _, leaving = await _open_streams_one_leaving(service, tg, connections, viewers, 1)
+        assert all(beat._scope is not None for _, beat in service.streams.hub._due)
+        leaving.cancel()
+        await _until(lambda: len(service.streams) == len(viewers) - 1)
+        gone = [beat for _, beat in service.streams.hub._due if not beat.open]
+        assert len(gone) == 1
+        assert gone[0]._scope is None
+        service.streams.shutdown()
+        await _until(lambda: len(service.streams) == 0)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_worker_whose_releases_run_late_holds_longer_until_it_has_caught_up() -> None:
     """Releases that run late (the loop is behind) stretch the holds that follow, so a busy worker writes less
     often, each write carrying more; on-time releases shrink the stretch again. It never exceeds twice the

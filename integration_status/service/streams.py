@@ -305,8 +305,10 @@ class StreamHub:
         return beat
 
     def close_stream(self, beat: StreamBeat) -> None:
-        """Unregister a stream (its queued deadline is dropped when reached)."""
+        """Unregister a stream (its queued deadline is dropped when reached; until then the queue holds only the
+        bare registration, not the stream's last cancel scope and through it its task)."""
         beat.open = False
+        beat._scope = None
         self._streams.discard(beat)
 
     def reopen(self) -> None:
