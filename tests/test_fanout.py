@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from integration_status.backends.memory import MemoryEngine
 from integration_status.core.events import redact_event
 from integration_status.core.sse import encode_event
+from integration_status.core.wake import Waiter
 from integration_status.exceptions import ConfigurationError, SubscriberLagging
 from integration_status.models import StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
@@ -859,12 +860,17 @@ async def test_a_hold_asked_while_the_hub_stops_or_cannot_start_its_timer_ends_a
         raise ConfigurationError("the service is not running")
 
     hub = StreamHub(clock=FakeClock(), interval=15.0, spawn=stopped, write_interval=0.1)
-    assert hub.hold().is_set()
+    waiter = Waiter()
+    hub.hold(waiter)
+    assert waiter.is_set()
     started: list[Any] = []
     running = StreamHub(clock=FakeClock(), interval=15.0, spawn=started.append, write_interval=0.1)
-    held = running.hold()
+    held = Waiter()
+    running.hold(held)
     assert not held.is_set()
     assert len(started) == 1
     running.shutdown()
     assert held.is_set()
-    assert running.hold().is_set()
+    late = Waiter()
+    running.hold(late)
+    assert late.is_set()

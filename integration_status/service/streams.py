@@ -39,7 +39,7 @@ from integration_status._logging import get_logger
 from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.policy import Grants, ProviderView
 from integration_status.core.sse import encode_comment, encode_event
-from integration_status.core.wake import AsyncioCancelled, Wake
+from integration_status.core.wake import Waiter, Wake, set_all
 from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 from integration_status.models import ProviderKey
 from integration_status.protocols import Clock, Metrics, ProjectConnections, StoredEvent, Subscription, Viewer
@@ -133,7 +133,7 @@ class StreamBeat:
     slot; the client resumes with ``Last-Event-ID``.
     """
 
-    __slots__ = ("_holding", "_hub", "_scope", "_waiting", "due", "open", "stalled")
+    __slots__ = ("_hold_waiter", "_holding", "_hub", "_scope", "_waiting", "due", "open", "stalled")
 
     def __init__(self, hub: StreamHub) -> None:
         self.due = False
@@ -143,6 +143,7 @@ class StreamBeat:
         self._waiting = False
         self._holding = False
         self._scope: anyio.CancelScope | None = None
+        self._hold_waiter: Waiter | None = None
 
     async def pump(
         self,
@@ -210,18 +211,15 @@ class StreamBeat:
                             # What arrives meanwhile goes out in the next write (see StreamHub.hold).
                             self._waiting = self._holding = True
                             try:
-                                # ``await wake`` without its generator (see Wake.bare): thousands of streams
-                                # hold at once, and each object of a wait that is alive when the collector's
-                                # middle generation runs moves to the old one, which brings the next full
-                                # collection (a pause of the whole worker) closer.
-                                wake = self._hub.hold()
-                                while not wake.is_set():
-                                    try:
-                                        await wake.bare()
-                                    except AsyncioCancelled:
-                                        if not wake.woken_by_other():
-                                            raise
-                                del wake
+                                # The stream's one waiter, awaited again each hold (see Waiter): thousands of
+                                # streams hold at once, and each object of a wait that is alive when the
+                                # collector's middle generation runs moves to the old one, which brings the
+                                # next full collection (a pause of the whole worker) closer.
+                                waiter = self._hold_waiter
+                                if waiter is None:
+                                    waiter = self._hold_waiter = Waiter()
+                                self._hub.hold(waiter)
+                                await waiter
                             finally:
                                 self._waiting = self._holding = False
                             if scope.cancel_called:
@@ -270,7 +268,7 @@ class StreamHub:
         # Groups of held streams by release time: every hold lasts ``write_interval`` from its start, so a FIFO
         # stays sorted, and one task releases them (a timer per stream would cost a handle and a task wake
         # each). Holds that start within ``_join`` of each other share one group and its one wake-up.
-        self._held: deque[tuple[float, Wake]] = deque()
+        self._held: deque[tuple[float, list[Waiter]]] = deque()
         self._join = write_interval / 20
         self._lag = 0.0  # how late the releases run, smoothed (seconds)
         #: What a hold lasts beyond ``write_interval`` now: a worker whose loop runs behind holds longer.
@@ -322,38 +320,45 @@ class StreamHub:
             beat._end()
         self._streams.clear()
         self._due.clear()
-        for _, wake in self._held:
-            wake.set()
+        for _, group in self._held:
+            set_all(group, group)
         self._held.clear()
 
-    def hold(self) -> Wake:
-        """What a stream that has just written awaits before it looks for its next events: set once
-        ``write_interval`` has passed (released up to a tenth of it early, in groups, so that the releasing
-        task wakes a few times per interval however many streams hold). Under a steady flow of events each
-        stream then writes at most once per interval, carrying everything that arrived meanwhile: fewer
-        writes, wake-ups and system calls per event exactly when there are many; an event after a quiet
-        spell still goes out at once.
+    def hold(self, waiter: Waiter) -> None:
+        """Arm ``waiter``, which a stream that has just written awaits before it looks for its next events:
+        it is set once ``write_interval`` has passed (released up to a tenth of it early, in groups, so that
+        the releasing task wakes a few times per interval however many streams hold). Under a steady flow of
+        events each stream then writes at most once per interval, carrying everything that arrived
+        meanwhile: fewer writes, wake-ups and system calls per event exactly when there are many; an event
+        after a quiet spell still goes out at once.
 
-        The streams of one group await one shared :class:`Wake`: under load thousands of streams hold at
-        any moment, and a wake-up (a future) apiece would be that many more objects for the garbage
-        collector, made and dropped ten times a second per stream."""
+        A stream awaits its one :class:`Waiter` at every hold and the streams of a group are woken from one
+        loop callback: under load thousands of streams hold at any moment, and a future apiece (with its
+        iterator and callback entry) would be that many more objects for the garbage collector, made and
+        dropped ten times a second per stream."""
         if self.closed:  # shutting down: nothing to hold for
-            return _set_wake()
+            waiter.arm()
+            waiter.set()
+            return
         if not self._releasing:
             try:
                 self._spawn(self._release)
             except ConfigurationError:  # the service stopped under the stream: no hold
-                return _set_wake()
+                waiter.arm()
+                waiter.set()
+                return
             self._releasing = True
         held = self._held
         due = self._clock.monotonic() + self.write_interval + self.stretch
         if held and held[-1][0] >= due - self._join:
-            return held[-1][1]  # the group that started a moment ago (or ends later: the stretch fell)
-        wake = Wake()
-        held.append((due, wake))
-        if self._held_added is not None:
-            self._held_added.set()
-        return wake
+            group = held[-1][1]  # the group that started a moment ago (or ends later: the stretch fell)
+        else:
+            group = []
+            held.append((due, group))
+            if self._held_added is not None:
+                self._held_added.set()
+        waiter.arm(group)
+        group.append(waiter)
 
     def _note_lateness(self, late: float) -> None:
         """A release ran ``late`` seconds after its time: the loop is that far behind. Holds stretch by a
@@ -383,7 +388,8 @@ class StreamHub:
                 self._note_lateness(-delay)
                 until = self._clock.monotonic() + early + _EPSILON
                 while held and held[0][0] <= until:
-                    held.popleft()[1].set()  # a stream gone meanwhile: its wait was cancelled; harmless
+                    group = held.popleft()[1]
+                    set_all(group, group)  # a stream gone meanwhile, or woken otherwise: skipped
         finally:
             self._releasing = False
 
@@ -408,12 +414,6 @@ class StreamHub:
                     self._due.append((deadline + self._interval, beat))
         finally:
             self._ticking = False
-
-
-def _set_wake() -> Wake:
-    wake = Wake()
-    wake.set()
-    return wake
 
 
 class _Pending:

@@ -1,13 +1,15 @@
-"""Wake: one wake-up awaited by many tasks, where cancelling one waiter ends that waiter's wait only."""
+"""Wake: one wake-up awaited by many tasks, where cancelling one waiter ends that waiter's wait only; and
+Waiter: one wake-up that one task awaits again and again."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import pytest
 
-from integration_status.core.wake import Wake
+from integration_status.core.wake import Waiter, Wake, set_all
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +135,151 @@ async def test_a_lone_waiters_bare_wait_is_the_future_itself_and_a_cancellation_
     wake.set()
     with anyio.fail_after(1):
         await fresh
+
+
+# --- Waiter: one reusable wake-up for one task ---------------------------------------------------------------
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The waiter is a future-like object of its own, so it runs on the plain loop and on uvloop (the demo's)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+def _run(loop_kind: str, main: Any) -> None:
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def test_a_waiter_is_awaited_again_and_again_and_set_before_its_wait_returns_at_once(loop_kind: str) -> None:
+    async def main() -> None:
+        waiter = Waiter()
+        for _ in range(3):
+            waiter.arm()
+            task = asyncio.create_task(_await(waiter))
+            await _steps()
+            assert not task.done()
+            waiter.set()
+            waiter.set()  # twice is harmless
+            await _steps()
+            assert task.done()
+            assert task.result() is None
+        waiter.arm()
+        waiter.set()
+        with anyio.fail_after(1):
+            await waiter  # already set: no suspension
+        assert waiter.is_set()
+
+    _run(loop_kind, main)
+
+
+def test_a_cancel_scope_ends_a_waiters_wait_and_leaves_its_task_uncancelled(loop_kind: str) -> None:
+    """anyio delivers a scope's cancellation again and again while the task awaits something that is not an
+    ``asyncio.Future``: the task must still leave the scope with no cancellation pending, and wait again."""
+
+    async def main() -> None:
+        waiter = Waiter()
+        scope = anyio.CancelScope()
+        left: list[str] = []
+
+        async def holder() -> None:
+            with scope:
+                waiter.arm()
+                await waiter
+            left.append("scope")
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0
+            waiter.arm()
+            await waiter  # a later wait is a normal one
+            left.append("woke")
+
+        task = asyncio.create_task(holder())
+        await _steps()
+        scope.cancel()
+        await _steps(20)
+        assert left == ["scope"]
+        assert not task.done()
+        waiter.set()
+        await _steps()
+        assert left == ["scope", "woke"]
+        assert task.done()
+        assert task.exception() is None
+
+    _run(loop_kind, main)
+
+
+def test_cancelling_a_waiters_task_raises_its_cancellation_and_keeps_no_callback(loop_kind: str) -> None:
+    async def main() -> None:
+        waiter = Waiter()
+        waiter.arm()
+        task = asyncio.create_task(_await(waiter))
+        await _steps()
+        assert waiter._callback is not None  # the task's wake-up, while it waits
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert waiter.cancelled()
+        assert not waiter.is_set()
+        assert waiter._callback is None
+        assert waiter._context is None
+        waiter.set()  # a release that comes later is harmless
+
+    _run(loop_kind, main)
+
+
+def test_set_all_wakes_the_waiters_armed_with_its_token_from_one_loop_callback(loop_kind: str) -> None:
+    """A released group wakes its streams from one callback; a waiter that left the group (woken otherwise
+    and armed again for a later group) is not ended by the earlier group's release."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first: list[Waiter] = []
+        later: list[Waiter] = []
+        waiters = [Waiter() for _ in range(50)]
+        for waiter in waiters:
+            waiter.arm(first)
+            first.append(waiter)
+        tasks = [asyncio.create_task(_await(w)) for w in waiters]
+        await _steps()
+        moved = waiters[0]
+        moved.set()  # woken otherwise (the heartbeat's case), then held again in a later group
+        await _steps()
+        moved.arm(later)
+        later.append(moved)
+        mover = asyncio.create_task(_await(moved))
+        await _steps()
+        calls: list[object] = []
+        call_soon = loop.call_soon
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[0])
+            return call_soon(*args, **kwargs)
+
+        loop.call_soon = counting  # type: ignore[method-assign]
+        try:
+            set_all(first, first)
+        finally:
+            loop.call_soon = call_soon  # type: ignore[method-assign]
+        await _steps()
+        assert len(calls) == 1
+        assert all(t.done() for t in tasks)
+        assert not mover.done()  # the earlier group's release is not its own
+        set_all(later, first)  # nor is a release under another token
+        await _steps()
+        assert not mover.done()
+        set_all(later, later)
+        await _steps()
+        assert mover.done()
+
+    _run(loop_kind, main)
+
+
+async def _await(waiter: Waiter) -> None:
+    await waiter
