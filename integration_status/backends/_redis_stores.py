@@ -285,6 +285,7 @@ class RedisCacheStore:
                     self._trust(False)
                 if pubsub is not None:
                     await self._drop(pubsub)
+                self._pubsub = None
             await anyio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -293,7 +294,7 @@ class RedisCacheStore:
         read can outlive a cancellation, so the engine does not rely on cancelling it."""
         self._stopping = True
         if self._pubsub is not None:
-            await self._drop(self._pubsub)
+            await self._disconnect(self._pubsub)
 
     async def _open(self) -> Any:
         """A PubSub on the reader's connections; on a cluster, through the next node (any node hears every
@@ -302,14 +303,25 @@ class RedisCacheStore:
             node = await self._s.channel_node()
         return self._s.reader.pubsub() if node is None else self._s.reader.pubsub(node=node)
 
-    async def _drop(self, pubsub: Any) -> None:
-        """Close the channel's connection without the PubSub's own ``aclose`` (which takes a lock that a
-        cancelled read can leave waiting): shielded, as the listener may be being cancelled, and bounded."""
-        connection, pubsub.connection = pubsub.connection, None
+    async def _disconnect(self, pubsub: Any) -> None:
+        """Close the channel's socket, which ends the listener's read; the listener itself gives the connection
+        back (:meth:`_drop`). The driver answers a failed read by connecting again, so the connection may be
+        open again by the time the listener sees the failure: only its last close is final."""
+        connection = pubsub.connection
         if connection is None:
             return
         with anyio.move_on_after(CHANNEL_TIMEOUT, shield=True), contextlib.suppress(Exception):
             await connection.disconnect(nowait=True)
+
+    async def _drop(self, pubsub: Any) -> None:
+        """Close the channel's connection and give it back to its pool, once, when the listener is done with
+        it: without the PubSub's own ``aclose`` (which takes a lock that a cancelled read can leave waiting),
+        shielded, as the listener may be being cancelled, and bounded."""
+        await self._disconnect(pubsub)
+        connection, pubsub.connection = pubsub.connection, None
+        if connection is None:
+            return
+        with anyio.move_on_after(CHANNEL_TIMEOUT, shield=True), contextlib.suppress(Exception):
             await pubsub.connection_pool.release(
                 connection
             )  # the reader's pool (or its node's, on a cluster)

@@ -208,3 +208,18 @@ async def test_the_copies_are_handed_out_only_when_all_are_held_and_trusted(
     assert store.cached_many(["p:github"]) is not None
     store._trust(False)
     assert store.cached_many(["p:github"]) is None
+
+
+async def test_a_stopped_listener_leaves_its_connection_closed(redis_engine: RedisEngine) -> None:
+    """Stopping the listener closes its channel's socket; the driver answers the failed read by connecting
+    again before the listener sees the failure, and that connection must not outlive the listener either."""
+    store = redis_engine.cache_store
+    pubsub = store._pubsub
+    connection = pubsub.connection
+    assert connection is not None
+    assert connection.is_connected
+    await store.stop()
+    # The listener ends on its own (its read failed while stopping): nothing cancels it here.
+    await wait_until(lambda: store._pubsub is None, within=10)
+    assert pubsub.connection is None  # given back to the pool
+    assert not connection.is_connected
