@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import types
 from typing import Any
 
 import anyio
 import pytest
 
-from integration_status.exceptions import BackendUnavailable, IdempotencyConflict
+from integration_status._logging import capture_logs
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, IdempotencyConflict
 from integration_status.protocols import (
     ActionContext,
     ActionOutcome,
@@ -15,7 +18,7 @@ from integration_status.protocols import (
     ProviderConnection,
     Viewer,
 )
-from integration_status.service import Settings, StatusService
+from integration_status.service import Settings, StatusService, facade
 from integration_status.service.facade import allow_global_roles
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections
 
@@ -110,3 +113,85 @@ async def test_a_delivery_whose_events_could_not_be_published_is_not_a_duplicate
     assert retry.status == 200
     assert [e["type"] for e in retry.events] == ["github:push"]
     assert again.body == {"ok": True, "duplicate": True}
+
+
+def _service() -> StatusService:
+    return StatusService(
+        authorizer=allow_global_roles, connections=StaticConnections.linked("p", "github"), clock=FakeClock()
+    )
+
+
+async def test_a_plain_task_runs_outside_the_task_group_and_is_cancelled_when_the_service_stops() -> None:
+    """spawn_plain starts a bare asyncio task (no task-group bookkeeping per stream); the service keeps it and
+    cancels it on exit."""
+    service = _service()
+    started = anyio.Event()
+    cancelled = False
+
+    async def forever() -> None:
+        nonlocal cancelled
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        except BaseException:
+            cancelled = True
+            raise
+
+    async with service:
+        service.spawn_plain(forever)
+        await started.wait()
+        (task,) = service._plain
+        assert task is not asyncio.current_task()
+        assert not task.done()
+    await asyncio.sleep(0)  # the cancellation is delivered at the task's next step
+    assert cancelled
+    assert task.cancelled()
+    assert not service._plain
+
+
+async def test_a_plain_task_that_ends_or_raises_is_forgotten_and_what_it_raised_is_logged() -> None:
+    service = _service()
+
+    async def broken() -> None:
+        raise BackendUnavailable("store down")
+
+    async def fine() -> None:
+        pass
+
+    with capture_logs() as logs:
+        async with service:
+            service.spawn_plain(broken)
+            service.spawn_plain(fine)
+            await anyio.wait_all_tasks_blocked()
+            await asyncio.sleep(0)  # done callbacks run one loop step after their task
+            assert not service._plain
+            assert service.running
+    failures = [e for e in logs if e["event"] == "integration_status.service.background_failed"]
+    assert [e["error"] for e in failures] == ["BackendUnavailable"]
+
+
+async def test_a_plain_task_needs_a_running_service() -> None:
+    async def job() -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="not running"):
+        _service().spawn_plain(job)
+
+
+async def test_off_asyncio_a_plain_task_runs_in_the_task_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no asyncio loop runs (another anyio backend), spawn_plain is spawn."""
+    service = _service()
+    ran = anyio.Event()
+
+    async def job() -> None:
+        ran.set()
+
+    def no_loop() -> asyncio.AbstractEventLoop:
+        raise RuntimeError("no running event loop")
+
+    # What the service sees of asyncio, not anyio's own view: the task group still runs on this loop.
+    monkeypatch.setattr(facade, "asyncio", types.SimpleNamespace(get_running_loop=no_loop))
+    async with service:
+        service.spawn_plain(job)
+        await ran.wait()
+        assert not service._plain

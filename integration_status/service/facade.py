@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -157,6 +158,9 @@ class StatusService:
         self._webhooks = webhooks
         self.closing = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Plain asyncio tasks (spawn_plain), cancelled when the service stops; the done callback is made once.
+        self._plain: set[asyncio.Task[None]] = set()
+        self._plain_done = self._forget_plain
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._users = 0
         self._change_listeners: list[Callable[[str, ProviderKey], Awaitable[None]]] = [self._announce]
@@ -211,6 +215,8 @@ class StatusService:
         assert self._task_group is not None
         self.closing.set()  # event streams end cleanly before the background work is cancelled
         self.streams.shutdown()
+        for task in list(self._plain):
+            task.cancel()  # each ends at its next step; the loop runs on while the task group closes
         self._task_group.cancel_scope.cancel()
         stack, self._exit_stack = self._exit_stack, None
         try:
@@ -250,6 +256,27 @@ class StatusService:
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` in the service's background task group (it ends with the service)."""
         self._spawn(fn)
+
+    def spawn_plain(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``fn`` as a plain task of the running asyncio loop, kept by the service and cancelled when it
+        stops (on any other loop: :meth:`spawn`). For small jobs that live as long as a connection, one per
+        open event stream: a task of an anyio task group carries a handle, a cancel scope and an event of its
+        own, some thirty objects more per stream for every full garbage collection to walk. What ``fn`` raises
+        is logged, as for :meth:`spawn`. :class:`ConfigurationError` when the service is not running."""
+        self._require_running()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio
+            self._spawn(fn)
+            return
+        task = loop.create_task(fn())
+        self._plain.add(task)
+        task.add_done_callback(self._plain_done)
+
+    def _forget_plain(self, task: asyncio.Task[None]) -> None:
+        self._plain.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.warning("integration_status.service.background_failed", error=type(exc).__name__)
 
     # --- status ---------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -100,16 +100,16 @@ def watch_server_exit(service: StatusService, server: Any = None) -> None:
     service.spawn(watch)
 
 
-_Spawn: TypeAlias = Callable[[Callable[[], Awaitable[None]]], None]
+_Spawn: TypeAlias = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class _WriterResponse(StarletteResponse):
     """Streams what a handler's writer sends while a second task watches for the client going away; a
     disconnect cancels the writer (which cleans up in ``finally``).
 
-    The watch runs in the service's task group (``spawn``), so a stream costs the server's request task and
-    that one watch task, with no task group of its own; without ``spawn`` (or with the service stopped) the
-    writer and the watch share a task group of their own.
+    The watch is a plain task of the service (``spawn``: :meth:`StatusService.spawn_plain`), so a stream costs
+    the server's request task and that one small task, with no task group of its own; without ``spawn`` (or
+    with the service stopped) the writer and the watch share a task group of their own.
     """
 
     def __init__(
@@ -158,8 +158,8 @@ class _WriterResponse(StarletteResponse):
     async def _send_body(self, chunk: bytes) -> None:
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-    def _spawn_watch(self, watch: Callable[[], Awaitable[None]]) -> bool:
-        """Start ``watch`` in the service's task group; False when there is none (not running). The watch is
+    def _spawn_watch(self, watch: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start ``watch`` as the service's task; False when there is none (not running). The watch is
         not stopped when the writer ends: once the response is complete, receive() answers http.disconnect
         (ASGI), so it ends by itself."""
         if self._spawn is None:
@@ -193,7 +193,7 @@ class _EventsEndpoint:
         service = self._service
         watch_server_exit(service)
         response = await handlers.handle_events(service, scope_info(scope, receive))
-        await _to_starlette(response, service.spawn)(scope, receive, send)
+        await _to_starlette(response, service.spawn_plain)(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

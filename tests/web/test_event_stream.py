@@ -177,8 +177,11 @@ async def test_disconnect_cleans_up(mount: MountFactory) -> None:
             await SSEReader(r).event()
             assert service.sse_connections.count == 1
             await wait_until(lambda: service.engine.events.subscriber_count() == 2)
+            # On Starlette the disconnect watch is the service's one plain task (Flask watches otherwise).
+            assert len(service._plain) == (1 if m.kind == "starlette" else 0)
         await m.wait_released(lambda: service.sse_connections.count == 0)
         await m.wait_released(lambda: service.engine.events.subscriber_count() == 0)
+        await m.wait_released(lambda: not service._plain)  # the watch ended with the stream
 
 
 async def test_over_the_cap_gets_a_retry_hint_and_is_closed(mount: MountFactory) -> None:
