@@ -4,6 +4,7 @@ every stream."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -13,18 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from integration_status.backends.memory import MemoryEngine
+from integration_status.core.clock import utcnow
 from integration_status.core.events import redact_event
+from integration_status.core.policy import ProviderView, view_item
 from integration_status.core.sse import encode_event
 from integration_status.core.wake import Waiter
 from integration_status.exceptions import ConfigurationError, SubscriberLagging
-from integration_status.models import StatusUpdate
+from integration_status.models import PROVIDERS, ProviderKey, StatusItem, StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
 from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import Renderer
 from integration_status.service.settings import Settings
 from integration_status.service.streams import HEARTBEAT, StreamHub
-from integration_status.snapshot import ProviderSnapshot, Segment, Sensitive, Visibility
+from integration_status.snapshot import ActionState, Ago, ProviderSnapshot, Segment, Sensitive, Visibility
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 
 pytestmark = pytest.mark.anyio
@@ -75,6 +78,65 @@ def test_a_member_never_gets_the_owners_frame() -> None:
     assert b'"branch":""' in member
     assert cache.event_frame("p", stored, Visibility.full()) is owner  # shared by viewers alike
     assert cache.event_frame("q", stored, Visibility.full()) is not owner  # ids are per project
+
+
+_ACTIONS = (ActionState(id="deploy", label="Deploy"), ActionState(id="reconnect", label="Reconnect"))
+_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _view(provider: ProviderKey, n: int) -> ProviderView:
+    """Version ``n`` of a provider's view (its summary says when it last changed, relative to now)."""
+    summary = (
+        Segment(pieces=("Last ", Sensitive(kind="branch", value=f"b{n}"), " ", Ago(at=_AT)), redacted="Last"),
+    )
+    return ProviderView(
+        provider=provider,
+        snapshot=ProviderSnapshot(provider=provider, status="connected", summary=summary, actions=_ACTIONS),
+        changed_at=_AT + timedelta(seconds=n),
+    )
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # the provider whose view moves before this rendering
+            st.booleans(),  # whether it moves at all
+            st.integers(0, 2),  # seconds the clock moves
+            st.sampled_from([frozenset({"deploy"}), frozenset({"deploy", "reconnect"}), frozenset()]),
+            visibilities,
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_every_rendering_has_the_items_a_fresh_one_would_and_shares_the_unmoved_ones(
+    steps: list[tuple[int, bool, int, frozenset[str], Visibility]],
+) -> None:
+    """Whatever moves between renderings (one provider's view, the clock, the viewer class), each item is what
+    ``view_item`` makes of its view for that class now; an item whose view, class and second did not move is
+    the very object of the rendering before (a webhook that refreshes one provider rebuilds one item)."""
+    clock = FakeClock(start=(_AT + timedelta(minutes=5)).timestamp())
+    renderer = Renderer(clock=clock, size=64)
+    versions = [0, 0, 0, 0]
+    views = [_view(p, 0) for p in PROVIDERS]
+    before: tuple[StatusItem, ...] | None = None
+    before_key: tuple[object, ...] | None = None
+    for index, moves, seconds, allowed, visibility in steps:
+        clock.advance(seconds)
+        if moves:
+            versions[index] += 1
+            views[index] = _view(PROVIDERS[index], versions[index])
+        grants = tuple((allowed, visibility) for _ in PROVIDERS)
+        items = renderer.rendering("p", tuple(views), grants).items
+        now = utcnow(clock)
+        assert items == tuple(view_item(v, allowed=allowed, visibility=visibility, now=now) for v in views)
+        key = (allowed, visibility, int(clock.time()))
+        if before is not None and before_key == key:
+            for i in range(len(PROVIDERS)):
+                if not (moves and i == index):
+                    assert items[i] is before[i]
+        before, before_key = items, key
 
 
 def github_service(clock: FakeClock, write_interval: float = 0.0, heartbeat: float = 15.0) -> StatusService:

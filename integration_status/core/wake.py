@@ -243,9 +243,10 @@ class Waiter:
 
 def set_all(waiters: Iterable[Waiter], token: object = None) -> None:
     """Set every waiter of ``waiters`` armed with ``token``, waking their tasks from one loop callback instead
-    of one each (a group of held streams released together)."""
-    ready: list[tuple[Callable[[Any], object], contextvars.Context | None, Waiter]] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
+    of one each (a group of held streams released together). Each waiter keeps its task's wake-up until that
+    callback runs it: the list of waiters is the only object a release makes (a tuple per waiter would be
+    thousands more, alive until the callback runs)."""
+    ready: list[Waiter] | None = None
     for waiter in waiters:
         if waiter._done or waiter._token is not token:
             continue
@@ -254,16 +255,20 @@ def set_all(waiters: Iterable[Waiter], token: object = None) -> None:
             continue
         waiter._done = True
         if ready is None:
-            ready, loop = [], waiter._loop
-        ready.append((waiter._callback, waiter._context, waiter))
-        waiter._callback = waiter._context = None
+            ready = []
+        ready.append(waiter)
     if ready:
+        loop = ready[0]._loop
         assert loop is not None
         loop.call_soon(_wake_each, ready)
 
 
-def _wake_each(ready: list[tuple[Callable[[Any], object], contextvars.Context | None, Waiter]]) -> None:
-    for callback, context, waiter in ready:
+def _wake_each(ready: list[Waiter]) -> None:
+    for waiter in ready:
+        callback, context = waiter._callback, waiter._context
+        waiter._callback = waiter._context = None
+        if callback is None:  # removed meanwhile
+            continue
         if context is None:
             callback(waiter)
         else:

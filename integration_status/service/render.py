@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import attrs
@@ -125,6 +126,10 @@ class Renderer:
         self._key = key or random_etag_key()  # see core.etag: the tags are keyed
         self._size = size
         self._cache: LRUCache[tuple[Any, ...], Any] = LRUCache(maxsize=size)
+        # Items by (view, allowed actions, visibility, clock second), with the snapshot they were made from: a
+        # provider whose view did not move keeps its item when another provider's does (a webhook refreshes
+        # one provider), so a new rendering builds one item instead of four.
+        self._items: LRUCache[tuple[Any, ...], tuple[ProviderView, StatusItem]] = LRUCache(maxsize=size)
         # The newest rendering per project, with the views and grants objects it was made for: a warm poll
         # finds it by identity without building a cache key.
         self._newest: dict[str, tuple[tuple[ProviderView, ...], Grants, int, _Rendering]] = {}
@@ -136,6 +141,7 @@ class Renderer:
         """Key every later tag with ``key`` (e.g. the one the workers share); renderings made before go."""
         self._key = key
         self._cache.clear()
+        self._items.clear()
         self._newest.clear()
 
     def rendering(self, project_id: str, views: Sequence[ProviderView], grants: Grants) -> _Rendering:
@@ -160,8 +166,10 @@ class Renderer:
         if rendering is None:
             now = utcnow(self._clock)
             items = tuple(
-                view_item(view, allowed=allowed, visibility=visibility, now=now)
-                for view, (allowed, visibility) in zip(views, grants, strict=True)
+                [
+                    self._item(view, allowed, visibility, bucket, now)
+                    for view, (allowed, visibility) in zip(views, grants, strict=True)
+                ]
             )
             rendering = self._cache[key] = _Rendering(project_id, tuple(views), items, self._key)
         if project_id not in self._newest and len(self._newest) >= self._size:
@@ -173,6 +181,27 @@ class Renderer:
             rendering,
         )
         return rendering
+
+    def _item(
+        self, view: ProviderView, allowed: frozenset[str], visibility: Visibility, bucket: int, now: datetime
+    ) -> StatusItem:
+        """The item of ``view`` for one viewer class, made once per clock second (as a rendering is)."""
+        key = (
+            id(view.snapshot),
+            view.provider,
+            view.changed_at,
+            view.stale,
+            view.problem,
+            allowed,
+            visibility,
+            bucket,
+        )
+        hit = self._items.get(key)
+        if hit is not None and hit[0].snapshot is view.snapshot:
+            return hit[1]
+        item = view_item(view, allowed=allowed, visibility=visibility, now=now)
+        self._items[key] = (view, item)  # the view keeps its snapshot, so the id() in the key stays its own
+        return item
 
     def answer(
         self, project_id: str, views: Sequence[ProviderView], grants: Grants, if_none_match: str | None

@@ -283,3 +283,27 @@ def test_set_all_wakes_the_waiters_armed_with_its_token_from_one_loop_callback(l
 
 async def _await(waiter: Waiter) -> None:
     await waiter
+
+
+def test_a_task_cancelled_between_a_release_and_its_wake_up_ends_cancelled(loop_kind: str) -> None:
+    """set_all leaves each waiter its task's wake-up until the one callback runs; a cancellation that comes
+    in between still ends that task with CancelledError, and the other waiters of the group are woken."""
+
+    async def main() -> None:
+        group: list[Waiter] = []
+        waiters = [Waiter() for _ in range(3)]
+        for waiter in waiters:
+            waiter.arm(group)
+            group.append(waiter)
+        tasks = [asyncio.create_task(_await(w)) for w in waiters]
+        await _steps()
+        set_all(group, group)
+        tasks[1].cancel()  # before the release's callback has run
+        await _steps()
+        for woken in (tasks[0], tasks[2]):
+            assert woken.done()
+            assert woken.exception() is None
+        assert tasks[1].cancelled()
+        assert all(w._callback is None and w._context is None for w in waiters)
+
+    _run(loop_kind, main)
