@@ -569,6 +569,8 @@ def one_run(
         ),
         "longest_gc_ms": max((w["longest_gc_ms"] for w in pauses_after.values()), default=0),
         "steal": stolen,
+        # How the kernel spread the streams over the workers (one worker: all of them).
+        "streams_per_worker": sorted((w["streams"] for w in pauses_before.values()), reverse=True),
         # Cores busy meanwhile: the server's while the webhooks ran, the stream clients' over their whole wait.
         "server_cores": server_cpu / seconds,
         "clients_cores": clients_cpu / (seconds + count_seconds + 5.0),
@@ -582,6 +584,9 @@ def _label(engine: str, workers: int) -> str:
 def _print(figures: Mapping[str, Any]) -> None:
     commands = figures["commands_per_webhook"]
     redis_part = "" if commands is None else f"; {commands:.1f} Redis commands per webhook"
+    spread = figures["streams_per_worker"]
+    if len(spread) > 1:
+        redis_part += f"; streams per worker {'/'.join(map(str, spread))}"
     print(
         f"[sse_load] {_label(figures['engine'], figures['server_workers'])}: {figures['streams']} streams, "
         f"{figures['webhooks']} webhooks "
