@@ -261,7 +261,7 @@ class StatusService:
         """Run ``fn`` as a plain task of the running asyncio loop, kept by the service and cancelled when it
         stops (on any other loop: :meth:`spawn`). For small jobs that live as long as a connection, one per
         open event stream: a task of an anyio task group carries a handle, a cancel scope and an event of its
-        own, some thirty objects more per stream for every full garbage collection to walk. What ``fn`` raises
+        own, some twenty objects more per stream for every full garbage collection to walk. What ``fn`` raises
         is logged, as for :meth:`spawn`. :class:`ConfigurationError` when the service is not running."""
         self._require_running()
         try:
