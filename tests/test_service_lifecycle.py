@@ -27,11 +27,16 @@ OWNER = Viewer(user_id="u", roles={"owner"})
 DEPLOY = {"projectId": "p", "provider": "vercel", "action": "deploy"}
 
 
-async def test_a_failing_background_job_does_not_stop_the_service() -> None:
-    """A background job that raises (a store outage during a refresh) is logged; requests keep working."""
-    service = StatusService(
+def _service() -> StatusService:
+    """A service of one project with GitHub linked, on a FakeClock."""
+    return StatusService(
         authorizer=allow_global_roles, connections=StaticConnections.linked("p", "github"), clock=FakeClock()
     )
+
+
+async def test_a_failing_background_job_does_not_stop_the_service() -> None:
+    """A background job that raises (a store outage during a refresh) is logged; requests keep working."""
+    service = _service()
     async with service:
 
         async def broken() -> None:
@@ -113,12 +118,6 @@ async def test_a_delivery_whose_events_could_not_be_published_is_not_a_duplicate
     assert retry.status == 200
     assert [e["type"] for e in retry.events] == ["github:push"]
     assert again.body == {"ok": True, "duplicate": True}
-
-
-def _service() -> StatusService:
-    return StatusService(
-        authorizer=allow_global_roles, connections=StaticConnections.linked("p", "github"), clock=FakeClock()
-    )
 
 
 async def test_a_plain_task_runs_outside_the_task_group_and_is_cancelled_when_the_service_stops() -> None:

@@ -240,13 +240,9 @@ def test_set_all_wakes_the_waiters_armed_with_its_token_from_one_loop_callback(l
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        first: list[Waiter] = []
         later: list[Waiter] = []
-        waiters = [Waiter() for _ in range(50)]
-        for waiter in waiters:
-            waiter.arm(first)
-            first.append(waiter)
-        tasks = [asyncio.create_task(_await(w)) for w in waiters]
+        first, tasks = _held(50)
+        waiters = list(first)
         await _steps()
         moved = waiters[0]
         moved.set()  # woken otherwise (the heartbeat's case), then held again in a later group
@@ -285,17 +281,24 @@ async def _await(waiter: Waiter) -> None:
     await waiter
 
 
+def _held(count: int) -> tuple[list[Waiter], list[asyncio.Task[None]]]:
+    """``count`` waiters armed as one group (the group is their token, as the hub's holds are), each awaited
+    by a task of its own."""
+    group: list[Waiter] = []
+    for _ in range(count):
+        waiter = Waiter()
+        waiter.arm(group)
+        group.append(waiter)
+    return group, [asyncio.create_task(_await(w)) for w in group]
+
+
 def test_a_task_cancelled_between_a_release_and_its_wake_up_ends_cancelled(loop_kind: str) -> None:
     """set_all leaves each waiter its task's wake-up until the one callback runs; a cancellation that comes
     in between still ends that task with CancelledError, and the other waiters of the group are woken."""
 
     async def main() -> None:
-        group: list[Waiter] = []
-        waiters = [Waiter() for _ in range(3)]
-        for waiter in waiters:
-            waiter.arm(group)
-            group.append(waiter)
-        tasks = [asyncio.create_task(_await(w)) for w in waiters]
+        group, tasks = _held(3)
+        waiters = list(group)
         await _steps()
         set_all(group, group)
         tasks[1].cancel()  # before the release's callback has run
