@@ -53,6 +53,7 @@ class FakeClock:
         self._seq = itertools.count()
         self._sleeping = 0
         self._next_sleep: list[anyio.Event] = []
+        self._watchers: list[tuple[int, bool, anyio.Event]] = []
 
     def time(self) -> float:
         return self._wall
@@ -71,12 +72,14 @@ class FakeClock:
             for started in self._next_sleep:
                 started.set()
             self._next_sleep.clear()
+        self._sleepers_changed()
         try:
             await event.wait()
         finally:
             # A cancelled sleep (a timeout that lost its race) stays in the heap until its deadline, but it
             # is no longer sleeping.
             self._sleeping -= 1
+            self._sleepers_changed()
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has passed."""
@@ -94,6 +97,36 @@ class FakeClock:
         started = anyio.Event()
         self._next_sleep.append(started)
         return started
+
+    async def until_sleepers(self, count: int, *, at_least: bool = False) -> None:
+        """Return once exactly ``count`` tasks (``at_least``: ``count`` or more) sleep on this clock, at once
+        if they do now: the point where the code under test has settled into its timed waits, so that the
+        next :meth:`advance` finds them. Woken by the sleeps themselves as they start and end, never by
+        polling; bound the wait with ``anyio.fail_after``, in the loop the sleepers run in."""
+        if count < 0:
+            raise ValueError("a count of sleepers is never negative")
+        if self._sleeping == count or (at_least and self._sleeping > count):
+            return
+        watcher = (count, at_least, anyio.Event())
+        self._watchers.append(watcher)
+        try:
+            await watcher[2].wait()
+        finally:
+            if not watcher[2].is_set():
+                self._watchers.remove(watcher)
+
+    def _sleepers_changed(self) -> None:
+        if not self._watchers:
+            return
+        now = self._sleeping
+        waiting = []
+        for watcher in self._watchers:
+            count, at_least, reached = watcher
+            if now == count or (at_least and now > count):
+                reached.set()
+            else:
+                waiting.append(watcher)
+        self._watchers = waiting
 
     @property
     def sleepers(self) -> int:

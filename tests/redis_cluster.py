@@ -24,8 +24,8 @@ import anyio
 import attrs
 import pytest
 
+from tests.polling import wait_until
 from tests.services import REDIS_URL, require_redis
-from tests.web.mounts import wait_until
 
 if TYPE_CHECKING:
     from integration_status.backends.redis import RedisEngine

@@ -26,9 +26,9 @@ from integration_status.core.cache import POLL_INTERVAL, SnapshotCache
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
 from integration_status.protocols import CacheEntry
 from integration_status.testing import FakeClock, snapshot
+from tests.polling import WITHIN, wait_until
 from tests.redis_cluster import LocalCluster
 from tests.services import require_redis
-from tests.web.mounts import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_cluster_only]
 
@@ -101,11 +101,14 @@ async def one_fetch(one: RedisEngine, two: RedisEngine, clock: FakeClock, key: s
     first, second = SnapshotCache(one.cache_store, clock=clock), SnapshotCache(two.cache_store, clock=clock)
     gate = anyio.Event()
     calls = {"one": 0, "two": 0}
+    fetching = anyio.Event()
     results: dict[str, CacheEntry] = {}
+    first_done = anyio.Event()
 
     def fetch(name: str) -> Any:
         async def run() -> Any:
             calls[name] += 1
+            fetching.set()
             await gate.wait()
             return snapshot("github", text=name)
 
@@ -113,17 +116,20 @@ async def one_fetch(one: RedisEngine, two: RedisEngine, clock: FakeClock, key: s
 
     async def refresh(name: str, cache: SnapshotCache) -> None:
         results[name] = await cache.refresh(key, fetch(name))
+        if name == "one":
+            first_done.set()
 
     sleepers = clock.sleepers
     async with anyio.create_task_group() as tg:
         first.start(tg.start_soon)
         second.start(tg.start_soon)
         tg.start_soon(refresh, "one", first)
-        await wait_until(lambda: calls["one"] == 1)  # it holds the lock and is fetching
-        tg.start_soon(refresh, "two", second)
-        await wait_until(lambda: clock.sleepers > sleepers)  # it found the lock taken: it polls
-        gate.set()
-        await wait_until(lambda: "one" in results)
+        with anyio.fail_after(WITHIN):
+            await fetching.wait()  # it holds the lock and is fetching
+            tg.start_soon(refresh, "two", second)
+            await clock.until_sleepers(sleepers + 1, at_least=True)  # it found the lock taken: it polls
+            gate.set()
+            await first_done.wait()
         clock.advance(POLL_INTERVAL)
     assert results["two"] == results["one"]
     return calls

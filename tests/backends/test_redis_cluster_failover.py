@@ -32,8 +32,8 @@ from integration_status.exceptions import BackendUnavailable
 from integration_status.protocols import BeginResult, CacheEntry, StoredEvent, StoredResponse
 from integration_status.testing import FakeClock
 from tests.backends.test_redis_cluster import entry
+from tests.polling import wait_until
 from tests.redis_cluster import HOST, NODE_TIMEOUT_MS, LocalCluster, RedisTarget
-from tests.web.mounts import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -11,7 +11,7 @@ import pytest
 from integration_status.backends.redis import RedisEngine, SubscriberLagging
 from integration_status.exceptions import ConfigurationError
 from integration_status.protocols import EventBus, StoredEvent, Subscription
-from tests.web.mounts import wait_until
+from tests.polling import WITHIN
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -350,6 +350,7 @@ async def test_a_burst_of_streams_opening_asks_redis_for_the_newest_id_once(
     stats = await redis_raw.info("commandstats")
     before = calls()
     opened = 0
+    all_open = anyio.Event()
     release = anyio.Event()
 
     async def one() -> None:
@@ -357,12 +358,15 @@ async def test_a_burst_of_streams_opening_asks_redis_for_the_newest_id_once(
         await engine.events.ready("burst")
         async with engine.events.subscribe("burst"):
             opened += 1
+            if opened == 300:
+                all_open.set()
             await release.wait()
 
     async with anyio.create_task_group() as tg:
         for _ in range(300):
             tg.start_soon(one)
-        await wait_until(lambda: opened == 300)  # each one behind a Redis round trip or the shared one
+        with anyio.fail_after(WITHIN):
+            await all_open.wait()  # each one behind a Redis round trip or the shared one
         stats = await redis_raw.info("commandstats")
         release.set()
     assert calls() - before <= 2  # ready() and subscribe() may each be first once

@@ -18,7 +18,7 @@ from integration_status.protocols import CacheEntry, RequestInfo, Viewer
 from integration_status.service import Settings, StatusService
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from tests.backends.conftest import RedisProxy
-from tests.web.mounts import wait_until
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

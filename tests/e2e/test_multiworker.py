@@ -41,8 +41,8 @@ from integration_status.testing import ScriptedAdapter, StaticConnections, snaps
 from integration_status.web.starlette import create_app
 from tests.backends.conftest import RedisProxy
 from tests.e2e.conftest import serve
+from tests.polling import wait_until
 from tests.services import REDIS_URL, require_redis
-from tests.web.mounts import wait_until
 
 pytestmark = pytest.mark.anyio
 

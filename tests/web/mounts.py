@@ -15,7 +15,9 @@ Starlette, through the extension's portal thread for Flask. Everything that touc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import socket
@@ -48,6 +50,8 @@ STATUS = f"{PREFIX}/status"
 MOUNTS = ("starlette", "flask")
 #: Upper bound for anything that waits on a socket-level effect (a real server is involved).
 SOCKET_WAIT = 2.0
+#: Heartbeats a WSGI server may need to notice a client that went away (the first write may still pass).
+HEARTBEATS_TO_NOTICE = 5
 
 
 async def header_auth(request: RequestInfo) -> Viewer | None:
@@ -122,6 +126,8 @@ class Served:
     base_url: str
     service: StatusService
     _call: Callable[..., Awaitable[Any]]
+    #: Returns once the requests the server has taken are over (their clean-up included).
+    _settle: Callable[[], Awaitable[None]]
 
     @property
     def clock(self) -> FakeClock:
@@ -133,6 +139,13 @@ class Served:
         """``fn(*args)`` (awaited when async) in the service's event loop."""
         return await self._call(fn, *args)
 
+    async def until(
+        self, wait: Callable[..., Awaitable[Any]], *args: Any, within: float = SOCKET_WAIT
+    ) -> None:
+        """Await ``wait(*args)`` in the service's event loop, bounded there by ``within`` seconds: for what the
+        service's own tasks bring about (``clock.until_sleepers``, a handler's ``until_calls``)."""
+        await self.call(_bounded, within, wait, *args)
+
     async def advance(self, seconds: float) -> None:
         """Move the service's FakeClock forward, waking its sleepers in their own loop."""
         await self.call(self.clock.advance, seconds)
@@ -141,18 +154,101 @@ class Served:
         result: str = await self.call(self.service.publish, project_id, event)
         return result
 
-    async def wait_released(self, predicate: Callable[[], bool]) -> None:
-        """Wait (bounded) for a closed stream to be cleaned up. A WSGI server notices a gone client only when a
-        write fails, so on Flask each round moves the clock one heartbeat to make the stream write."""
-
-        async def heartbeat() -> None:
-            if self.kind == "flask":
-                await self.advance(self.service.settings.heartbeat)
-
-        await wait_until(predicate, step=heartbeat)
+    async def wait_released(self) -> None:
+        """Return once the streams the client closed are over on the server, their clean-up done (bounded).
+        On Starlette the server notices a closed connection at once and its request tasks end. A WSGI server
+        notices only when a write fails, so on Flask each round moves the clock one heartbeat to make the
+        open streams write, and waits for the server thread to ask for its next chunk (the write went
+        through) or to close the response."""
+        await self._settle()
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=SOCKET_WAIT * 2, **kwargs)
+
+
+async def _bounded(within: float, wait: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    with anyio.fail_after(within):
+        await wait(*args)
+
+
+class StartedServer(uvicorn.Server):
+    """uvicorn's server with an event for the end of its start-up (uvicorn itself only sets a flag)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+    async def serve_until_ready(self, tg: anyio.abc.TaskGroup, sock: socket.socket) -> None:
+        """Start serving on ``sock`` in ``tg``; return once the server accepts connections (bounded)."""
+        tg.start_soon(self.serve, [sock])
+        with anyio.fail_after(SOCKET_WAIT):
+            await self.ready.wait()
+
+
+async def settle_tasks(server: uvicorn.Server, service: StatusService) -> None:
+    """Wait (bounded) until every request task of an in-loop uvicorn ``server``, every plain task of
+    ``service`` (the disconnect watches) and every task being cancelled (a project's collector, cancelled
+    by its last stream) has ended: woken by the tasks' ends, not by polling."""
+
+    def ending() -> set[asyncio.Task[Any]]:
+        tasks = {*server.server_state.tasks, *service._plain}
+        tasks.update(task for task in asyncio.all_tasks() if task.cancelling())
+        tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        return {task for task in tasks if not task.done()}
+
+    with anyio.fail_after(SOCKET_WAIT):
+        while pending := ending():
+            await asyncio.wait(pending)
+
+
+class ResponseProgress:
+    """WSGI middleware that tells when the server thread asks a response for its next chunk (the previous
+    one is written) or closes it (its clean-up is over): what a test of a threaded WSGI server waits for
+    instead of polling."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._changed = threading.Condition()
+        self.steps = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return _Tracked(self, self._app(environ, start_response))
+
+    def step(self) -> None:
+        with self._changed:
+            self.steps += 1
+            self._changed.notify_all()
+
+    def wait_beyond(self, seen: int, within: float = SOCKET_WAIT) -> None:
+        """Block until some response made a step after ``seen`` steps (bounded: AssertionError)."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.steps > seen, within), "the server made no step"
+
+
+class _Tracked:
+    def __init__(self, progress: ResponseProgress, body: Iterable[bytes]) -> None:
+        self._progress = progress
+        self._body = body
+        self._chunks = iter(body)
+
+    def __iter__(self) -> _Tracked:
+        return self
+
+    def __next__(self) -> bytes:
+        self._progress.step()
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._progress.step()
 
 
 def events_stream(
@@ -195,14 +291,19 @@ async def serve_starlette(service: StatusService) -> AsyncIterator[Served]:
         ws="none",
         timeout_graceful_shutdown=1,
     )
-    server = uvicorn.Server(config)
+    server = StartedServer(config)
     try:
         async with service, anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            await wait_until(lambda: server.started, within=SOCKET_WAIT)  # uvicorn offers no event for it
+            await server.serve_until_ready(tg, sock)
             try:
                 base_url = f"http://127.0.0.1:{port}"
-                yield Served(kind="starlette", base_url=base_url, service=service, call=_in_loop)
+                yield Served(
+                    kind="starlette",
+                    base_url=base_url,
+                    service=service,
+                    call=_in_loop,
+                    settle=functools.partial(settle_tasks, server, service),
+                )
             finally:
                 server.should_exit = True
     finally:
@@ -225,6 +326,8 @@ async def serve_flask(service: StatusService) -> AsyncIterator[Served]:
 
     flask_app = Flask(__name__)
     ext = IntegrationStatus(flask_app, service=service)
+    progress = ResponseProgress(flask_app.wsgi_app)
+    flask_app.wsgi_app = progress  # type: ignore[method-assign]
     server = make_server("127.0.0.1", 0, flask_app, threaded=True)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="werkzeug-test-server", daemon=True
@@ -237,9 +340,18 @@ async def serve_flask(service: StatusService) -> AsyncIterator[Served]:
             pytest.skip("the Flask extension exposes no portal to reach the service's event loop")
         return await anyio.to_thread.run_sync(portal.call, _in_loop, fn, *args)
 
+    async def settle() -> None:
+        # Each round: the open streams write a heartbeat; one whose client is gone fails and closes.
+        for _ in range(HEARTBEATS_TO_NOTICE):
+            if not service.sse_connections.count:
+                return
+            seen = progress.steps
+            await across(service.clock.advance, service.settings.heartbeat)
+            await anyio.to_thread.run_sync(progress.wait_beyond, seen)
+
     try:
         base_url = f"http://127.0.0.1:{server.server_port}"
-        yield Served(kind="flask", base_url=base_url, service=service, call=across)
+        yield Served(kind="flask", base_url=base_url, service=service, call=across, settle=settle)
     finally:
         await anyio.to_thread.run_sync(server.shutdown)
         thread.join(SOCKET_WAIT)
@@ -276,22 +388,6 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
     assert body["error"]["message"]
     error: dict[str, Any] = body["error"]
     return error
-
-
-async def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    within: float = SOCKET_WAIT,
-    step: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Poll ``predicate`` for an effect behind a real socket or in another thread (e.g. a noticed disconnect),
-    bounded by ``within`` seconds; ``step`` runs before each pause (e.g. to make a stream write). Not a clock
-    wait: nothing here waits for time to pass, only for another party to act."""
-    with anyio.fail_after(within):
-        while not predicate():
-            if step is not None:
-                await step()
-            await anyio.sleep(0.01)
 
 
 # --- a small Server-Sent Events reader ---------------------------------------------------------------------

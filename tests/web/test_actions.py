@@ -3,6 +3,7 @@ dispatch, over a real server on loopback."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -30,7 +31,6 @@ from tests.web.mounts import (
     events_stream,
     make_service,
     viewer_headers,
-    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -55,12 +55,21 @@ class Recorder:
         self._data = data or {}
         self._done = done
         self._changes_state = changes_state
+        self._called: anyio.Event | None = None
+
+    async def until_calls(self, count: int) -> None:
+        """Return once the handler has been called ``count`` times (in the service's loop)."""
+        while self.calls < count:
+            self._called = anyio.Event()
+            await self._called.wait()
 
     async def __call__(
         self, request: ActionRequest, connection: ProviderConnection, ctx: ActionContext
     ) -> ActionOutcome:
         self.calls += 1
         self.requests.append(request)
+        if self._called is not None:
+            self._called.set()
         if self._gate is not None:
             await self._gate.wait()
         if self._raises is not None:
@@ -233,7 +242,7 @@ async def test_same_key_while_the_first_runs_is_409(mount: MountFactory) -> None
                 results.append(await post(client))
 
             tg.start_soon(first)
-            await wait_until(lambda: handler.calls == 1)
+            await m.until(handler.until_calls, 1)
             error_of(await post(client), 409, "idempotency_conflict")
             await m.call(gate.set)
         assert results[0].status_code == 200
@@ -376,15 +385,19 @@ async def test_fifty_concurrent_posts_with_one_key_run_once(mount: MountFactory)
     handler = Recorder(gate=gate)
     async with mount(deploy_service(handler)) as m, m.client() as client:
         answers: list[httpx.Response] = []
+        all_but_one = anyio.Event()
 
         async def one() -> None:
             answers.append(await post(client, key="same"))
+            if len(answers) == 49:
+                all_but_one.set()
 
         async with anyio.create_task_group() as tg:
             for _ in range(50):
                 tg.start_soon(one)
             # Hold the first execution open until every other request has been answered.
-            await wait_until(lambda: len(answers) == 49, within=10)
+            with anyio.fail_after(10):
+                await all_but_one.wait()
             await m.call(gate.set)
         assert handler.calls == 1
         ran = [r for r in answers if r.status_code == 200 and "idempotent-replayed" not in r.headers]
@@ -476,13 +489,14 @@ async def test_demo_deploy_finishes_on_the_simulated_world(mount: MountFactory) 
     async with mount(service) as m, m.client() as client, events_stream(client) as stream:
         events = SSEReader(stream)
         assert (await events.event()).event == "status:update"
-        await wait_until(lambda: clock.sleepers == 1)  # the stream's heartbeat
+        await m.until(clock.until_sleepers, 1)  # the stream's heartbeat
         r = await post(client)
         assert r.status_code == 202
         started = await events.event()
         assert started.event == "deploy:started"
         assert started.json()["operationId"] == r.json()["operationId"]
-        await wait_until(lambda: clock.sleepers >= 2)  # + the deploy's finishing task (started first)
+        # + the deploy's finishing task (started first)
+        await m.until(functools.partial(clock.until_sleepers, 2, at_least=True))
         await m.advance(4)
         while (frame := await events.event()).event != "deploy:finished":
             assert frame.event == "status:update"
@@ -571,7 +585,8 @@ async def test_action_timeout_is_a_timeout_error(mount: MountFactory) -> None:
 
             tg.start_soon(run)
             # The handler has started and the timeout's timer is the one task sleeping on the clock.
-            await wait_until(lambda: handler.calls == 1 and m.clock.sleepers == 1)
+            await m.until(handler.until_calls, 1)
+            await m.until(m.clock.until_sleepers, 1)
             await m.advance(3)
         error = error_of(results[0], 504, "timeout")
         assert "Try again" in error["hint"]

@@ -19,7 +19,6 @@ from tests.web.mounts import (
     events_stream,
     make_service,
     viewer_headers,
-    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -157,13 +156,13 @@ async def test_heartbeat_comment_after_the_interval(mount: MountFactory) -> None
     ):
         events = SSEReader(r)
         assert (await events.event()).event == "status:update"
-        await wait_until(lambda: clock.sleepers == 1)  # the heartbeat, and nothing else
+        await m.until(clock.until_sleepers, 1)  # the heartbeat, and nothing else
         await m.advance(5)
         beat = await events.frame()
         assert beat.data is None
         assert beat.event is None
         assert beat.comments == ("",)
-        await wait_until(lambda: clock.sleepers == 1)
+        await m.until(clock.until_sleepers, 1)
         await m.advance(5)
         assert (await events.frame()).comments == ("",)
 
@@ -176,12 +175,14 @@ async def test_disconnect_cleans_up(mount: MountFactory) -> None:
         async with events_stream(client) as r:
             await SSEReader(r).event()
             assert service.sse_connections.count == 1
-            await wait_until(lambda: service.engine.events.subscriber_count() == 2)
+            # The collector subscribed in its first step, before the snapshot reached the client.
+            assert service.engine.events.subscriber_count() == 2
             # On Starlette the disconnect watch is the service's one plain task (Flask watches otherwise).
             assert len(service._plain) == (1 if m.kind == "starlette" else 0)
-        await m.wait_released(lambda: service.sse_connections.count == 0)
-        await m.wait_released(lambda: service.engine.events.subscriber_count() == 0)
-        await m.wait_released(lambda: not service._plain)  # the watch ended with the stream
+        await m.wait_released()
+        assert service.sse_connections.count == 0
+        assert service.engine.events.subscriber_count() == 0
+        assert not service._plain  # the watch ended with the stream
 
 
 async def test_over_the_cap_gets_a_retry_hint_and_is_closed(mount: MountFactory) -> None:
@@ -199,7 +200,8 @@ async def test_over_the_cap_gets_a_retry_hint_and_is_closed(mount: MountFactory)
                 assert await refused.ended()
             async with events_stream(client, user="u2") as other:
                 assert (await SSEReader(other).event()).event == "status:update"
-        await m.wait_released(lambda: service.sse_connections.count == 0)
+        await m.wait_released()
+        assert service.sse_connections.count == 0
         async with events_stream(client) as again:
             assert (await SSEReader(again).event()).event == "status:update"
 

@@ -12,8 +12,7 @@ import json
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -37,6 +36,7 @@ from integration_status.service.facade import allow_global_roles
 from integration_status.service.webhooks import WebhookTarget, sign_github
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 from integration_status.web.flask import IntegrationStatus
+from tests.web.mounts import HEARTBEATS_TO_NOTICE, ResponseProgress
 
 PREFIX = "/api/integrations"
 SECRET = "whsec-flask-test"
@@ -99,6 +99,8 @@ class Harness:
         )
         self.app = Flask(__name__)
         self.ext = IntegrationStatus(self.app, service=self.service)
+        self.progress = ResponseProgress(self.app.wsgi_app)
+        self.app.wsgi_app = self.progress  # type: ignore[method-assign]
         self.server: BaseWSGIServer = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
@@ -122,19 +124,6 @@ def h() -> Iterator[Harness]:
         harness.server.shutdown()
         harness.server.server_close()
         harness.ext.close()
-
-
-def wait_for(
-    predicate: Callable[[], bool], step: Callable[[], None] = lambda: None, timeout: float = 5.0
-) -> bool:
-    """Poll a condition that another thread (the server) makes true, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        step()
-        time.sleep(0.01)
-    return predicate()
 
 
 def frames(response: httpx.Response) -> Iterator[dict[str, str]]:
@@ -412,9 +401,15 @@ def test_disconnect_releases_the_connection_within_heartbeats(h: Harness) -> Non
     with h.client.stream("GET", "/events", params={"projectId": "p"}) as r:
         first_event(frames(r))
         assert h.service.sse_connections.count == 1
-    assert wait_for(
-        lambda: h.service.sse_connections.count == 0, step=lambda: h.advance(h.service.settings.heartbeat)
-    )
+    # A WSGI server notices a gone client when a write fails: each heartbeat makes the stream write, and
+    # the server thread then asks for the next chunk (the write went through) or closes the response.
+    for _ in range(HEARTBEATS_TO_NOTICE):
+        if h.service.sse_connections.count == 0:
+            break
+        seen = h.progress.steps
+        h.advance(h.service.settings.heartbeat)
+        h.progress.wait_beyond(seen)
+    assert h.service.sse_connections.count == 0
     assert h.service.running
 
 

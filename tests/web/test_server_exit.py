@@ -12,7 +12,7 @@ import pytest
 from integration_status.service.streams import SHUTDOWN_RETRY_MS, shutdown_frame
 from integration_status.web.starlette import create_app, running_server, watch_server_exit
 from tests.e2e.conftest import serve
-from tests.web.mounts import make_service, wait_until
+from tests.web.mounts import make_service
 
 pytestmark = pytest.mark.anyio
 
@@ -46,11 +46,17 @@ async def test_open_streams_end_with_retry_once_the_server_is_stopping() -> None
         url = "/api/integrations/events?projectId=p"
         headers = {"X-Role": "owner"}
         tails: list[bytes] = []
+        opened: list[None] = []
+        both_open = anyio.Event()
 
         async def stream() -> None:
             async with client.stream("GET", url, headers=headers) as response:
                 body = b""
                 async for chunk in response.aiter_bytes():
+                    if not body:  # the first chunk: the server counts this stream
+                        opened.append(None)
+                        if len(opened) == 2:
+                            both_open.set()
                     body += chunk
                 tails.append(body)
 
@@ -58,7 +64,8 @@ async def test_open_streams_end_with_retry_once_the_server_is_stopping() -> None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream)
                 tg.start_soon(stream)
-                await wait_until(lambda: len(service.streams) >= 2)  # a count, not an event
+                await both_open.wait()
+                assert len(service.streams) == 2
                 server.should_exit = True
             late = await client.get(url, headers=headers)
     assert len(tails) == 2

@@ -18,7 +18,7 @@ import uvicorn
 
 from integration_status.web.serving import ServerLimits, uvicorn_options
 from integration_status.web.starlette import create_app
-from tests.web.mounts import make_service, wait_until
+from tests.web.mounts import StartedServer, make_service
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +45,9 @@ async def served(limits: ServerLimits = LIMITS) -> AsyncIterator[int]:
     config = uvicorn.Config(
         create_app(service, lifespan=False), lifespan="off", log_level="warning", **uvicorn_options(limits)
     )
-    server = uvicorn.Server(config)
+    server = StartedServer(config)
     async with service, anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await wait_until(lambda: server.started, within=WITHIN)  # uvicorn offers no event for it
+        await server.serve_until_ready(tg, sock)
         try:
             yield port
         finally:
