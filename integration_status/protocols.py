@@ -451,6 +451,11 @@ class DeliveryLog(Protocol):
         """Drop ``delivery_id`` (a delivery whose events could not be published, so its retry must count)."""
         ...
 
+    # Optional: ``async def first_seen_all(self, delivery_ids: Sequence[str], ttl: float) -> int`` records the
+    # ids in order while each is new and stops at the first one remembered, leaving it and the rest as they
+    # were; it answers how many were new. What ``first_seen`` in a loop does, in one step (one round trip to a
+    # shared store); a log without it is asked id by id.
+
 
 class Engine(Protocol):
     """Where a service keeps what its workers share: the cache store, idempotency records, the rate limiter,

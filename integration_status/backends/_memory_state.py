@@ -10,7 +10,7 @@ stays bounded by the keys that are live within roughly one retention period.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -264,6 +264,13 @@ class MemoryDeliveryLog:
                 raise BackendUnavailable("the webhook delivery log is full")
         self._seen[delivery_id] = self._clock.time() + ttl
         return True
+
+    async def first_seen_all(self, delivery_ids: Sequence[str], ttl: float) -> int:
+        """Record ``delivery_ids`` in order while each is new; how many were (see ``DeliveryLog``)."""
+        for fresh, delivery_id in enumerate(delivery_ids):
+            if not await self.first_seen(delivery_id, ttl):
+                return fresh
+        return len(delivery_ids)
 
     async def forget(self, delivery_id: str) -> None:
         self._seen.pop(delivery_id, None)

@@ -713,13 +713,27 @@ class RedisRateLimiter:
 # --- webhook deliveries -------------------------------------------------------------------------------------
 
 
+# KEYS the delivery ids' keys, in order. ARGV[1] ms to remember each. Set while new; how many were.
+_FIRST_SEEN_ALL = """
+for i, key in ipairs(KEYS) do
+  if not redis.call('SET', key, '1', 'NX', 'PX', ARGV[1]) then
+    return i - 1
+  end
+end
+return #KEYS
+"""
+
+
 class RedisDeliveryLog:
     """Webhook replay protection shared by all workers: ``{prefix}:delivery:{id}``, one ``SET NX`` with the
     TTL per key. Keys are fixed-length digests and only authentic deliveries with new content write one (a
-    replay writes nothing), so the log holds at most one small key per provider delivery per TTL."""
+    replay writes nothing), so the log holds at most one small key per provider delivery per TTL. A
+    delivery's keys are checked in one script (one round trip); on a cluster, where they live in different
+    slots, one command each."""
 
     def __init__(self, shared: Shared) -> None:
         self._s = shared
+        self._first_seen_all = shared.client.register_script(_FIRST_SEEN_ALL)
 
     async def first_seen(self, delivery_id: str, ttl: float) -> bool:
         """True the first time a delivery id is seen within ``ttl`` seconds, False for every repeat."""
@@ -728,6 +742,18 @@ class RedisDeliveryLog:
                 self._s.key("delivery", delivery_id), "1", nx=True, px=to_ms(ttl)
             )
         return bool(fresh)
+
+    async def first_seen_all(self, delivery_ids: Sequence[str], ttl: float) -> int:
+        """Record ``delivery_ids`` in order while each is new, in one step; how many were (see ``DeliveryLog``)."""
+        if self._s.cluster or len(delivery_ids) < 2:
+            for fresh, delivery_id in enumerate(delivery_ids):
+                if not await self.first_seen(delivery_id, ttl):
+                    return fresh
+            return len(delivery_ids)
+        keys = [self._s.key("delivery", delivery_id) for delivery_id in delivery_ids]
+        with self._s.errors("checking a webhook delivery id"):
+            fresh = await self._first_seen_all(keys=keys, args=[to_ms(ttl)])
+        return int(fresh)
 
     async def forget(self, delivery_id: str) -> None:
         """Drop a recorded delivery id (its events could not be published: the provider's retry must count)."""

@@ -56,14 +56,14 @@ async def admit_delivery(
     ttl = replay_ttl_for(ttl, tolerance)
     if not keys or not within_window(sent_at, now=now, ttl=ttl, tolerance=tolerance):
         return None
-    signed, *named = keys
-    if not await deliveries.first_seen(signed, ttl):
-        return None
-    recorded = [signed]
-    for key in named:
+    # Keys up to the first remembered one are recorded, in order: the signed content first, so a replay
+    # (its content remembered) writes nothing. New content under a known delivery id is a re-signed retry
+    # (Sanity): its content key stays, so a replay of this very retry is caught by the first check alone.
+    first_seen_all = getattr(deliveries, "first_seen_all", None)
+    if first_seen_all is not None:  # one step (one round trip to a shared log)
+        fresh: int = await first_seen_all(keys, ttl)
+        return tuple(keys) if fresh == len(keys) else None
+    for key in keys:
         if not await deliveries.first_seen(key, ttl):
-            # New content under a known delivery id: a re-signed retry (Sanity). Its content key stays, so a
-            # replay of this very retry is caught by the first check alone.
             return None
-        recorded.append(key)
-    return tuple(recorded)
+    return tuple(keys)

@@ -362,6 +362,38 @@ async def test_delivery_seen_once(
     assert 3_599_000 < await redis_raw.pttl(f"{redis_engine.prefix}:delivery:gh-123") <= 3_600_000
 
 
+async def test_a_deliverys_ids_are_recorded_in_order_until_one_is_known(
+    redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_raw: Any
+) -> None:
+    """first_seen_all records the ids in order while each is new and stops at the first one remembered,
+    leaving it and the rest as they were; each recorded id lives for the ttl, for every worker."""
+    log, other = redis_engine.deliveries, redis_engine_b.deliveries
+    key = f"{redis_engine.prefix}:delivery:".__add__
+    assert await log.first_seen_all(["content-1", "id-1"], 3600) == 2
+    assert await other.first_seen_all(["content-1", "id-2"], 3600) == 0  # a replay: nothing written
+    assert await redis_raw.exists(key("id-2")) == 0
+    assert await other.first_seen_all(["content-2", "id-1", "id-3"], 3600) == 1  # a re-signed retry
+    assert await redis_raw.exists(key("content-2")) == 1
+    assert await redis_raw.exists(key("id-3")) == 0
+    assert 3_599_000 < await redis_raw.pttl(key("content-2")) <= 3_600_000
+    assert await log.first_seen_all(["content-3"], 60) == 1
+    assert await log.first_seen_all([], 60) == 0
+
+
+@pytest.mark.redis_single
+async def test_a_deliverys_ids_take_one_round_trip(redis_engine: RedisEngine, redis_raw: Any) -> None:
+    """On a single Redis the ids of a delivery are checked and recorded by one script call."""
+
+    async def scripts() -> int:
+        stats = await redis_raw.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+    await redis_engine.deliveries.first_seen_all(["warm-1", "warm-2"], 60)  # the script is loaded
+    before = await scripts()
+    assert await redis_engine.deliveries.first_seen_all(["a", "b", "c"], 60) == 3
+    assert await scripts() - before == 1
+
+
 async def test_a_forgotten_delivery_is_new_again(
     redis_engine: RedisEngine, redis_engine_b: RedisEngine
 ) -> None:
