@@ -91,24 +91,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f[11]) + int(f[12]) for f in _family(pid)) / tick
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(steal, total) clock ticks of the whole machine so far (``/proc/stat``); (0, 0) where there is none.
+def machine_ticks() -> tuple[int, int, int]:
+    """(steal, idle, total) clock ticks of the whole machine so far (``/proc/stat``); zeros where there is
+    none.
 
     Steal is time the hypervisor gave this virtual machine's cores to someone else: on a shared VM it comes
-    in bursts, and during one every process here runs slower than its CPU figures say."""
+    in bursts, and during one every process here runs slower than its CPU figures say. Idle (waiting for I/O
+    included) is what no process wanted: near zero, every process that is ready to run waits for a core."""
     try:
         with open("/proc/stat") as stat:
             fields = [int(f) for f in stat.readline().split()[1:]]
     except (OSError, ValueError):
-        return 0, 0
+        return 0, 0, 0
     steal = fields[7] if len(fields) > 7 else 0
-    return steal, sum(fields[:8])
+    idle = sum(fields[3:5])
+    return steal, idle, sum(fields[:8])
 
 
-def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+def steal_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
     """The share of the machine's time stolen between two :func:`machine_ticks` readings (0 to 1)."""
-    total = after[1] - before[1]
+    total = after[2] - before[2]
     return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def idle_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+    """The share of the machine's time idle between two :func:`machine_ticks` readings (0 to 1)."""
+    total = after[2] - before[2]
+    return (after[1] - before[1]) / total if total > 0 else 0.0
 
 
 def family_rss_kib(pid: int) -> int:

@@ -6,10 +6,12 @@ one socket (``uvicorn --workers 2``: the kernel spreads streams, webhooks and po
 reader fans out what any worker published). Each push becomes a ``github:push`` event, a refresh of the provider
 and a ``status:update`` marker. Meanwhile a poller measures the status endpoint. On Redis the commands the
 server sends per webhook are counted (``INFO commandstats``) at two stream counts: they must not grow with the
-number of streams. Each run prints the cores the server and the stream clients kept busy (they share the
-machine), the push p99 of each ten seconds, the server's full garbage collections and the longest of them
-(each stops a worker's loop), and the share of the machine's time its hypervisor stole meanwhile (on a shared
-VM steal comes in bursts, and the bad ten seconds of a run are usually those). ``BENCH_SSE_GC_THRESHOLD2=100``
+number of streams. Each run prints the cores the server, the stream clients and Redis kept busy and the share
+of the machine left idle (they all share it: near 0% idle, whatever is ready to run waits for a core, and the
+latencies measure the machine as much as the server), the push p99 of each ten seconds, the server's full
+garbage collections and the longest of them (each stops a worker's loop), and the share of the machine's time
+its hypervisor stole meanwhile (on a shared VM steal comes in bursts, and the bad ten seconds of a run are
+usually those). ``BENCH_SSE_GC_THRESHOLD2=100``
 runs the servers as a host that tunes its collector would (``gc.freeze()`` after start-up, the third threshold
 raised from 10): not the default, which measures the library on an untouched interpreter.
 
@@ -44,6 +46,7 @@ from bench._common import (
     cpu_seconds,
     family_rss_kib,
     free_port,
+    idle_share,
     machine_ticks,
     percentile,
     raise_nofile,
@@ -458,6 +461,21 @@ def _redis_calls(url: str) -> int | None:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+def _redis_cpu(url: str) -> float | None:
+    """CPU seconds (user + system) the Redis server has used so far, as it reports them, or None."""
+    try:
+        import redis
+    except ImportError:
+        return None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        stats = client.info("cpu")
+        client.close()
+    except Exception:
+        return None
+    return float(stats["used_cpu_sys"]) + float(stats["used_cpu_user"])
+
+
 def one_run(
     engine: str,
     streams: int,
@@ -499,6 +517,7 @@ def one_run(
         objects_during = _objects(port, server_workers)
 
         cpu_before = cpu_seconds(pid)
+        redis_cpu_before = _redis_cpu(redis_url) if engine == "redis" else None
         ticks_before = machine_ticks()
         pauses_before = _worker_stats(port, server_workers, within=10.0)
 
@@ -510,7 +529,10 @@ def one_run(
 
         sent, polled = asyncio.run(load())
         server_cpu = cpu_seconds(pid) - cpu_before
-        stolen = steal_share(ticks_before, machine_ticks())
+        redis_cpu_after = _redis_cpu(redis_url) if engine == "redis" else None
+        ticks_after = machine_ticks()
+        stolen = steal_share(ticks_before, ticks_after)
+        idle = idle_share(ticks_before, ticks_after)
         pauses_after = _worker_stats(port, server_workers, within=10.0)
         # Then webhooks alone, for the Redis commands they cost (the status poller reads Redis too).
         calls_before = _redis_calls(redis_url) if engine == "redis" else None
@@ -569,10 +591,14 @@ def one_run(
         ),
         "longest_gc_ms": max((w["longest_gc_ms"] for w in pauses_after.values()), default=0),
         "steal": stolen,
+        "idle": idle,
         # How the kernel spread the streams over the workers (one worker: all of them).
         "streams_per_worker": sorted((w["streams"] for w in pauses_before.values()), reverse=True),
         # Cores busy meanwhile: the server's while the webhooks ran, the stream clients' over their whole wait.
         "server_cores": server_cpu / seconds,
+        "redis_cores": None
+        if redis_cpu_before is None or redis_cpu_after is None
+        else (redis_cpu_after - redis_cpu_before) / seconds,
         "clients_cores": clients_cpu / (seconds + count_seconds + 5.0),
     }
 
@@ -584,6 +610,7 @@ def _label(engine: str, workers: int) -> str:
 def _print(figures: Mapping[str, Any]) -> None:
     commands = figures["commands_per_webhook"]
     redis_part = "" if commands is None else f"; {commands:.1f} Redis commands per webhook"
+    redis_cores = "" if figures["redis_cores"] is None else f", Redis {figures['redis_cores']:.2f}"
     spread = figures["streams_per_worker"]
     if len(spread) > 1:
         redis_part += f"; streams per worker {'/'.join(map(str, spread))}"
@@ -596,7 +623,8 @@ def _print(figures: Mapping[str, Any]) -> None:
         f"p99 {figures['p99']:.0f} ms; status p95 {figures['status_p95']:.1f} ms; "
         f"{figures['kib_per_stream']:.1f} KiB and {figures['objects_per_stream']:.0f} tracked objects per stream"
         f"{redis_part}; cores busy: server "
-        f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}; p99 by 10 s "
+        f"{figures['server_cores']:.2f}, stream clients {figures['clients_cores']:.2f}{redis_cores}, machine "
+        f"idle {figures['idle'] * 100:.0f}%; p99 by 10 s "
         f"{figures['p99_by_10s']} ms; {figures['full_gcs']} full GCs (longest {figures['longest_gc_ms']} ms); "
         f"{figures['steal'] * 100:.0f}% of the machine stolen by its hypervisor",
         flush=True,
