@@ -19,6 +19,7 @@ from cachetools import TTLCache
 
 from integration_status._logging import get_logger
 from integration_status.backends._redis_base import Shared, dumps, to_ms
+from integration_status.core.wake import Wake
 from integration_status.exceptions import BackendUnavailable, InvalidModel
 from integration_status.models import Problem
 from integration_status.protocols import BeginResult, CacheEntry, RateDecision, StoredResponse
@@ -133,6 +134,33 @@ class RedisCacheStore:
         self._heard = 0
         self._pubsub: Any = None
         self._stopping = False
+        self._changed: Wake | None = None  # while someone waits for the next change (see wait_changed)
+        self._listening = False
+        self._ended: Wake | None = None  # while someone waits for the listener to end (see stopped)
+
+    def _bump(self) -> None:
+        self.generation += 1
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    async def wait_changed(self, since: int) -> int:
+        """Return :attr:`generation` once it has moved past ``since`` (at once if it already has): a change
+        this worker made or was told of, or its trust in its copies going or coming back. For tests and
+        probes that wait for an announcement from another worker without polling; bound it with a timeout."""
+        while self.generation <= since:
+            if self._changed is None:
+                self._changed = Wake()
+            await self._changed
+        return self.generation
+
+    async def stopped(self) -> None:
+        """Return once :meth:`listen` is not running (at once if it is not): after :meth:`stop`, its
+        connection has then been given back."""
+        while self._listening:
+            if self._ended is None:
+                self._ended = Wake()
+            await self._ended
 
     def _key(self, kind: str, key: str) -> str:
         tag, rest = _tagged(key)
@@ -219,9 +247,9 @@ class RedisCacheStore:
                 await self._write(keys=[self._key("cache", key)], args=args)
         except BaseException:
             self._near.pop(key, None)  # it may or may not have been written
-            self.generation += 1
+            self._bump()
             raise
-        self.generation += 1
+        self._bump()
         if entry is None:
             self._near.pop(key, None)
         else:
@@ -244,15 +272,15 @@ class RedisCacheStore:
         self._near.clear()
         self.coherent = coherent
         self._heard += 1
-        self.generation += 1
+        self._bump()
 
     def _hear(self, data: object) -> None:
         origin, _, key = str(data).partition(" ")
         if origin == self._origin:
             return  # our own write: the copy was updated when it was made
         self._heard += 1
-        self.generation += 1
         self._near.pop(key, None)
+        self._bump()
 
     async def listen(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the invalidation listener until cancelled: subscribe, trust the near cache while the channel
@@ -261,6 +289,16 @@ class RedisCacheStore:
         backoff = 0.05
         first = True
         self._stopping = False
+        self._listening = True
+        try:
+            await self._listen(task_status, first, backoff)
+        finally:
+            self._listening = False
+            ended, self._ended = self._ended, None
+            if ended is not None:
+                ended.set()
+
+    async def _listen(self, task_status: anyio.abc.TaskStatus[None], first: bool, backoff: float) -> None:
         while not self._stopping:
             pubsub: Any = None
             try:

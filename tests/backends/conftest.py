@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 from integration_status.testing import FakeClock
@@ -254,3 +255,11 @@ async def postgres_stores(postgres_schema: str, redis_clock: FakeClock) -> Async
             return await stack.enter_async_context(store)
 
         yield make
+
+
+async def until_store(store: Any, predicate: Callable[[], bool], *, within: float = 10.0) -> None:
+    """Wait (bounded) until ``predicate`` holds of a Redis cache store, looking again after each change the
+    store makes or is told of (``wait_changed``): its channel's messages and its trust coming and going."""
+    with anyio.fail_after(within):
+        while not predicate():
+            await store.wait_changed(store.generation)

@@ -26,6 +26,7 @@ from integration_status.core.cache import POLL_INTERVAL, SnapshotCache
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
 from integration_status.protocols import CacheEntry
 from integration_status.testing import FakeClock, snapshot
+from tests.backends.conftest import until_store
 from tests.polling import WITHIN, wait_until
 from tests.redis_cluster import LocalCluster
 from tests.services import require_redis
@@ -151,7 +152,8 @@ async def changed_in(store: Any, within: float, write: Any) -> None:
     """Run ``write`` and wait until ``store`` has been told of a change."""
     heard = store.generation
     await write()
-    await wait_until(lambda: store.generation > heard, within=within)
+    with anyio.fail_after(within):
+        await store.wait_changed(heard)
 
 
 async def test_a_write_on_any_node_reaches_the_other_workers_near_cache(
@@ -186,7 +188,7 @@ async def test_losing_the_channel_on_the_cluster_stops_trust_until_it_is_back(
     assert "p:github" in store._near
     changes = store.generation
     await redis_raw.execute_command("CLIENT KILL", "TYPE", "pubsub", target_nodes=redis_raw.ALL_NODES)
-    await wait_until(lambda: store.generation >= changes + 2 and store.coherent, within=10)  # lost, then back
+    await until_store(store, lambda: store.generation >= changes + 2 and store.coherent)  # lost, then back
     assert "p:github" not in store._near
     assert (await store.load("p:github")) == entry(redis_clock, "one")
 

@@ -29,8 +29,9 @@ from redis.backoff import NoBackoff
 from integration_status.backends._redis_events import READ_RETRY
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable
-from integration_status.protocols import BeginResult, CacheEntry, StoredEvent, StoredResponse
+from integration_status.protocols import BeginResult, StoredEvent, StoredResponse
 from integration_status.testing import FakeClock
+from tests.backends.conftest import until_store
 from tests.backends.test_redis_cluster import entry
 from tests.polling import wait_until
 from tests.redis_cluster import HOST, NODE_TIMEOUT_MS, LocalCluster, RedisTarget
@@ -289,18 +290,15 @@ async def still_works(a: RedisEngine, b: RedisEngine, raw: Any, clock: FakeClock
     key = f"{project}:github"
     store = b.cache_store
     with anyio.fail_after(SWITCH):
-        await wait_until(lambda: store.coherent, within=SWITCH)  # a lost channel is subscribed again
+        await until_store(store, lambda: store.coherent, within=SWITCH)  # a lost channel is subscribed again
         assert (await store.load(key)) is not None
         assert key in store._near  # b holds a copy, trusted: its reads make no round trip
         new = entry(clock, "after the switch")
+        heard = store.generation
         await a.cache_store.save(key, new, keep_for=60)
-        seen: list[CacheEntry | None] = []
-
-        async def look() -> None:
-            seen.append(await store.load(key))
-
-        await wait_until(lambda: bool(seen) and seen[-1] == new, within=SWITCH, step=look)  # announced
+        await store.wait_changed(heard)  # announced
         assert store.coherent
+        assert (await store.load(key)) == new
 
         token = await a.cache_store.try_lock(key, 30)
         assert token is not None

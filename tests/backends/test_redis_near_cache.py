@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from integration_status.backends.redis import RedisEngine
@@ -17,8 +18,8 @@ from integration_status.models import PROVIDERS
 from integration_status.protocols import CacheEntry, RequestInfo, Viewer
 from integration_status.service import Settings, StatusService
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
-from tests.backends.conftest import RedisProxy
-from tests.polling import wait_until
+from tests.backends.conftest import RedisProxy, until_store
+from tests.polling import WITHIN
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -90,20 +91,34 @@ async def test_a_write_by_another_worker_reaches_this_workers_copy(
     assert text_of(await a.load("p:github")) == "one"
     generation = a.generation
     await b.save("p:github", entry(redis_clock, "two"), keep_for=60)
-
-    async def seen() -> str | None:
-        return text_of(await a.load("p:github"))
-
-    latest: list[str | None] = []
-
-    async def look() -> None:
-        latest.append(await seen())
-
-    await wait_until(lambda: bool(latest) and latest[-1] == "two", step=look)
-    assert a.generation > generation
+    with anyio.fail_after(WITHIN):
+        generation = await a.wait_changed(generation)  # B's announcement reached A
+    assert text_of(await a.load("p:github")) == "two"
     await b.delete("p:github")
-    latest.clear()
-    await wait_until(lambda: bool(latest) and latest[-1] is None, step=look)
+    with anyio.fail_after(WITHIN):
+        await a.wait_changed(generation)
+    assert await a.load("p:github") is None
+
+
+async def test_wait_changed_returns_once_the_store_has_moved_past(redis_engine: RedisEngine) -> None:
+    """``wait_changed(g)`` answers at once when the store is already past ``g``, else as soon as it changes
+    (here: an announcement from another worker), with the new generation."""
+    store = redis_engine.cache_store
+    now = store.generation
+    assert await store.wait_changed(now - 1) == now
+    got: list[int] = []
+
+    async def wait() -> None:
+        got.append(await store.wait_changed(now))
+
+    with anyio.fail_after(WITHIN):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            while store._changed is None:  # the waiter is registered
+                await anyio.lowlevel.checkpoint()
+            assert got == []
+            store._hear("another-worker p:github")
+    assert got == [now + 1]
 
 
 async def test_a_read_that_overlapped_an_announcement_is_not_kept(
@@ -134,12 +149,12 @@ async def test_a_lost_channel_stops_trust_until_it_is_back(
         assert store.coherent
         assert cache.local
         proxy.cut()
-        await wait_until(lambda: not store.coherent, within=10)
+        await until_store(store, lambda: not store.coherent)
         assert not cache.local  # views read while the channel was down are not reused
         with pytest.raises(BackendUnavailable):
             await store.load("p:github")  # the copy is not trusted
         proxy.restore()
-        await wait_until(lambda: store.coherent, within=10)
+        await until_store(store, lambda: store.coherent)
         assert cache.local
         assert text_of(await store.load("p:github")) == "one"
     finally:
@@ -155,9 +170,9 @@ async def test_a_silent_channel_is_taken_as_lost(redis_engines: Any) -> None:
         engine = await redis_engines(url=proxy.url, socket_timeout=0.5)
         assert engine.cache_store.coherent
         proxy.hung = True
-        await wait_until(lambda: not engine.cache_store.coherent, within=10)
+        await until_store(engine.cache_store, lambda: not engine.cache_store.coherent)
         proxy.hung = False
-        await wait_until(lambda: engine.cache_store.coherent, within=10)
+        await until_store(engine.cache_store, lambda: engine.cache_store.coherent)
     finally:
         proxy.cut()
 
@@ -203,7 +218,7 @@ async def test_the_copies_are_handed_out_only_when_all_are_held_and_trusted(
     assert store.cached_many(["p:github", "p:vercel"]) is None
     assert store.cached_many(["p:github", "p:sanity"]) is None
     await redis_engine_b.cache_store.save("p:github", entry(redis_clock, "two"), keep_for=60)
-    await wait_until(lambda: store.cached_many(["p:github"]) is None)
+    await until_store(store, lambda: store.cached_many(["p:github"]) is None, within=WITHIN)
     assert await store.load("p:github") is not None
     assert store.cached_many(["p:github"]) is not None
     store._trust(False)
@@ -220,6 +235,8 @@ async def test_a_stopped_listener_leaves_its_connection_closed(redis_engine: Red
     assert connection.is_connected
     await store.stop()
     # The listener ends on its own (its read failed while stopping): nothing cancels it here.
-    await wait_until(lambda: store._pubsub is None, within=10)
+    with anyio.fail_after(10):
+        await store.stopped()
+    assert store._pubsub is None
     assert pubsub.connection is None  # given back to the pool
     assert not connection.is_connected
