@@ -1,8 +1,8 @@
-"""A bounded poll, for the one kind of wait that has no event to wait on: an effect that another server (Redis,
-in the backend and multi-worker suites) brings about and announces to nobody in this process, such as a
-pub/sub message reaching a store's reader or a cluster node taking over. Everything the code under test does in
-this process is awaited by its own event instead (``FakeClock.until_sleepers``, task ends, a handler's call);
-time on the service's clock is always moved by hand."""
+"""A bounded poll, for the one kind of wait that has no event to wait on: an effect that another process brings
+about and announces to nobody in this one, such as a cluster forming, a stopped node answering again after it
+resumes or fails over, or another worker's output. Everything this process does is awaited by its own event
+instead (``FakeClock.until_sleepers``, a task's end, a handler's call, the Redis cache store's
+``wait_changed``); time on the service's clock is always moved by hand."""
 
 from __future__ import annotations
 
