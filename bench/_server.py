@@ -217,6 +217,15 @@ async def _drop_keys(url: str, prefix: str) -> None:
         await client.aclose()
 
 
+def _comparable(body: bytes) -> Any:
+    """A status body without what differs between two fetches of the same world: when, and the hash over it."""
+    envelope = json.loads(body)
+    envelope.pop("hash", None)
+    for item in envelope.get("items", []):
+        item.pop("updatedAt", None)
+    return envelope
+
+
 def engines_app(redis_url: str) -> Starlette:
     """The status endpoint on the memory engine (``/mem``) and on the Redis engine (``/redis``) over one
     simulated world, beside ``/bare`` and ``/bare304`` answering the memory endpoint's bytes: all warm, all in
@@ -242,8 +251,10 @@ def engines_app(redis_url: str) -> Starlette:
         async with services["mem"], services["redis"]:  # the Redis service enters its engine itself
             info = handlers.request_info("GET", "/api/integrations/status", {}, {"projectId": "demo"})
             answers = {name: await handlers.handle_status(svc, info) for name, svc in services.items()}
-            if answers["mem"].body != answers["redis"].body:
-                print("[engines] the two engines answer different bytes", file=sys.stderr)
+            # Each engine's service fetched on its own, a few ms apart: only those moments (and the content
+            # hash over them) may differ. Anything else would make the comparison unfair.
+            if _comparable(answers["mem"].body) != _comparable(answers["redis"].body):
+                print("[engines] the two engines answer different content", file=sys.stderr)
             headers = dict(answers["mem"].headers)
             bare["200"] = (answers["mem"].body, headers)
             bare["304"] = (b"", {"ETag": headers["ETag"], "Cache-Control": "no-store"})
