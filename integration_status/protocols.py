@@ -7,7 +7,7 @@ Host seams: :class:`ConnectionResolver`, :class:`Authenticator`, :class:`Authori
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
@@ -455,6 +455,14 @@ class DeliveryLog(Protocol):
     # ids in order while each is new and stops at the first one remembered, leaving it and the rest as they
     # were; it answers how many were new. What ``first_seen`` in a loop does, in one step (one round trip to a
     # shared store); a log without it is asked id by id.
+
+
+#: A webhook delivery recorded and published in one step, as an engine may offer it (``publish_delivery``):
+#: ``(project_id, events, delivery_keys, ttl)`` -> the events' ids, or None when one of the keys was already
+#: known (then nothing after it is recorded and nothing is published). See ``DeliveryLog.first_seen_all``.
+PublishDelivery: TypeAlias = Callable[
+    [str, Sequence[Mapping[str, Any]], Sequence[str], float], Awaitable[list[str] | None]
+]
 
 
 class Engine(Protocol):

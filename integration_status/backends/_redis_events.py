@@ -15,7 +15,7 @@ skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -91,6 +91,24 @@ _PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return id
+"""
+
+# KEYS[1] the project's stream, KEYS[2..] a webhook delivery's log keys in order. ARGV[1] MAXLEN, ARGV[2] the
+# stream's TTL (ms), ARGV[3] how long to remember each delivery key (ms), ARGV[4..] the events. The keys are
+# recorded in order while each is new; only when every one was, the events are appended (their ids returned).
+# One step: a delivery is never recorded without its events, nor its events published twice.
+_PUBLISH_DELIVERY = """
+for i = 2, #KEYS do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[3]) then
+    return false
+  end
+end
+local ids = {}
+for j = 4, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[j])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return ids
 """
 
 
@@ -272,6 +290,7 @@ class RedisEventBus:
         self._running = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._publish = shared.client.register_script(_PUBLISH)
+        self._publish_delivery = shared.client.register_script(_PUBLISH_DELIVERY)
 
     # --- lifecycle (driven by the engine) ---
 
@@ -301,6 +320,28 @@ class RedisEventBus:
         with self._s.errors("publishing an event"):
             entry_id = await self._publish(keys=[key], args=args)
         return str(entry_id)
+
+    async def publish_delivery(
+        self, project_id: str, events: Sequence[Mapping[str, Any]], delivery_keys: Sequence[str], ttl: float
+    ) -> list[str] | None:
+        """Record a webhook delivery's log keys (as ``RedisDeliveryLog.first_seen_all`` does) and, when every
+        one was new, append ``events`` to the project's stream, in one script: their ids, or None when a key
+        was already known (nothing appended). Only on a single Redis: on a cluster the delivery keys and the
+        stream live in different slots."""
+        if self._s.cluster:
+            raise ConfigurationError(
+                "publish_delivery needs a single Redis (keys in different cluster slots)"
+            )
+        keys = [self._s.tagged("events", project_id), *(self._s.key("delivery", k) for k in delivery_keys)]
+        args: list[str | int] = [
+            self._maxlen,
+            to_ms(self._ttl),
+            to_ms(ttl),
+            *(dumps(dict(e)) for e in events),
+        ]
+        with self._s.errors("publishing a webhook's events"):
+            ids = await self._publish_delivery(keys=keys, args=args)
+        return None if ids is None else [str(entry_id) for entry_id in ids]
 
     # --- subscribing ---
 

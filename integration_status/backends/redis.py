@@ -44,7 +44,7 @@ from integration_status.backends._redis_stores import (
 )
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
-from integration_status.protocols import IdempotencyStore
+from integration_status.protocols import IdempotencyStore, PublishDelivery
 
 __all__ = [
     "RedisCacheStore",
@@ -209,6 +209,13 @@ class RedisEngine:
     @property
     def deliveries(self) -> RedisDeliveryLog:
         return self._deliveries
+
+    @property
+    def publish_delivery(self) -> PublishDelivery | None:
+        """A webhook delivery's log keys recorded and its events published in one step (one script, one
+        round trip; see ``RedisEventBus.publish_delivery``), or None on a cluster, where the delivery keys and
+        the project's stream live in different slots and the service records, then publishes."""
+        return None if self._s.cluster else self._events.publish_delivery
 
     @property
     def prefix(self) -> str:

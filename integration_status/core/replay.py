@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from integration_status.protocols import DeliveryLog
 
-__all__ = ["admit_delivery", "replay_ttl_for"]
+__all__ = ["admit_delivery", "replay_ttl_for", "within_window"]
 
 
 def replay_ttl_for(replay_ttl: float, tolerance: float) -> float:

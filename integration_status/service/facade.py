@@ -430,14 +430,21 @@ class StatusService:
         else:
             resolver = self._webhooks
         result = await handle_webhook(
-            provider, headers, body, resolve=resolver, deliveries=self.engine.deliveries, clock=self.clock
+            provider,
+            headers,
+            body,
+            resolve=resolver,
+            deliveries=self.engine.deliveries,
+            clock=self.clock,
+            # An engine that records a delivery and publishes its events in one step (one round trip).
+            publish_delivery=getattr(self.engine, "publish_delivery", None),
         )
         # 202 too: an authentic delivery we send no event for (a deleted branch) may still outdate the status.
         if result.status in (200, 202) and result.project_id is not None:
             if not result.body.get("duplicate"):
                 self.webhook_activity.note(provider, result.project_id, now=self.clock.time())
             try:
-                for event in result.events:
+                for event in () if result.published else result.events:
                     await self.publish(result.project_id, event)
             except BaseException:
                 # Not published: forget the delivery so the provider's retry counts instead of being a duplicate.

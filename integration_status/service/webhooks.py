@@ -23,7 +23,7 @@ from integration_status._config import warn_once, webhook_secret_problem
 from integration_status._logging import get_logger
 from integration_status.backends._memory_state import MemoryDeliveryLog
 from integration_status.core.clock import Clock, epoch_ms
-from integration_status.core.replay import admit_delivery
+from integration_status.core.replay import admit_delivery, replay_ttl_for, within_window
 from integration_status.core.webhooks import (
     WEBHOOK_PROVIDERS,
     WebhookProvider,
@@ -36,7 +36,7 @@ from integration_status.core.webhooks import (
     translate,
 )
 from integration_status.exceptions import InvalidModel
-from integration_status.protocols import DeliveryLog, WebhookResolver, WebhookTarget
+from integration_status.protocols import DeliveryLog, PublishDelivery, WebhookResolver, WebhookTarget
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -77,6 +77,8 @@ class WebhookResult:
     invalidate: bool = False
     #: The delivery-log keys this delivery recorded (to forget them if its events cannot be published).
     recorded: tuple[str, ...] = ()
+    #: Whether ``events`` were already published with the delivery's keys, in one step (``publish_delivery``).
+    published: bool = False
 
 
 def _log() -> Any:
@@ -107,12 +109,16 @@ async def handle_webhook(
     max_body: int = DEFAULT_MAX_BODY,
     tolerance: float = DEFAULT_TOLERANCE,
     replay_ttl: float = DEFAULT_REPLAY_TTL,
+    publish_delivery: PublishDelivery | None = None,
 ) -> WebhookResult:
     """Verify one provider webhook delivery and turn it into raw events.
 
     ``headers`` may use any case; ``body`` must be the raw bytes as received (signatures cover them exactly).
     ``tolerance`` bounds the Sanity signature timestamp (seconds either side of ``clock.time()``);
-    ``replay_ttl`` is how long delivery ids are remembered (at least ``2 * tolerance``).
+    ``replay_ttl`` is how long delivery ids are remembered (at least ``2 * tolerance``). With
+    ``publish_delivery`` (an engine's one-step record-and-publish), a delivery with events is recorded and
+    published by it (``published`` is then set); otherwise it is recorded in ``deliveries`` and the caller
+    publishes its events.
     """
     if provider not in WEBHOOK_PROVIDERS:
         # The name comes from the URL path: keep the log line short.
@@ -155,14 +161,21 @@ async def handle_webhook(
     if keys is None:
         return _reject(name, 400, "invalid_request", "Missing webhook delivery id", "missing_delivery_id")
     # Signed content first: a replay under a fresh delivery id writes nothing (see core.replay).
-    log_keys = await admit_delivery(
-        deliveries,
-        tuple(f"{name}:{key}" for key in keys),
-        ttl=replay_ttl,
-        now=now,
-        tolerance=tolerance,
-        sent_at=signed_at(name, lowered, payload),
-    )
+    named = tuple(f"{name}:{key}" for key in keys)
+    sent_at = signed_at(name, lowered, payload)
+    published = False
+    if publish_delivery is not None and translation.events and not translation.ignored:
+        # The keys and the events in one step: recorded only with the events, the events only once.
+        log_keys: tuple[str, ...] | None = None
+        ttl = replay_ttl_for(replay_ttl, tolerance)
+        if within_window(sent_at, now=now, ttl=ttl, tolerance=tolerance):
+            ids = await publish_delivery(target.project_id, translation.events, named, ttl)
+            if ids is not None:
+                log_keys, published = (), True
+    else:
+        log_keys = await admit_delivery(
+            deliveries, named, ttl=replay_ttl, now=now, tolerance=tolerance, sent_at=sent_at
+        )
     if log_keys is None:
         _log().info("integration_status.webhook.duplicate", provider=name, kind=translation.kind)
         return WebhookResult(
@@ -193,4 +206,5 @@ async def handle_webhook(
         events=translation.events,
         invalidate=translation.invalidate,
         recorded=log_keys,
+        published=published,
     )

@@ -370,3 +370,103 @@ async def test_a_burst_of_streams_opening_asks_redis_for_the_newest_id_once(
         stats = await redis_raw.info("commandstats")
         release.set()
     assert calls() - before <= 2  # ready() and subscribe() may each be first once
+
+
+# --- a webhook delivery recorded and published in one step ---------------------------------------------------
+
+
+async def test_publish_delivery_records_and_publishes_only_together(
+    redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_raw: Any
+) -> None:
+    """publish_delivery records a delivery's keys in order while each is new and appends its events only when
+    every key was new: a replay (content known) and a re-signed retry (content new, id known) publish nothing,
+    and nothing is recorded after the first known key. On a cluster it is not offered."""
+    if redis_engine.publish_delivery is None:  # a cluster: the keys and the stream live in different slots
+        with pytest.raises(ConfigurationError, match="single Redis"):
+            await redis_engine.events.publish_delivery("p", [{"type": "x"}], ["c"], 60)
+        return
+    publish, other = redis_engine.publish_delivery, redis_engine_b.publish_delivery
+    assert other is not None
+    stream = f"{redis_engine.prefix}:events:{{p}}"
+    key = f"{redis_engine.prefix}:delivery:".__add__
+    ids = await publish(
+        "p", [{"type": "github:push", "n": 1}, {"type": "github:push", "n": 2}], ["c1", "d1"], 3600
+    )
+    assert ids is not None
+    assert len(ids) == 2
+    assert [entry[0] for entry in await redis_raw.xrange(stream)] == ids
+    assert 3_599_000 < await redis_raw.pttl(key("d1")) <= 3_600_000
+    assert await other("p", [{"type": "github:push", "n": 3}], ["c1", "d2"], 3600) is None  # a replay
+    assert await redis_raw.exists(key("d2")) == 0
+    assert await other("p", [{"type": "github:push", "n": 4}], ["c2", "d1", "x"], 3600) is None  # re-signed
+    assert await redis_raw.exists(key("c2")) == 1
+    assert await redis_raw.exists(key("x")) == 0
+    assert await redis_raw.xlen(stream) == 2
+    assert await redis_raw.pttl(stream) > 0
+
+
+@pytest.mark.redis_single
+async def test_a_webhook_on_redis_is_recorded_and_published_in_one_step(redis_engine: RedisEngine) -> None:
+    """Through the service on a single Redis: a signed push is recorded and published in one step, its
+    redelivery is a duplicate that publishes nothing, and a subscriber gets the push and then the refresh's
+    marker, nothing else."""
+    from integration_status import Secret, StatusService, WebhookTarget
+    from integration_status.testing import ScriptedAdapter, StaticConnections, sign_github, snapshot
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
+
+    service = StatusService(
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[ScriptedAdapter("github", snapshot("github"))],
+        engine=redis_engine,
+        clock=redis_engine._s.clock,
+        webhooks=resolve,
+    )
+    body = b'{"ref": "refs/heads/main", "after": "' + b"a" * 40 + b'"}'
+    headers = {**sign_github("s3cret", body), "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1"}
+    async with service, service.subscribe("p") as subscription:
+        first = await service.ingest_webhook("github", headers, body)
+        again = await service.ingest_webhook("github", headers, body)
+        events = await take(subscription, 2)
+        await nothing_more(subscription, redis_engine, "p")
+    assert (first.status, first.body, first.published) == (200, {"ok": True}, True)
+    assert (again.status, again.body, again.published) == (200, {"ok": True, "duplicate": True}, False)
+    assert [e.data["type"] for e in events] == ["github:push", "status:update"]
+    assert events[0].data["sha"] == "a" * 40
+
+
+@pytest.mark.redis_single
+async def test_a_webhook_that_cannot_reach_redis_records_nothing(redis_engines: Any) -> None:
+    """Redis gone while a push arrives: the delivery fails (503 for the provider) with nothing recorded, so
+    the provider's retry, once Redis is back, is accepted and published once."""
+    from integration_status import Secret, StatusService, WebhookTarget
+    from integration_status.exceptions import BackendUnavailable
+    from integration_status.testing import ScriptedAdapter, StaticConnections, sign_github, snapshot
+    from tests.backends.conftest import RedisProxy
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
+
+    proxy = RedisProxy()
+    try:
+        engine = await redis_engines(url=proxy.url, socket_timeout=0.5)
+        service = StatusService(
+            connections=StaticConnections.linked("p", "github"),
+            adapters=[ScriptedAdapter("github", snapshot("github"))],
+            engine=engine,
+            clock=engine._s.clock,
+            webhooks=resolve,
+        )
+        body = b'{"ref": "refs/heads/main", "after": "' + b"b" * 40 + b'"}'
+        headers = {**sign_github("s3cret", body), "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-2"}
+        async with service:
+            proxy.cut()
+            with anyio.fail_after(WAIT), pytest.raises(BackendUnavailable):
+                await service.ingest_webhook("github", headers, body)
+            proxy.restore()
+            with anyio.fail_after(WAIT):
+                retry = await service.ingest_webhook("github", headers, body)
+            assert (retry.status, retry.body, retry.published) == (200, {"ok": True}, True)
+    finally:
+        proxy.cut()
