@@ -446,34 +446,31 @@ def _objects(port: int, workers: int) -> int:
     return sum(w["objects"] for w in _worker_stats(port, workers, within=10.0, query="?objects=1").values())
 
 
-def _redis_calls(url: str) -> int | None:
-    """Commands Redis has executed so far (all clients), or None when Redis cannot be reached."""
+def _redis_info(url: str, section: str) -> dict[str, Any] | None:
+    """One section of Redis's ``INFO``, or None when Redis cannot be reached."""
     try:
         import redis
     except ImportError:
         return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=2)
-        stats = client.info("commandstats")
+        stats: dict[str, Any] = client.info(section)
         client.close()
     except Exception:
         return None
-    return sum(int(v["calls"]) for v in stats.values())
+    return stats
+
+
+def _redis_calls(url: str) -> int | None:
+    """Commands Redis has executed so far (all clients), or None when Redis cannot be reached."""
+    stats = _redis_info(url, "commandstats")
+    return None if stats is None else sum(int(v["calls"]) for v in stats.values())
 
 
 def _redis_cpu(url: str) -> float | None:
     """CPU seconds (user + system) the Redis server has used so far, as it reports them, or None."""
-    try:
-        import redis
-    except ImportError:
-        return None
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2)
-        stats = client.info("cpu")
-        client.close()
-    except Exception:
-        return None
-    return float(stats["used_cpu_sys"]) + float(stats["used_cpu_user"])
+    stats = _redis_info(url, "cpu")
+    return None if stats is None else float(stats["used_cpu_sys"]) + float(stats["used_cpu_user"])
 
 
 def one_run(

@@ -1,8 +1,9 @@
-"""A bounded poll, for the one kind of wait that has no event to wait on: an effect that another process brings
-about and announces to nobody in this one, such as a cluster forming, a stopped node answering again after it
-resumes or fails over, or another worker's output. Everything this process does is awaited by its own event
-instead (``FakeClock.until_sleepers``, a task's end, a handler's call, the Redis cache store's
-``wait_changed``); time on the service's clock is always moved by hand."""
+"""A bounded poll, for the one kind of wait that has no event to wait on: what other processes do on their own
+timers and announce to nobody, namely a Redis Cluster's nodes forming the cluster or failing over (gossip and
+elections on the nodes' clocks), and the multi-worker end-to-end recovery after a store fault. Everything this
+process does is awaited by its own event instead (``FakeClock.until_sleepers``, a task's end, a handler's call,
+the Redis cache store's ``wait_changed``), and a node that only has to answer is simply asked again (each try
+waits on the node); time on the service's clock is always moved by hand."""
 
 from __future__ import annotations
 

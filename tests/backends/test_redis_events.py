@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from integration_status.backends.redis import RedisEngine, SubscriberLagging
-from integration_status.exceptions import ConfigurationError
+from integration_status.exceptions import BackendUnavailable, ConfigurationError
 from integration_status.protocols import EventBus, StoredEvent, Subscription
+from tests.backends.conftest import RedisProxy
 from tests.polling import WITHIN
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -375,6 +376,31 @@ async def test_a_burst_of_streams_opening_asks_redis_for_the_newest_id_once(
 # --- a webhook delivery recorded and published in one step ---------------------------------------------------
 
 
+def webhook_service(engine: RedisEngine) -> Any:
+    """A service on ``engine`` that takes signed GitHub pushes for project ``p`` (secret ``s3cret``)."""
+    from integration_status import Secret, StatusService, WebhookTarget
+    from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
+
+    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
+        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
+
+    return StatusService(
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[ScriptedAdapter("github", snapshot("github"))],
+        engine=engine,
+        clock=engine._s.clock,
+        webhooks=resolve,
+    )
+
+
+def signed_push(digit: str, delivery: str) -> tuple[bytes, dict[str, str]]:
+    """A signed push of the sha ``digit * 40`` under the delivery id ``delivery``: its body and headers."""
+    from integration_status.testing import sign_github
+
+    body = b'{"ref": "refs/heads/main", "after": "' + digit.encode() * 40 + b'"}'
+    return body, {**sign_github("s3cret", body), "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery}
+
+
 async def test_publish_delivery_records_and_publishes_only_together(
     redis_engine: RedisEngine, redis_engine_b: RedisEngine, redis_raw: Any
 ) -> None:
@@ -410,21 +436,8 @@ async def test_a_webhook_on_redis_is_recorded_and_published_in_one_step(redis_en
     """Through the service on a single Redis: a signed push is recorded and published in one step, its
     redelivery is a duplicate that publishes nothing, and a subscriber gets the push and then the refresh's
     marker, nothing else."""
-    from integration_status import Secret, StatusService, WebhookTarget
-    from integration_status.testing import ScriptedAdapter, StaticConnections, sign_github, snapshot
-
-    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
-        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
-
-    service = StatusService(
-        connections=StaticConnections.linked("p", "github"),
-        adapters=[ScriptedAdapter("github", snapshot("github"))],
-        engine=redis_engine,
-        clock=redis_engine._s.clock,
-        webhooks=resolve,
-    )
-    body = b'{"ref": "refs/heads/main", "after": "' + b"a" * 40 + b'"}'
-    headers = {**sign_github("s3cret", body), "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1"}
+    service = webhook_service(redis_engine)
+    body, headers = signed_push("a", "d-1")
     async with service, service.subscribe("p") as subscription:
         first = await service.ingest_webhook("github", headers, body)
         again = await service.ingest_webhook("github", headers, body)
@@ -440,26 +453,11 @@ async def test_a_webhook_on_redis_is_recorded_and_published_in_one_step(redis_en
 async def test_a_webhook_that_cannot_reach_redis_records_nothing(redis_engines: Any) -> None:
     """Redis gone while a push arrives: the delivery fails (503 for the provider) with nothing recorded, so
     the provider's retry, once Redis is back, is accepted and published once."""
-    from integration_status import Secret, StatusService, WebhookTarget
-    from integration_status.exceptions import BackendUnavailable
-    from integration_status.testing import ScriptedAdapter, StaticConnections, sign_github, snapshot
-    from tests.backends.conftest import RedisProxy
-
-    async def resolve(provider: str, headers: Any, payload: Any) -> WebhookTarget:
-        return WebhookTarget(project_id="p", secret=Secret("s3cret"))
-
     proxy = RedisProxy()
     try:
         engine = await redis_engines(url=proxy.url, socket_timeout=0.5)
-        service = StatusService(
-            connections=StaticConnections.linked("p", "github"),
-            adapters=[ScriptedAdapter("github", snapshot("github"))],
-            engine=engine,
-            clock=engine._s.clock,
-            webhooks=resolve,
-        )
-        body = b'{"ref": "refs/heads/main", "after": "' + b"b" * 40 + b'"}'
-        headers = {**sign_github("s3cret", body), "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-2"}
+        service = webhook_service(engine)
+        body, headers = signed_push("b", "d-2")
         async with service:
             proxy.cut()
             with anyio.fail_after(WAIT), pytest.raises(BackendUnavailable):
