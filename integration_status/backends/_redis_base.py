@@ -235,3 +235,21 @@ def raised_by_driver(exc: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "redis"
+
+
+def only_unreachable(exc: BaseException | None) -> bool:
+    """Whether a failure of the driver only says that Redis did not answer now (refused, reset, timed out, a
+    cluster with no node reachable or no quorum yet), which waiting can mend, rather than that it answered and
+    refused us (a wrong password or user, a plain Redis where a cluster was configured, a bad database), which
+    only a change of configuration can."""
+    if isinstance(exc, (_rexc.AuthenticationError, _rexc.AuthorizationError)):
+        return False
+    if isinstance(exc, (_rexc.ClusterDownError, _rexc.TryAgainError)):
+        return True
+    if isinstance(exc, _rexc.RedisClusterException):
+        # "cannot be connected" is raised from the connection error of the last node tried; a node that
+        # answered but is not in cluster mode is raised without a cause.
+        return exc.__cause__ is not None and only_unreachable(exc.__cause__)
+    if isinstance(exc, _rexc.ResponseError):
+        return False
+    return isinstance(exc, (_rexc.TimeoutError, _rexc.ConnectionError, OSError, EOFError, RuntimeError))

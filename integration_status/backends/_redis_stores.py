@@ -137,6 +137,9 @@ class RedisCacheStore:
         self._changed: Wake | None = None  # while someone waits for the next change (see wait_changed)
         self._listening = False
         self._ended: Wake | None = None  # while someone waits for the listener to end (see stopped)
+        #: How many times the invalidation channel has been subscribed (first time and every time again).
+        self.channel_ups = 0
+        self._up: Wake | None = None  # while someone waits for the channel to come up (see wait_channel_up)
 
     def _bump(self) -> None:
         self.generation += 1
@@ -153,6 +156,16 @@ class RedisCacheStore:
                 self._changed = Wake()
             await self._changed
         return self.generation
+
+    async def wait_channel_up(self, since: int) -> int:
+        """Return :attr:`channel_ups` once it has moved past ``since`` (at once if it already has): the
+        channel was subscribed again, so this worker's connection to Redis is back (after a restart of Redis,
+        perhaps one that kept nothing)."""
+        while self.channel_ups <= since:
+            if self._up is None:
+                self._up = Wake()
+            await self._up
+        return self.channel_ups
 
     async def stopped(self) -> None:
         """Return once :meth:`listen` is not running (at once if it is not): after :meth:`stop`, its
@@ -370,6 +383,10 @@ class RedisCacheStore:
             while (await pubsub.get_message(timeout=PING_INTERVAL) or {}).get("type") != "subscribe":
                 pass
         self._trust(True)
+        self.channel_ups += 1
+        up, self._up = self._up, None
+        if up is not None:
+            up.set()
         _log.debug("integration_status.redis.cache.channel_up", channel=self._channel)
 
     async def _follow(self, pubsub: Any) -> None:

@@ -5,7 +5,8 @@ Redis, shared by every worker that uses the same Redis and key prefix. Needs the
 >>> engine
 RedisEngine(endpoint='127.0.0.1:6379', prefix='myapp')
 
-Use it as ``async with engine:`` (it checks the connection and runs the event readers), then hand
+Use it as ``async with engine:`` (it checks the connection and runs the event readers; a Redis that does not
+answer yet only delays what needs it, see :meth:`RedisEngine.__aenter__`), then hand
 ``engine.cache_store``, ``engine.idempotency``, ``engine.rate_limiter``, ``engine.events`` and
 ``engine.deliveries`` to the service. Key layout and operations: ``docs/operations.md``.
 """
@@ -23,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "the Redis engine needs the redis package: pip install 'integration-status[redis]'"
     ) from exc
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -33,8 +34,13 @@ import anyio
 
 from integration_status._env import engine_values, environ, redis_url
 from integration_status._logging import get_logger
-from integration_status.backends._redis_base import BoundedCluster, Shared, describe_endpoint
-from integration_status.backends._redis_etag import shared_etag_key
+from integration_status.backends._redis_base import (
+    BoundedCluster,
+    Shared,
+    describe_endpoint,
+    only_unreachable,
+)
+from integration_status.backends._redis_etag import agree_on_etag_value
 from integration_status.backends._redis_events import RedisEventBus, RedisSubscription
 from integration_status.backends._redis_stores import (
     RedisCacheStore,
@@ -43,6 +49,7 @@ from integration_status.backends._redis_stores import (
     RedisRateLimiter,
 )
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
+from integration_status.core.etag import etag_key
 from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 from integration_status.protocols import IdempotencyStore, PublishDelivery
 
@@ -86,6 +93,10 @@ class RedisEngine:
         )
         self._stack: AsyncExitStack | None = None
         self._closed = False
+        # The value the ETag key is derived from, as last agreed (offered again when Redis comes back), and
+        # who is told of each agreement (see on_etag_key).
+        self._etag_value: str | None = None
+        self._etag_users: list[Callable[[bytes], None]] = []
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> RedisEngine:
@@ -222,13 +233,44 @@ class RedisEngine:
         return self._s.prefix
 
     async def shared_etag_key(self) -> bytes:
-        """The ETag key all workers on this Redis and prefix share (``{prefix}:etag-key``, set once)."""
-        return await shared_etag_key(self._s)
+        """The ETag key all workers on this Redis and prefix share (``{prefix}:etag-key``, set once); raises
+        :class:`BackendUnavailable` when Redis does not answer."""
+        self._etag_value = await agree_on_etag_value(self._s, self._etag_value)
+        return etag_key(self._etag_value)
+
+    def on_etag_key(self, use: Callable[[bytes], None]) -> None:
+        """Call ``use(key)`` with the shared ETag key each time the workers agree on it again: whenever this
+        worker's connection to Redis comes back (its invalidation channel is subscribed again). A worker that
+        started while Redis was away, and so signs with a key of its own, then takes the deployment's; after a
+        Redis restart that kept nothing, the first worker back stores its key again and the others keep
+        agreeing with it. The service registers its renderer here; each callable is registered once."""
+        if use not in self._etag_users:
+            self._etag_users.append(use)
+
+    async def _follow_etag_key(self) -> None:
+        """Agree on the ETag key again every time the invalidation channel comes up after the engine started
+        (the first subscription is the service's own agreement at start)."""
+        seen = self._cache.channel_ups
+        while True:
+            seen = await self._cache.wait_channel_up(seen)
+            if not self._etag_users:
+                continue
+            try:
+                key = await self.shared_etag_key()
+            except BackendUnavailable as exc:  # gone again: the next time it comes back
+                _log.info("integration_status.redis.etag_key_pending", error=str(exc))
+                continue
+            for use in list(self._etag_users):
+                try:
+                    use(key)
+                except Exception:  # a failing callable must not end the engine's readers
+                    _log.exception("integration_status.redis.etag_key_listener_failed")
 
     # --- lifecycle ---
 
     async def connect(self) -> None:
-        """Check that Redis answers (``PING``); raise :class:`ConfigurationError` naming host:port if not."""
+        """Check that Redis answers (``PING``); raise :class:`ConfigurationError` naming host:port if not.
+        A host that would rather not start at all without Redis calls this before starting the service."""
         try:
             with self._s.errors("connecting"):
                 await self._s.initialize()  # a cluster's nodes and slots
@@ -250,7 +292,23 @@ class RedisEngine:
             await self._own_store.aclose()
 
     async def __aenter__(self) -> RedisEngine:
-        await self.connect()
+        """Check the connection and start the event readers and the near cache's listener.
+
+        A Redis that answers and refuses this engine (a wrong password or user, a plain Redis where a cluster
+        was configured) raises :class:`ConfigurationError` naming host:port. A Redis that does not answer (down,
+        restarting, unreachable for now) is logged (``integration_status.redis.unavailable_at_start``) and the
+        engine starts anyway: everything that needs Redis raises :class:`BackendUnavailable` until it is back,
+        and the engine recovers by itself. A worker started or restarted during an outage (a crash, a recycle,
+        a deploy) so serves what it can instead of failing its server's start, which under uvicorn's and
+        gunicorn's supervisors stops every worker. For the strict check, call :meth:`connect` first."""
+        try:
+            await self.connect()
+        except ConfigurationError as exc:
+            if not only_unreachable(exc.__cause__):
+                raise
+            _log.warning(
+                "integration_status.redis.unavailable_at_start", endpoint=self._s.endpoint, error=str(exc)
+            )
         if self._own_store is not None and hasattr(self._own_store, "connect"):
             await self._own_store.connect()
         stack = AsyncExitStack()
@@ -264,6 +322,7 @@ class RedisEngine:
         stack.push_async_callback(
             self._cache.stop
         )  # runs first: the listener ends before the group is cancelled
+        tg.start_soon(self._follow_etag_key)
         self._stack = stack
         return self
 

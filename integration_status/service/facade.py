@@ -27,7 +27,7 @@ from integration_status.core.connections import ConnectionLimiter
 from integration_status.core.etag import etag_key
 from integration_status.core.idempotency import DEFAULT_LEASE, IdempotencyGuard
 from integration_status.core.policy import Grants, ProviderView, RolePolicy, grants_for
-from integration_status.exceptions import ConfigurationError, NotFound, Unauthorized
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, NotFound, Unauthorized
 from integration_status.models import PROVIDERS, ProviderKey, StatusItem
 from integration_status.observability import HealthRecorder, combine
 from integration_status.protocols import (
@@ -193,7 +193,7 @@ class StatusService:
         try:
             await stack.enter_async_context(self.engine)
             if self.settings.etag_secret is None and hasattr(self.engine, "shared_etag_key"):
-                self.renderer.use_key(await self.engine.shared_etag_key())  # workers agree on tags
+                await self._agree_on_etag_key()
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             self._users -= 1
@@ -205,6 +205,19 @@ class StatusService:
         self.cache.start(self._spawn)
         self.actions.start(self._spawn)
         return self
+
+    async def _agree_on_etag_key(self) -> None:
+        """Workers on a shared engine agree on the key their tags are signed with, now and each time the engine
+        agrees again (its connection came back). A store that does not answer now leaves this worker with a
+        key of its own until it does: its tags differ from the other workers' meanwhile, which costs clients
+        200s, never wrong answers."""
+        follow = getattr(self.engine, "on_etag_key", None)
+        if follow is not None:
+            follow(self.renderer.use_key)
+        try:
+            self.renderer.use_key(await self.engine.shared_etag_key())  # type: ignore[attr-defined]
+        except BackendUnavailable as exc:
+            _log.warning("integration_status.service.etag_key_pending", error=str(exc))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

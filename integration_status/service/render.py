@@ -138,7 +138,10 @@ class Renderer:
         return len(self._cache)
 
     def use_key(self, key: bytes) -> None:
-        """Key every later tag with ``key`` (e.g. the one the workers share); renderings made before go."""
+        """Key every later tag with ``key`` (e.g. the one the workers share); renderings made before go
+        (unless the key is the one in use already)."""
+        if key == self._key:
+            return
         self._key = key
         self._cache.clear()
         self._items.clear()

@@ -278,6 +278,10 @@ async def test_a_cluster_engine_on_a_plain_redis_is_a_configuration_error(redis_
             await engine.connect()
     finally:
         await engine.aclose()
+    # Starting the engine says so too: a node that answers and is not a cluster is not an outage to wait out.
+    with pytest.raises(ConfigurationError, match=r"[Cc]luster"):
+        async with RedisEngine.from_url(require_redis(), cluster=True, prefix=redis_prefix):
+            pass
 
 
 async def test_a_script_the_node_does_not_know_after_the_drivers_load_is_sent_whole(

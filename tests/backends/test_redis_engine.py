@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -15,7 +17,8 @@ import redis.asyncio
 import redis.exceptions as rexc
 
 from integration_status import allow_global_roles
-from integration_status.backends._redis_base import ClusterScript
+from integration_status._logging import capture_logs
+from integration_status.backends._redis_base import ClusterScript, only_unreachable
 from integration_status.backends._redis_events import READ_OUTAGE, READ_RETRY
 from integration_status.backends.redis import RedisEngine
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -101,12 +104,65 @@ async def test_connect_to_a_closed_port_is_a_configuration_error() -> None:
     assert "s3cr3t-pw" not in repr(info.value.__cause__)
 
 
-async def test_async_with_checks_the_connection() -> None:
-    """Entering the engine with Redis unreachable fails at once with ConfigurationError."""
-    engine = RedisEngine.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout=0.5)
-    with pytest.raises(ConfigurationError, match="cannot use Redis"):
+async def test_entering_with_redis_away_starts_and_recovers(redis_proxy: Any) -> None:
+    """A Redis that does not answer when the engine starts (a worker restarted during an outage) is logged, not
+    raised: the engine starts, what needs Redis fails with BackendUnavailable meanwhile, and once the server is
+    back the same engine works, near cache listener included."""
+    redis_proxy.cut()
+    engine = RedisEngine.from_url(f"redis://:s3cr3t-pw@127.0.0.1:{redis_proxy.port}/0", socket_timeout=0.5)
+    with capture_logs() as logs:
+        async with engine:
+            with pytest.raises(BackendUnavailable):
+                await engine.deliveries.first_seen("during", 60)
+            assert engine.cache_store.coherent is False
+            redis_proxy.restore()
+            with anyio.fail_after(10):
+                await engine.cache_store.wait_channel_up(0)
+            assert engine.cache_store.coherent is True
+            assert await engine.deliveries.first_seen(f"after-{uuid.uuid4().hex}", 60) is True
+    [started] = [e for e in logs if e["event"] == "integration_status.redis.unavailable_at_start"]
+    assert started["endpoint"] == f"127.0.0.1:{redis_proxy.port}"
+    assert "s3cr3t-pw" not in repr(logs)
+
+
+@pytest.mark.parametrize("url", ["redis://nobody:n0t-the-pw@127.0.0.1:6379/0", "redis://127.0.0.1:6379/99"])
+async def test_entering_a_redis_that_refuses_the_engine_is_a_configuration_error(
+    redis_url: str, url: str
+) -> None:
+    """A Redis that answers and refuses the engine (an unknown user, a database it does not have) is a
+    configuration to fix, not an outage to wait out: entering raises ConfigurationError naming host:port,
+    never the password."""
+    engine = RedisEngine.from_url(url, socket_timeout=0.5)
+    with pytest.raises(ConfigurationError, match=r"cannot use Redis at 127\.0\.0\.1:6379") as info:
         async with engine:
             pass
+    assert "n0t-the-pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("exc", "unreachable"),
+    [
+        (rexc.ConnectionError("Error 111 connecting"), True),
+        (rexc.TimeoutError("Timeout connecting"), True),
+        (ConnectionResetError(104, "reset"), True),
+        (rexc.ClusterDownError("CLUSTERDOWN The cluster is down"), True),
+        (rexc.AuthenticationError("invalid username-password pair"), False),
+        (rexc.AuthorizationError("NOPERM"), False),
+        (rexc.ResponseError("ERR DB index is out of range"), False),
+        (rexc.RedisClusterException("Cluster mode is not enabled on this node"), False),
+    ],
+)
+def test_only_a_silent_redis_counts_as_unreachable(exc: BaseException, unreachable: bool) -> None:
+    """What waiting can mend (refused, reset, timed out, no quorum yet) against what only a change of
+    configuration can (a refused login, a plain Redis where a cluster was configured, a bad database)."""
+    assert only_unreachable(exc) is unreachable
+
+
+def test_a_cluster_no_node_of_which_answers_counts_as_unreachable() -> None:
+    """The cluster driver's "cannot be connected" is raised from the last node's connection error."""
+    exc = rexc.RedisClusterException("Redis Cluster cannot be connected")
+    exc.__cause__ = rexc.ConnectionError("Error 111 connecting to 127.0.0.1:7000")
+    assert only_unreachable(exc) is True
 
 
 def test_a_cluster_engine_says_so_and_hides_the_password() -> None:
@@ -318,6 +374,87 @@ async def test_workers_on_one_redis_share_an_etag_key(redis_engines: Any, redis_
     assert stored
     assert stored.encode() != key_a
     assert await redis_raw.ttl(f"{a.prefix}:etag-key") == -1
+
+
+def etag_worker(engine: Any) -> Any:
+    """A service (one worker) with one linked provider on ``engine``."""
+    from integration_status.service import StatusService
+    from integration_status.testing import ScriptedAdapter, StaticConnections, snapshot
+
+    return StatusService(
+        connections=StaticConnections.linked("p", "github"),
+        adapters=[ScriptedAdapter("github", snapshot("github"))],
+        engine=engine,
+        clock=FakeClock(),
+        authorizer=allow_global_roles,
+    )
+
+
+async def etag_of(service: Any) -> str:
+    from integration_status.protocols import Viewer
+
+    return str((await service.status("p", Viewer(user_id="o", roles={"owner"}))).etag)
+
+
+@contextlib.contextmanager
+def agreements(engine: Any) -> Iterator[anyio.abc.ObjectReceiveStream[bytes]]:
+    """Every ETag key ``engine`` agrees on meanwhile (registered after the service's renderer, so the
+    renderer already uses a key when it arrives here)."""
+    send, receive = anyio.create_memory_object_stream[bytes](10)
+    engine.on_etag_key(send.send_nowait)
+    with send, receive:
+        yield receive
+
+
+@pytest.mark.redis_single
+async def test_a_worker_started_while_redis_is_away_takes_the_shared_etag_key_when_it_is_back(
+    redis_url: str, redis_prefix: str, redis_proxy: Any
+) -> None:
+    """A worker that starts during an outage starts anyway (with a key of its own), and takes the deployment's
+    ETag key as soon as its connection is back: both workers then hand one client one tag."""
+    one_engine = RedisEngine.from_url(redis_url, prefix=redis_prefix)
+    redis_proxy.cut()
+    two_engine = RedisEngine.from_url(redis_proxy.url, prefix=redis_prefix, socket_timeout=0.5)
+    async with etag_worker(one_engine) as one, etag_worker(two_engine) as two:
+        assert two.running
+        shared = await etag_of(one)
+        with agreements(two_engine) as agreed:
+            redis_proxy.restore()
+            with anyio.fail_after(10):
+                assert await agreed.receive() == await one_engine.shared_etag_key()
+        assert await etag_of(two) == shared
+
+
+@pytest.mark.redis_single
+async def test_after_a_redis_restart_that_kept_nothing_the_workers_agree_again(
+    redis_url: str, redis_prefix: str, redis_proxy: Any, redis_raw: Any
+) -> None:
+    """Redis comes back empty: the first worker back stores the value it had again (its tags do not change),
+    and a worker started meanwhile, which stored a new one, is followed by the workers that come back after it:
+    every worker ends up with the key that is stored."""
+    old_engine = RedisEngine.from_url(redis_proxy.url, prefix=redis_prefix, socket_timeout=0.5)
+    async with etag_worker(old_engine) as old:
+        with agreements(old_engine) as agreed:
+            before = await etag_of(old)
+            stored = await redis_raw.get(f"{redis_prefix}:etag-key")
+            # Redis restarts and keeps nothing; this worker comes back first and stores its value again.
+            redis_proxy.cut()
+            await redis_raw.delete(f"{redis_prefix}:etag-key")
+            redis_proxy.restore()
+            with anyio.fail_after(10):
+                await agreed.receive()
+            assert await redis_raw.get(f"{redis_prefix}:etag-key") == stored
+            assert await etag_of(old) == before
+            # Again, but a new worker starts before the old one is back: the old one takes the new value.
+            redis_proxy.cut()
+            await redis_raw.delete(f"{redis_prefix}:etag-key")
+            async with etag_worker(RedisEngine.from_url(redis_url, prefix=redis_prefix)) as new:
+                fresh = await etag_of(new)
+                assert fresh != before
+                redis_proxy.restore()
+                with anyio.fail_after(10):
+                    await agreed.receive()
+                assert await etag_of(old) == fresh
 
 
 async def test_services_on_shared_redis_hand_out_the_same_etag(redis_target: Any, redis_prefix: str) -> None:
