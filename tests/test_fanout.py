@@ -4,6 +4,8 @@ every stream."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,14 +21,14 @@ from integration_status.core.events import redact_event
 from integration_status.core.policy import ProviderView, view_item
 from integration_status.core.sse import encode_event
 from integration_status.core.wake import Waiter
-from integration_status.exceptions import ConfigurationError, SubscriberLagging
+from integration_status.exceptions import BackendUnavailable, ConfigurationError, SubscriberLagging
 from integration_status.models import PROVIDERS, ProviderKey, StatusItem, StatusUpdate
 from integration_status.protocols import StoredEvent, Viewer
 from integration_status.service import StatusService
 from integration_status.service.facade import allow_global_roles
 from integration_status.service.render import Renderer
 from integration_status.service.settings import Settings
-from integration_status.service.streams import HEARTBEAT, StreamHub
+from integration_status.service.streams import HEARTBEAT, STORE_GONE, StreamHub
 from integration_status.snapshot import ActionState, Ago, ProviderSnapshot, Segment, Sensitive, Visibility
 from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
 
@@ -936,3 +938,54 @@ async def test_a_hold_asked_while_the_hub_stops_or_cannot_start_its_timer_ends_a
     late = Waiter()
     running.hold(late)
     assert late.is_set()
+
+
+class _BusThatGoesAway:
+    """The memory bus, whose subscriptions raise BackendUnavailable instead of yielding the next event once
+    ``away`` is set: a shared store that stopped answering under open streams."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.away = False
+
+    async def publish(self, project_id: str, event: Any) -> str:
+        return str(await self._inner.publish(project_id, event))
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, project_id: str, *, last_event_id: str | None = None) -> AsyncIterator[Any]:
+        async with self._inner.subscribe(project_id, last_event_id=last_event_id) as subscription:
+            yield _GoingAway(self, subscription)
+
+
+class _GoingAway:
+    def __init__(self, bus: _BusThatGoesAway, inner: Any) -> None:
+        self._bus, self._inner = bus, inner
+        self.gap, self.resume_id = inner.gap, inner.resume_id
+
+    def __aiter__(self) -> _GoingAway:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        event: StoredEvent = await self._inner.__anext__()
+        if self._bus.away:
+            raise BackendUnavailable("Redis at 127.0.0.1:6379 is unreachable while reading events")
+        return event
+
+
+async def test_a_stream_whose_store_goes_away_ends_with_a_hint_to_come_back_later() -> None:
+    """The bus loses its store under an open stream: the stream is counted as dropped and ends with a comment and
+    a ``retry: 5000`` hint (no named event: ``error`` is EventSource's own), never an exception in the body."""
+    clock = FakeClock()
+    service = github_service(clock)
+    bus = service.engine.events = _BusThatGoesAway(service.engine.events)  # type: ignore[misc]
+    async with service, anyio.create_task_group() as tg:
+        connections = await service.project("p", OWNER)
+        [writes] = await _open_streams(service, tg, connections, [OWNER])
+        bus.away = True
+        await service.publish("p", push(1))
+        await _until(lambda: service.sse_connections.count == 0)
+        assert writes.frames[-1] == STORE_GONE
+        assert b"retry: 5000\n" in STORE_GONE
+        assert b"event:" not in STORE_GONE
+        assert service.health.stats().sse.dropped == 1
+        tg.cancel_scope.cancel()

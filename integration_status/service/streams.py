@@ -123,6 +123,12 @@ def shutdown_frame() -> bytes:
     return encode_comment("server stopping") + f"retry: {random.randint(*SHUTDOWN_RETRY_MS)}\n\n".encode()
 
 
+#: The last frame of a stream ended because the shared store stopped answering: reconnect in 5 s (a new stream
+#: is answered 503 with ``Retry-After: 5`` while the store is still away). A comment and a hint, no named
+#: event: ``error`` is EventSource's own name for a broken connection.
+STORE_GONE: Final = encode_comment("store unavailable") + b"retry: 5000\n\n"
+
+
 class StreamBeat:
     """One stream's registration with the hub: whether a heartbeat is due, and the cancel scope the hub uses
     to interrupt the stream's wait for its next event (heartbeat) or to end it (shutdown, or a stall).
@@ -531,13 +537,20 @@ class EventStreams:
                 beat = self.hub.open()
                 try:
                     await beat.pump(aiter(subscription), frames.render, write, _poll_of(subscription))
-                except (SubscriberLagging, BackendUnavailable) as exc:
+                except SubscriberLagging as exc:
                     # End the stream; the client reconnects and resumes with Last-Event-ID.
                     _log.info("integration_status.sse.dropped", error=type(exc).__name__)
                     dropped = True
                 finally:
                     self.hub.close_stream(beat)
                     self._leave(project_id, grants)
+        except BackendUnavailable as exc:
+            # The store stopped answering (its subscription, or the views behind a status): the stream ends
+            # with a hint to come back once it may be back, and resumes with Last-Event-ID then.
+            _log.info("integration_status.sse.dropped", error=type(exc).__name__)
+            dropped = True
+            with anyio.move_on_after(1):  # bounded: a client that stopped reading
+                await write(STORE_GONE)
         except Exception as exc:
             dropped = not isinstance(exc, OSError)  # OSError: the connection broke under the write
             raise
