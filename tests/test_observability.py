@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -331,3 +334,39 @@ def test_health_recorder_ages_out_slow_requests() -> None:
     snap: Any = recorder.stats()
     assert snap.status_durations == ()
     assert recorder.report().healthy
+
+
+def test_a_scrape_drops_the_live_gauges_of_a_killed_worker(tmp_path: Path) -> None:
+    """A worker killed with three streams open (SIGKILL: no exit handler runs) leaves its live gauge file; the
+    next scrape of any worker drops it, whatever supervises the workers, so the open-stream gauge counts only
+    the living. Its own file and its counters stay."""
+    pytest.importorskip("prometheus_client")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal\n"
+         "from integration_status.observability import PrometheusMetrics\n"
+         "m = PrometheusMetrics()\n"
+         "m.sse_connections(3)\n"
+         "m.observe_request('status', 0.01, 200)\n"
+         "print(os.getpid(), flush=True)\n"
+         "os.kill(os.getpid(), signal.SIGKILL)\n"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    dead = int(killed.stdout)
+    assert list(tmp_path.glob(f"gauge_live*_{dead}.db"))
+    scrape = subprocess.run(
+        [sys.executable, "-c",
+         "from integration_status.observability import PrometheusMetrics\n"
+         "m = PrometheusMetrics()\n"
+         "m.sse_connections(1)\n"
+         "print(m.render()[0].decode())\n"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    samples = dict(
+        line.rsplit(" ", 1) for line in scrape.stdout.splitlines() if line and not line.startswith("#")
+    )
+    assert float(samples["integration_sse_connection_count"]) == 1.0
+    assert not list(tmp_path.glob(f"gauge_live*_{dead}.db"))
+    assert any(key.startswith("integration_status_responses_total") for key in samples)  # counters are kept

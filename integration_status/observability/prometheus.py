@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -77,7 +79,9 @@ class PrometheusMetrics:
     summed over live workers, ``integration_breaker_state`` the worst over live workers. The windowed rate
     gauges are left out then (one worker's window says nothing of the others): take rates of the counters in
     PromQL instead. A worker that exits normally marks itself dead (its live gauges leave the sum); for one
-    that was killed, call :func:`mark_process_dead` with its pid (gunicorn's ``child_exit`` hook).
+    that was killed (SIGKILL, the OOM killer) leaves its live gauges behind until the next scrape, which drops
+    those of every process that no longer exists (the directory must belong to one server's processes, as
+    prometheus_client requires); :func:`mark_process_dead` drops them at once (gunicorn's ``child_exit`` hook).
     """
 
     def __init__(
@@ -97,6 +101,9 @@ class PrometheusMetrics:
         self._mp: _Multiprocess | None = None
         if multiprocess:
             self._mp = _Multiprocess(prometheus_client, tuple(sorted(buckets)))
+            # Registered first, so it runs first at every scrape: the live gauges of workers that are gone
+            # leave before the value files are read.
+            self.registry.register(_DeadWorkers())
             prometheus_client.multiprocess.MultiProcessCollector(self.registry)
         self._bounds = tuple(sorted(buckets))
         self._requests: dict[str, _Histogram] = {}
@@ -355,6 +362,43 @@ def mark_process_dead(pid: int) -> None:
     ``child_exit(server, worker)`` hook: ``mark_process_dead(worker.pid)``. Counters keep its counts."""
     if os.environ.get(MULTIPROC_ENV):
         _import_prometheus().multiprocess.mark_process_dead(pid)
+
+
+#: A live gauge's value file in the multiprocess directory: ``gauge_live<mode>_<pid>.db``.
+_LIVE_GAUGE_FILE: Final = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process has ``pid`` (one of another user's still counts as there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists
+        return False
+    return False
+
+
+class _DeadWorkers:
+    """A collector that yields nothing: at each scrape it drops the live gauges of worker processes that no
+    longer exist (killed, so they could not mark themselves dead), whatever server supervises them."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                names = []
+            pids = {int(m.group(1)) for name in names if (m := _LIVE_GAUGE_FILE.match(name))}
+            for pid in sorted(pids):
+                if pid != os.getpid() and _gone(pid):
+                    with contextlib.suppress(FileNotFoundError):  # another worker's scrape got there first
+                        mark_process_dead(pid)
+        return iter(())
 
 
 def _mark_self_dead() -> None:
