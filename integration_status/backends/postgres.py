@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
 
+import anyio
+
 from integration_status._logging import get_logger
 from integration_status.core.clock import SYSTEM_CLOCK, Clock
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -134,6 +136,10 @@ class PostgresIdempotencyStore:
         self._sweep_every = sweep_every
         self._next_sweep = clock.time() + sweep_every
         self._open = False
+        # Set when the store started while the database gave no connection: the migration runs first thing
+        # once it does (one task at a time).
+        self._migration_pending = False
+        self._migrating = anyio.Lock()
 
     @classmethod
     def from_dsn(
@@ -184,33 +190,50 @@ class PostgresIdempotencyStore:
     # --- lifecycle ---
 
     async def connect(self) -> None:
-        """Open the pool, check the database answers, and apply the migration unless told not to."""
+        """Open the pool, check the database answers, and apply the migration unless told not to; raise
+        :class:`ConfigurationError` naming host:port when the database does not give a connection in
+        ``timeout``. A host that would rather not start at all without PostgreSQL calls this itself."""
+        await self._start(strict=True)
+
+    async def _start(self, *, strict: bool) -> None:
         if self._open:
             return
-        try:
-            await self._pool.open(wait=True)
-        except psycopg.Error as exc:
-            await self._pool.close()
-            raise ConfigurationError(
-                f"cannot use PostgreSQL at {self._endpoint} for idempotency ({type(exc).__name__})"
-            ) from None
+        await self._pool.open(wait=False)  # not wait=True: a pool that times out waiting closes for good
         self._open = True
-        if self._create:
-            statement = sql.SQL(MIGRATION_SQL).format(
-                table=self._table,
-                index=sql.Identifier(f"{self._table_name}_expires_at"),
-                lease_index=sql.Identifier(f"{self._table_name}_lease_until"),
+        try:
+            if self._create:
+                await self._migrate()
+            else:
+                async with self._pooled("checking the database") as conn:
+                    await conn.execute("SELECT 1")
+        except BackendUnavailable as exc:
+            cause = type(exc.__cause__).__name__
+            message = f"cannot use PostgreSQL at {self._endpoint} for idempotency ({cause})"
+            if strict:
+                await self.aclose()
+                raise ConfigurationError(message) from None
+            # The pool goes on connecting in the background; the migration waits for the first connection.
+            _log.warning(
+                "integration_status.postgres.unavailable_at_start", endpoint=self._endpoint, error=message
             )
-            async with self._conn("creating the idempotency table") as conn, conn.transaction():
-                # Workers start together, and CREATE ... IF NOT EXISTS is not safe against a concurrent twin:
-                # one migration at a time per table.
-                lock = f"integration_status:{self._schema}.{self._table_name}"
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-                await conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
-                )
-                await conn.execute(statement)
+            self._migration_pending = self._create
+            return
         _log.debug("integration_status.postgres.connected", endpoint=self._endpoint)
+
+    async def _migrate(self) -> None:
+        statement = sql.SQL(MIGRATION_SQL).format(
+            table=self._table,
+            index=sql.Identifier(f"{self._table_name}_expires_at"),
+            lease_index=sql.Identifier(f"{self._table_name}_lease_until"),
+        )
+        async with self._pooled("creating the idempotency table") as conn, conn.transaction():
+            # Workers start together, and CREATE ... IF NOT EXISTS is not safe against a concurrent twin:
+            # one migration at a time per table.
+            lock = f"integration_status:{self._schema}.{self._table_name}"
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
+            await conn.execute(statement)
+        self._migration_pending = False
 
     async def aclose(self) -> None:
         """Close every connection. Safe to call twice."""
@@ -218,7 +241,14 @@ class PostgresIdempotencyStore:
         await self._pool.close()
 
     async def __aenter__(self) -> Self:
-        await self.connect()
+        """Open the store as a service does (``RedisEngine`` enters the store it was given): like
+        :meth:`connect`, except that a database that gives no connection in ``timeout`` (down, restarting,
+        unreachable for now; or refusing the login, which PostgreSQL's client library does not tell apart
+        from the outside) is logged (``integration_status.postgres.unavailable_at_start``) instead of raised.
+        The store then starts anyway: calls fail closed with :class:`BackendUnavailable` until the database
+        answers, and the migration runs before the first call that gets a connection. A worker started during
+        an outage so serves what it can instead of failing its server's start."""
+        await self._start(strict=False)
         return self
 
     async def __aexit__(
@@ -228,6 +258,16 @@ class PostgresIdempotencyStore:
 
     @asynccontextmanager
     async def _conn(self, doing: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection, once the migration a start during an outage left pending has run."""
+        if self._migration_pending:
+            async with self._migrating:
+                if self._migration_pending:
+                    await self._migrate()
+        async with self._pooled(doing) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _pooled(self, doing: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection; any driver or pool failure becomes :class:`BackendUnavailable` naming the
         endpoint and the operation, never the DSN or a libpq message (they name the user and host)."""
         try:

@@ -309,8 +309,13 @@ class RedisEngine:
             _log.warning(
                 "integration_status.redis.unavailable_at_start", endpoint=self._s.endpoint, error=str(exc)
             )
-        if self._own_store is not None and hasattr(self._own_store, "connect"):
-            await self._own_store.connect()
+        own = self._own_store
+        if own is not None and hasattr(own, "__aenter__"):
+            await (
+                own.__aenter__()
+            )  # as a service starts it (a store may wait out an outage); closed in aclose()
+        elif own is not None and hasattr(own, "connect"):
+            await own.connect()
         stack = AsyncExitStack()
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(self._events._detach)

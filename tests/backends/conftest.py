@@ -117,7 +117,9 @@ class RedisProxy:
     restore on the same port (as if it came back). It runs on threads: it holds no cancel scope of the test.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: tuple[str, int] = (REDIS_HOST, REDIS_PORT)) -> None:
+        #: The server behind the proxy: the test Redis unless another loopback server is named.
+        self.upstream = upstream
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         # Set while the proxy forwards; cleared while it is hung (the pipes block on it, no polling).
@@ -157,7 +159,7 @@ class RedisProxy:
         while True:
             try:
                 client, _ = listener.accept()
-                upstream = socket.create_connection((REDIS_HOST, REDIS_PORT))
+                upstream = socket.create_connection(self.upstream)
             except OSError:
                 return
             with self._lock:

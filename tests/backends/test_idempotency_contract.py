@@ -17,7 +17,7 @@ from integration_status.core.idempotency import Attempt, IdempotencyGuard
 from integration_status.protocols import BeginResult, IdempotencyStore, StoredResponse
 from integration_status.testing import FakeClock
 from tests.redis_cluster import RedisTarget
-from tests.services import POSTGRES_DSN, require_redis
+from tests.services import POSTGRES_DSN, POSTGRES_HOST, POSTGRES_PORT, require_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -378,3 +378,62 @@ async def test_workers_starting_together_create_the_table_once(
     finally:
         for store in stores:
             await store.aclose()
+
+
+def _postgres_behind(proxy: Any) -> str:
+    """The test database's DSN through ``proxy`` (a loopback proxy in front of the PostgreSQL server)."""
+    return POSTGRES_DSN.replace(f"@{POSTGRES_HOST}:{POSTGRES_PORT}/", f"@127.0.0.1:{proxy.port}/")
+
+
+async def test_a_store_started_while_postgres_is_away_starts_and_migrates_once_it_answers(
+    postgres_schema: str, redis_clock: FakeClock
+) -> None:
+    """Entered (as an engine starts it) with the database away, the store logs it and starts: calls fail
+    closed meanwhile, and once the database answers the first call applies the migration and goes through."""
+    from integration_status._logging import capture_logs
+    from integration_status.backends.postgres import PostgresIdempotencyStore
+    from integration_status.exceptions import BackendUnavailable
+    from tests.backends.conftest import RedisProxy
+
+    proxy = RedisProxy(upstream=(POSTGRES_HOST, POSTGRES_PORT))
+    proxy.cut()
+    try:
+        store = PostgresIdempotencyStore.from_dsn(
+            _postgres_behind(proxy), schema=postgres_schema, clock=redis_clock, timeout=1.0
+        )
+        with capture_logs() as logs:
+            async with store:
+                with pytest.raises(BackendUnavailable):
+                    await begin(store)
+                proxy.restore()
+                # The pool connects again on its own backoff: until it has, a call fails closed after waiting
+                # its timeout for a connection (each try waits on the pool, none on a clock of ours).
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            first = await begin(store)
+                            break
+                        except BackendUnavailable:
+                            continue
+                assert first.state == "started"  # the table exists now
+                assert (await begin(store)).state == "in_flight"
+        assert [
+            e["endpoint"] for e in logs if e["event"] == "integration_status.postgres.unavailable_at_start"
+        ] == [f"127.0.0.1:{proxy.port}/test"]
+    finally:
+        proxy.cut()
+
+
+async def test_connect_is_the_strict_check(postgres_schema: str, redis_clock: FakeClock) -> None:
+    """connect() with the database away raises ConfigurationError naming host:port, for hosts that would rather
+    not start without it."""
+    from integration_status.backends.postgres import PostgresIdempotencyStore
+    from integration_status.exceptions import ConfigurationError
+    from tests.backends.conftest import RedisProxy
+
+    proxy = RedisProxy(upstream=(POSTGRES_HOST, POSTGRES_PORT))
+    proxy.cut()
+    store = PostgresIdempotencyStore.from_dsn(_postgres_behind(proxy), schema=postgres_schema, timeout=1.0)
+    with pytest.raises(ConfigurationError, match=rf"cannot use PostgreSQL at 127\.0\.0\.1:{proxy.port}"):
+        await store.connect()
+    await store.aclose()
