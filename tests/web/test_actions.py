@@ -131,6 +131,52 @@ async def test_invalid_bodies_are_400_naming_the_field(mount: MountFactory) -> N
         assert handler.calls == 0
 
 
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE, ids=bytes.decode)
+async def test_a_non_finite_number_is_a_400(mount: MountFactory, number: bytes) -> None:
+    """NaN, the infinities and a number beyond a float's range are not JSON numbers: 400 saying so, whether
+    in a field or deep in the payload, never a 500; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        in_field = b'{"projectId":' + number + b',"provider":"vercel","action":"deploy"}'
+        in_payload = (
+            b'{"projectId":"p","provider":"vercel","action":"deploy","payload":{"n":[' + number + b"]}}"
+        )
+        for n, content in enumerate((in_field, in_payload)):
+            error = error_of(await post(client, content=content, key=f"k{n}"), 400, "invalid_request")
+            assert "not finite" in error["message"]
+        assert handler.calls == 0
+
+
+REPEATED = [
+    (b'{"projectId":"p","projectId":"nope","provider":"vercel","action":"deploy"}', "projectId"),
+    (b'{"projectId":"p","provider":"vercel","action":"deploy","action":"deploy"}', "action"),
+    (
+        b'{"projectId":"p","provider":"vercel","action":"deploy","payload":{"a":[{"ref":"x","ref":"y"}]}}',
+        "ref",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "key"), REPEATED, ids=["top", "same value", "deep"])
+async def test_a_repeated_key_in_the_body_is_a_400_naming_it(
+    mount: MountFactory, content: bytes, key: str
+) -> None:
+    """A key that comes twice in one object of the body, at any depth and even with the same value, is 400
+    naming the key and neither value; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        error = error_of(await post(client, content=content), 400, "invalid_request")
+        assert error["message"] == f"The key {key!r} is repeated in the body"
+        assert "nope" not in json.dumps(error)
+        assert handler.calls == 0
+        # The same body with each key once runs.
+        assert (await post(client, key="k2")).status_code == 200
+        assert handler.calls == 1
+
+
 async def test_401_without_a_viewer(mount: MountFactory) -> None:
     """No authenticated viewer: 401 unauthorized in the error envelope."""
     async with mount(deploy_service(Recorder())) as m, m.client() as client:
