@@ -13,6 +13,7 @@ import pytest
 
 from integration_status.demo.simulated import SimulatedAdapter, World
 from integration_status.exceptions import (
+    InvalidRequest,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -20,6 +21,8 @@ from integration_status.exceptions import (
 )
 from integration_status.protocols import ActionContext, ActionOutcome, ActionRequest, ProviderConnection
 from integration_status.service import Settings
+from integration_status.service.actions import parse_action_body
+from integration_status.service.render import validate_project_id
 from integration_status.testing import FakeClock, ScriptedAdapter, snapshot
 from integration_status.web.handlers import handle_action, request_info
 from tests.web.mounts import (
@@ -129,6 +132,49 @@ async def test_invalid_bodies_are_400_naming_the_field(mount: MountFactory) -> N
             error = error_of(r, 400, "invalid_request")
             assert field in error["message"], case
         assert handler.calls == 0
+
+
+FIELDS = ("projectId", "provider", "action")
+
+
+@pytest.mark.parametrize("value", [1, 1.5, None, True, [], {}], ids=repr)
+async def test_a_field_of_the_wrong_type_says_so(mount: MountFactory, value: Any) -> None:
+    """projectId, provider or action present with a type other than a string is 400 "<field> must be a
+    string", not "is required"; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        for n, field in enumerate(FIELDS):
+            body = {**action(), field: value}
+            error = error_of(await post(client, body, key=f"k{n}"), 400, "invalid_request")
+            assert error["message"] == f"{field} must be a string"
+        assert handler.calls == 0
+
+
+async def test_a_missing_field_is_required(mount: MountFactory) -> None:
+    """projectId, provider or action left out is 400 "<field> is required"."""
+    async with mount(deploy_service(Recorder())) as m, m.client() as client:
+        for n, field in enumerate(FIELDS):
+            body = {k: v for k, v in action().items() if k != field}
+            error = error_of(await post(client, body, key=f"k{n}"), 400, "invalid_request")
+            assert error["message"] == f"{field} is required"
+
+
+def test_body_fields_are_checked_for_presence_then_type() -> None:
+    """The checks themselves, as a host calling the service directly (or a worker finishing an abandoned
+    action) meets them: a missing field is required, a present one of another type must be a string."""
+
+    def refusal(check: Any, value: Any) -> str:
+        with pytest.raises(InvalidRequest) as refused:
+            check(value)
+        return str(refused.value)
+
+    assert parse_action_body(action()).project_id == "p"
+    for field in FIELDS:
+        without = {k: v for k, v in action().items() if k != field}
+        assert refusal(parse_action_body, without) == f"{field} is required"
+        assert refusal(parse_action_body, {**action(), field: 7}) == f"{field} must be a string"
+    assert refusal(validate_project_id, ["p"]) == "projectId must be a string"
+    assert refusal(validate_project_id, None) == refusal(validate_project_id, "") == "projectId is required"
 
 
 NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"]
