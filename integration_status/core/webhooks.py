@@ -185,6 +185,11 @@ def check_signature(
 # --- delivery identity --------------------------------------------------------------------------------------
 
 
+def _given(value: object) -> str | None:
+    # A blank id names nothing: treated as absent. A real one is kept exactly as sent (it is what is hashed).
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def delivery_id(provider: WebhookProvider, headers: Mapping[str, str], payload: Any) -> str | None:
     """The id that stays the same when the provider retries one delivery, or None when there is none.
 
@@ -193,16 +198,22 @@ def delivery_id(provider: WebhookProvider, headers: Mapping[str, str], payload: 
     those, the signature value itself (so at least a byte-identical replay is caught). ``sanity-webhook-id``
     names the webhook configuration, not a delivery, so it is never used alone.
 
+    An id that is empty or only whitespace counts as none: for GitHub and Vercel the delivery is then malformed,
+    for Sanity the next source is used.
+
     Headers are not covered by the signatures: see :func:`delivery_keys` for what replay protection records.
+
+    >>> delivery_id("github", {"x-github-delivery": " "}, {}) is None
+    True
     """
     if provider == "github":
-        return headers.get(GITHUB_DELIVERY_HEADER) or None
+        return _given(headers.get(GITHUB_DELIVERY_HEADER))
     if provider == "vercel":
-        value = payload.get("id") if isinstance(payload, Mapping) else None
-        return value if isinstance(value, str) and value else None
-    if key := headers.get("idempotency-key"):
+        return _given(payload.get("id") if isinstance(payload, Mapping) else None)
+    if key := _given(headers.get("idempotency-key")):
         return key
-    transaction, document = headers.get("sanity-transaction-id"), headers.get("sanity-document-id")
+    transaction = _given(headers.get("sanity-transaction-id"))
+    document = _given(headers.get("sanity-document-id"))
     if transaction and document:
         return f"{transaction}/{document}"
     signature = headers.get(SANITY_SIGNATURE_HEADER)

@@ -96,20 +96,13 @@ def parse_action_body(body: object) -> ActionCall:
     unknown = set(body) - {"projectId", "provider", "action", "payload"}
     if unknown:
         raise InvalidRequest(f"unknown field: {sorted(unknown)[0]}")
-    project_id = body.get("projectId")
-    if (
-        not isinstance(project_id, str)
-        or not project_id
-        or len(project_id) > 200
-        or not project_id.isprintable()
-    ):
+    project_id = _string_field(body, "projectId")
+    if not project_id or len(project_id) > 200 or not project_id.isprintable():
         raise InvalidRequest("projectId must be a non-empty string of at most 200 printable characters")
-    provider = body.get("provider")
+    provider: Any = _string_field(body, "provider")
     if provider not in PROVIDERS:
         raise InvalidRequest(f"provider must be one of {', '.join(PROVIDERS)}")
-    action = body.get("action")
-    if not isinstance(action, str):
-        raise InvalidRequest("action must be a string")
+    action = _string_field(body, "action")
     known = [a for a, _ in PROVIDER_ACTIONS[provider]]
     if action not in known:
         raise InvalidRequest(f"action must be one of {', '.join(known)} for {provider}")
@@ -117,6 +110,17 @@ def parse_action_body(body: object) -> ActionCall:
     if _depth(payload) > MAX_PAYLOAD_DEPTH:
         raise InvalidRequest(f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
     return ActionCall(project_id=project_id, provider=provider, action=action, payload=payload)
+
+
+def _string_field(body: Mapping[str, Any], name: str) -> str:
+    """``body[name]``, a string: 400 ``{name} is required`` when the field is missing, ``{name} must be a
+    string`` when it is there with another type (a number, ``null``, an object)."""
+    if name not in body:
+        raise InvalidRequest(f"{name} is required")
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    return value
 
 
 def _depth(value: Any, limit: int = MAX_PAYLOAD_DEPTH + 1) -> int:
@@ -286,7 +290,7 @@ class ActionRunner:
             raise InvalidRequest("body must be a JSON object")
         # The project first (400 for a bad id, 404 when unknown or hidden), then a role that may run nothing
         # there is refused before anything else is looked at (a viewer's POST is 403).
-        connections = await service.project(body.get("projectId"), viewer)
+        connections = await service.project(_string_field(body, "projectId"), viewer)
         project_id = connections.project_id
         if not any(service.policy.allowed_actions(viewer, project_id, p) for p in PROVIDERS):
             raise Forbidden("your role may not run actions in this project")

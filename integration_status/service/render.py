@@ -65,8 +65,11 @@ def dumps(value: object) -> str:
 
 
 def validate_project_id(project_id: object) -> str:
-    """A project id is 1-200 printable characters; anything else is a 400 ``invalid_request``."""
-    if not isinstance(project_id, str) or not project_id:
+    """A project id is 1-200 printable characters; anything else is a 400 ``invalid_request`` that says what is
+    wrong (missing or empty, not a string, too long or not printable)."""
+    if not isinstance(project_id, str):
+        raise InvalidRequest("projectId is required" if project_id is None else "projectId must be a string")
+    if not project_id:
         raise InvalidRequest("projectId is required")
     if len(project_id) > MAX_PROJECT_ID or not project_id.isprintable():
         raise InvalidRequest(f"projectId must be 1-{MAX_PROJECT_ID} printable characters")

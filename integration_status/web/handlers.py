@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Concatenate, Final, ParamSpec
+from typing import Any, Concatenate, Final, NoReturn, ParamSpec
 
 import attrs
 
@@ -19,7 +20,7 @@ from integration_status.exceptions import BackendUnavailable, InvalidRequest, Re
 from integration_status.protocols import RequestInfo
 from integration_status.service.facade import StatusService
 from integration_status.service.streams import Write, Writer
-from integration_status.web.params import QueryParams, refuse_repeated
+from integration_status.web.params import QueryParams, refuse_repeated, refuse_repeated_keys
 
 __all__ = [
     "HTTP_ERROR_CODES",
@@ -35,6 +36,7 @@ __all__ = [
     "handle_status",
     "handle_webhook",
     "json_response",
+    "parse_json_body",
     "request_info",
 ]
 
@@ -190,6 +192,39 @@ async def handle_status(service: StatusService, request: RequestInfo) -> Respons
 MAX_ACTION_BODY: Final = 64 * 1024
 
 
+_NOT_FINITE: Final = "body holds a number that is not finite (NaN, Infinity, or out of range)"
+
+
+def _finite(text: str) -> float:
+    value = float(text)  # a decimal beyond a float's range (1e999) comes out as an infinity
+    if not math.isfinite(value):
+        raise InvalidRequest(_NOT_FINITE)
+    return value
+
+
+def _not_a_number(name: str) -> NoReturn:
+    raise InvalidRequest(_NOT_FINITE)
+
+
+def parse_json_body(body: bytes) -> Any:
+    """A request body as JSON, more strictly than Python's parser takes it: a key repeated in one object (see
+    :mod:`~integration_status.web.params`), ``NaN``, ``Infinity`` and a number beyond a float's range are
+    refused. Any of them, or a body that is not UTF-8 JSON, is a 400 ``invalid_request``.
+
+    >>> parse_json_body(b'{"projectId": "demo", "payload": {"n": 1.5}}')
+    {'projectId': 'demo', 'payload': {'n': 1.5}}
+    """
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=refuse_repeated_keys,
+            parse_float=_finite,
+            parse_constant=_not_a_number,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise InvalidRequest("body is not valid JSON") from None
+
+
 @_timed("actions")
 async def handle_action(service: StatusService, request: RequestInfo, body: bytes) -> Response:
     """``POST {prefix}/actions``: see :mod:`integration_status.service.actions` for the order of checks."""
@@ -201,13 +236,9 @@ async def handle_action(service: StatusService, request: RequestInfo, body: byte
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise InvalidRequest("Content-Type must be application/json")
-        try:
-            parsed = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise InvalidRequest("body is not valid JSON") from None
         result = await service.act(
             viewer,
-            parsed,
+            parse_json_body(body),
             idempotency_key=request.headers.get("idempotency-key"),
             method=request.method,
             path=request.path,

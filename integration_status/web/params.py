@@ -9,16 +9,22 @@
   the same value. A list header (``If-None-Match``) simply gains tags. A header that carries one value
   (``Idempotency-Key``, ``Last-Event-ID``) with a bare comma is exactly what two lines look like once joined,
   so it is refused as a 400 too; webhook signature headers joined that way no longer parse and are a 401.
+- **JSON object keys** in the actions body: a key that comes twice in one object, at any depth
+  (``{"projectId": "a", "projectId": "b"}``), is a 400 ``invalid_request``. Parsers disagree on which copy
+  wins (Python's and JavaScript's the last, some the first, some refuse), so a layer that read the body before
+  the library could have judged the other copy. Webhook bodies are the providers' own bytes, covered by their
+  signatures, and are parsed as they come.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from integration_status.exceptions import InvalidRequest
 from integration_status.protocols import RequestInfo
 
-__all__ = ["QueryParams", "join_header_lines", "refuse_repeated"]
+__all__ = ["QueryParams", "join_header_lines", "refuse_repeated", "refuse_repeated_keys"]
 
 
 class QueryParams(dict[str, str]):
@@ -65,3 +71,18 @@ def refuse_repeated(request: RequestInfo, *single_headers: str) -> None:
         value = request.headers.get(header)
         if value and "," in value:
             raise InvalidRequest(f"The {header} header must be sent once, with one value")
+
+
+def refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One JSON object from its ``pairs`` (a ``json.loads`` ``object_pairs_hook``); :class:`InvalidRequest`
+    (400) when a key comes twice, naming the key, never a value."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequest(
+                    f"The key {key[:64]!r} is repeated in the body", hint="Send each key once"
+                )
+            seen.add(key)
+    return obj

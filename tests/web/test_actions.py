@@ -13,6 +13,7 @@ import pytest
 
 from integration_status.demo.simulated import SimulatedAdapter, World
 from integration_status.exceptions import (
+    InvalidRequest,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -20,6 +21,8 @@ from integration_status.exceptions import (
 )
 from integration_status.protocols import ActionContext, ActionOutcome, ActionRequest, ProviderConnection
 from integration_status.service import Settings
+from integration_status.service.actions import parse_action_body
+from integration_status.service.render import validate_project_id
 from integration_status.testing import FakeClock, ScriptedAdapter, snapshot
 from integration_status.web.handlers import handle_action, request_info
 from tests.web.mounts import (
@@ -129,6 +132,95 @@ async def test_invalid_bodies_are_400_naming_the_field(mount: MountFactory) -> N
             error = error_of(r, 400, "invalid_request")
             assert field in error["message"], case
         assert handler.calls == 0
+
+
+FIELDS = ("projectId", "provider", "action")
+
+
+@pytest.mark.parametrize("value", [1, 1.5, None, True, [], {}], ids=repr)
+async def test_a_field_of_the_wrong_type_says_so(mount: MountFactory, value: Any) -> None:
+    """projectId, provider or action present with a type other than a string is 400 "<field> must be a
+    string", not "is required"; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        for n, field in enumerate(FIELDS):
+            body = {**action(), field: value}
+            error = error_of(await post(client, body, key=f"k{n}"), 400, "invalid_request")
+            assert error["message"] == f"{field} must be a string"
+        assert handler.calls == 0
+
+
+async def test_a_missing_field_is_required(mount: MountFactory) -> None:
+    """projectId, provider or action left out is 400 "<field> is required"."""
+    async with mount(deploy_service(Recorder())) as m, m.client() as client:
+        for n, field in enumerate(FIELDS):
+            body = {k: v for k, v in action().items() if k != field}
+            error = error_of(await post(client, body, key=f"k{n}"), 400, "invalid_request")
+            assert error["message"] == f"{field} is required"
+
+
+def test_body_fields_are_checked_for_presence_then_type() -> None:
+    """The checks themselves, as a host calling the service directly (or a worker finishing an abandoned
+    action) meets them: a missing field is required, a present one of another type must be a string."""
+
+    def refusal(check: Any, value: Any) -> str:
+        with pytest.raises(InvalidRequest) as refused:
+            check(value)
+        return str(refused.value)
+
+    assert parse_action_body(action()).project_id == "p"
+    for field in FIELDS:
+        without = {k: v for k, v in action().items() if k != field}
+        assert refusal(parse_action_body, without) == f"{field} is required"
+        assert refusal(parse_action_body, {**action(), field: 7}) == f"{field} must be a string"
+    assert refusal(validate_project_id, ["p"]) == "projectId must be a string"
+    assert refusal(validate_project_id, None) == refusal(validate_project_id, "") == "projectId is required"
+
+
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE, ids=bytes.decode)
+async def test_a_non_finite_number_is_a_400(mount: MountFactory, number: bytes) -> None:
+    """NaN, the infinities and a number beyond a float's range are not JSON numbers: 400 saying so, whether
+    in a field or deep in the payload, never a 500; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        in_field = b'{"projectId":' + number + b',"provider":"vercel","action":"deploy"}'
+        in_payload = (
+            b'{"projectId":"p","provider":"vercel","action":"deploy","payload":{"n":[' + number + b"]}}"
+        )
+        for n, content in enumerate((in_field, in_payload)):
+            error = error_of(await post(client, content=content, key=f"k{n}"), 400, "invalid_request")
+            assert "not finite" in error["message"]
+        assert handler.calls == 0
+
+
+REPEATED = [
+    (b'{"projectId":"p","projectId":"nope","provider":"vercel","action":"deploy"}', "projectId"),
+    (b'{"projectId":"p","provider":"vercel","action":"deploy","action":"deploy"}', "action"),
+    (
+        b'{"projectId":"p","provider":"vercel","action":"deploy","payload":{"a":[{"ref":"x","ref":"y"}]}}',
+        "ref",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "key"), REPEATED, ids=["top", "same value", "deep"])
+async def test_a_repeated_key_in_the_body_is_a_400_naming_it(
+    mount: MountFactory, content: bytes, key: str
+) -> None:
+    """A key that comes twice in one object of the body, at any depth and even with the same value, is 400
+    naming the key and neither value; nothing runs."""
+    handler = Recorder()
+    async with mount(deploy_service(handler)) as m, m.client() as client:
+        error = error_of(await post(client, content=content), 400, "invalid_request")
+        assert error["message"] == f"The key {key!r} is repeated in the body"
+        assert "nope" not in json.dumps(error)
+        assert handler.calls == 0
+        # The same body with each key once runs.
+        assert (await post(client, key="k2")).status_code == 200
+        assert handler.calls == 1
 
 
 async def test_401_without_a_viewer(mount: MountFactory) -> None:

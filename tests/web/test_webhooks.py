@@ -718,6 +718,42 @@ async def test_signed_delivery_without_delivery_id_is_400(clock: FakeClock, log:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("blank", ["", " ", "\t  "], ids=["empty", "space", "whitespace"])
+async def test_blank_delivery_id_is_400_like_a_missing_one(
+    clock: FakeClock, log: MemoryDeliveryLog, blank: str
+) -> None:
+    """An X-GitHub-Delivery header, or a Vercel body id, that is present but blank answers exactly as a missing
+    one does, and records nothing."""
+    headers, body = github_request(GITHUB_PUSH, delivery=blank)
+    missing, missing_body = github_request(GITHUB_PUSH)
+    del missing["X-GitHub-Delivery"]
+    result = await deliver("github", headers, body, clock, log)
+    assert_rejected(result, 400, "invalid_request")
+    assert result.body == (await deliver("github", missing, missing_body, clock, log)).body
+    assert result.body["error"]["message"] == "Missing webhook delivery id"
+    v_headers, v_body = vercel_request(vercel_event("deployment.created", delivery=blank))
+    v_result = await deliver("vercel", v_headers, v_body, clock, log)
+    assert_rejected(v_result, 400, "invalid_request")
+    assert v_result.body["error"]["message"] == "Missing webhook delivery id"
+    assert len(log) == 0
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t  "], ids=["empty", "space", "whitespace"])
+def test_blank_sanity_ids_fall_back_like_missing_ones(blank: str) -> None:
+    """A blank idempotency-key is passed over for transaction + document, and a blank one of those for the
+    signature, as when they are missing."""
+    headers = {**SANITY_HEADERS, "idempotency-key": blank}
+    assert delivery_id("sanity", headers, SANITY_DOCUMENT) == (
+        f"{SANITY_HEADERS['sanity-transaction-id']}/{SANITY_DOCUMENT['_id']}"
+    )
+    signed = {**headers, "sanity-webhook-signature": "t=1,v1=abc"}
+    assert (
+        delivery_id("sanity", {**signed, "sanity-transaction-id": blank}, SANITY_DOCUMENT) == "sig:t=1,v1=abc"
+    )
+    assert delivery_id("sanity", {**signed, "sanity-document-id": blank}, SANITY_DOCUMENT) == "sig:t=1,v1=abc"
+
+
+@pytest.mark.anyio
 async def test_signed_but_malformed_payload_is_400_and_not_remembered(
     clock: FakeClock, log: MemoryDeliveryLog
 ) -> None:
