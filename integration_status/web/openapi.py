@@ -473,7 +473,13 @@ def _paths(prefix: str) -> Json:
                     "502": _error(
                         "The provider refused or failed.", "oauth_revoked", "unknown", envelope=True
                     ),
-                    "503": _error("The provider rate-limited us.", "rate_limited", envelope=True),
+                    "503": _error(
+                        "The provider rate-limited us (rate_limited, with Retry-After), or the shared store "
+                        "is unavailable (unknown): nothing ran, retry with the same Idempotency-Key.",
+                        "rate_limited",
+                        "unknown",
+                        envelope=True,
+                    ),
                     "504": _error("The provider did not answer in time.", "timeout", envelope=True),
                 },
             }
@@ -503,6 +509,11 @@ def _paths(prefix: str) -> Json:
                     "400": _error("projectId missing or invalid.", "invalid_request"),
                     "401": _error(auth, "unauthorized"),
                     "404": _error(unknown_project, "not_found"),
+                    "503": _error(
+                        "The shared store is unavailable: no stream starts; Retry-After: 5 says when to try "
+                        "again (a browser's EventSource does not, by itself, after any non-200).",
+                        "unknown",
+                    ),
                 },
             }
         },
@@ -552,6 +563,11 @@ def _paths(prefix: str) -> Json:
                     ),
                     "404": _error("Unknown provider.", "not_found"),
                     "413": _error("Body larger than 1 MiB.", "invalid_request"),
+                    "503": _error(
+                        "The delivery log cannot be checked (the shared store is unavailable): nothing is "
+                        "recorded or published, and the provider delivers again later.",
+                        "unknown",
+                    ),
                 },
             }
         },
