@@ -459,22 +459,8 @@ async def test_after_a_redis_restart_that_kept_nothing_the_workers_agree_again(
 
 async def test_services_on_shared_redis_hand_out_the_same_etag(redis_target: Any, redis_prefix: str) -> None:
     """Two services (two workers) on one Redis prefix and no configured secret give one client the same ETag."""
-    from integration_status.protocols import Viewer
-    from integration_status.service import StatusService
-    from integration_status.testing import FakeClock, ScriptedAdapter, StaticConnections, snapshot
-
-    def worker(engine: Any) -> StatusService:
-        return StatusService(
-            connections=StaticConnections.linked("p", "github"),
-            adapters=[ScriptedAdapter("github", snapshot("github"))],
-            engine=engine,
-            clock=FakeClock(),
-            authorizer=allow_global_roles,
-        )
-
-    owner = Viewer(user_id="o", roles={"owner"})
     async with (
-        worker(redis_target.engine(prefix=redis_prefix)) as one,
-        worker(redis_target.engine(prefix=redis_prefix)) as two,
+        etag_worker(redis_target.engine(prefix=redis_prefix)) as one,
+        etag_worker(redis_target.engine(prefix=redis_prefix)) as two,
     ):
-        assert (await one.status("p", owner)).etag == (await two.status("p", owner)).etag
+        assert await etag_of(one) == await etag_of(two)

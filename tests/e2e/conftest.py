@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,3 +31,13 @@ async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
         finally:
             server.should_exit = True
     sock.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    """End a server the test started: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.e2e.conftest import stop_process
 from tests.e2e.test_demo_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +60,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes
                 time.sleep(0.1)
         yield base, log, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 async def test_twenty_streams_on_four_threads_leave_status_fast_and_refuse_at_once(

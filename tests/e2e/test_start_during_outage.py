@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.backends.conftest import RedisProxy
+from tests.e2e.conftest import stop_process
 from tests.e2e.test_demo_redis import free_port, wait_ready
 from tests.services import REDIS_URL, require_redis
 
@@ -65,12 +66,7 @@ def test_workers_started_while_redis_is_away_serve_and_recover(tmp_path: Path) -
         assert proc.poll() is None, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
         proxy.cut()
         with redis.Redis.from_url(url) as raw:
             keys = list(raw.scan_iter(match=f"{prefix}:*", count=1000))
