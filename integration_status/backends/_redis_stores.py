@@ -312,6 +312,7 @@ class RedisCacheStore:
                 ended.set()
 
     async def _listen(self, task_status: anyio.abc.TaskStatus[None], first: bool, backoff: float) -> None:
+        lost = False  # since the last subscription: one warning per outage, not one per attempt
         while not self._stopping:
             pubsub: Any = None
             try:
@@ -322,12 +323,17 @@ class RedisCacheStore:
                     if first:
                         first = False
                         task_status.started()
+                if lost:
+                    lost = False
+                    _log.info("integration_status.redis.cache.channel_back", channel=self._channel)
                 backoff = 0.05
                 await self._follow(pubsub)
             except BackendUnavailable as exc:
                 if self._stopping:
                     break
-                _log.warning("integration_status.redis.cache.channel_lost", error=str(exc))
+                log = _log.debug if lost else _log.warning
+                log("integration_status.redis.cache.channel_lost", error=str(exc))
+                lost = True
             except Exception:
                 # A bug here must cost this worker its near cache, not the engine's task group.
                 _log.exception("integration_status.redis.cache.listener_crashed")

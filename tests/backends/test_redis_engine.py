@@ -464,3 +464,30 @@ async def test_services_on_shared_redis_hand_out_the_same_etag(redis_target: Any
         etag_worker(redis_target.engine(prefix=redis_prefix)) as two,
     ):
         assert await etag_of(one) == await etag_of(two)
+
+
+async def test_a_lost_invalidation_channel_is_warned_of_once_per_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However many times the listener tries to subscribe again while Redis is away, the loss is one warning;
+    the attempts after it are debug lines (the network is faked: every attempt to open the channel fails)."""
+    engine = RedisEngine.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout=0.5)
+    store = engine.cache_store
+    attempts = 0
+
+    async def unreachable() -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 4:
+            store._stopping = True  # the engine stops: the listener ends after this attempt
+        raise BackendUnavailable("Redis at 127.0.0.1 is unreachable while subscribing to cache invalidations")
+
+    monkeypatch.setattr(store, "_open", unreachable)
+    try:
+        with capture_logs() as logs, anyio.fail_after(10):
+            await store.listen()
+    finally:
+        await engine.aclose()
+    lost = [e["log_level"] for e in logs if e["event"] == "integration_status.redis.cache.channel_lost"]
+    assert attempts == 4
+    assert lost == ["warning", "debug", "debug"]  # the fourth ended with the engine: not a loss
