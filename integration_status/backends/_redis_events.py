@@ -326,13 +326,20 @@ class RedisEventBus:
     ) -> list[str] | None:
         """Record a webhook delivery's log keys (as ``RedisDeliveryLog.first_seen_all`` does) and, when every
         one was new, append ``events`` to the project's stream, in one script: their ids, or None when a key
-        was already known (nothing appended). Only on a single Redis: on a cluster the delivery keys and the
-        stream live in different slots."""
+        was already known (nothing appended). A script that timed out here may still run on a server that
+        resumes: it then records and publishes together, so the provider's retry is a duplicate and the
+        events go out once either way.
+
+        On a single Redis the keys are the delivery log's own (``{prefix}:delivery:<key>``). On a cluster they
+        carry the project's hash tag (``{prefix}:delivery:{<project>}:<key>``), in the slot of its stream: a
+        delivery belongs to one project (its integration is found from the body), so its replay keys may live
+        beside that project's events."""
+        stream = self._s.tagged("events", project_id)
         if self._s.cluster:
-            raise ConfigurationError(
-                "publish_delivery needs a single Redis (keys in different cluster slots)"
-            )
-        keys = [self._s.tagged("events", project_id), *(self._s.key("delivery", k) for k in delivery_keys)]
+            logged = [self._s.tagged("delivery", project_id, k) for k in delivery_keys]
+        else:
+            logged = [self._s.key("delivery", k) for k in delivery_keys]
+        keys = [stream, *logged]
         args: list[str | int] = [
             self._maxlen,
             to_ms(self._ttl),

@@ -222,11 +222,10 @@ class RedisEngine:
         return self._deliveries
 
     @property
-    def publish_delivery(self) -> PublishDelivery | None:
+    def publish_delivery(self) -> PublishDelivery:
         """A webhook delivery's log keys recorded and its events published in one step (one script, one
-        round trip; see ``RedisEventBus.publish_delivery``), or None on a cluster, where the delivery keys and
-        the project's stream live in different slots and the service records, then publishes."""
-        return None if self._s.cluster else self._events.publish_delivery
+        round trip; see ``RedisEventBus.publish_delivery``), on a single Redis and on a cluster alike."""
+        return self._events.publish_delivery
 
     @property
     def prefix(self) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from integration_status.backends.redis import RedisEngine, SubscriberLagging
 from integration_status.exceptions import BackendUnavailable, ConfigurationError
@@ -406,15 +408,16 @@ async def test_publish_delivery_records_and_publishes_only_together(
 ) -> None:
     """publish_delivery records a delivery's keys in order while each is new and appends its events only when
     every key was new: a replay (content known) and a re-signed retry (content new, id known) publish nothing,
-    and nothing is recorded after the first known key. On a cluster it is not offered."""
-    if redis_engine.publish_delivery is None:  # a cluster: the keys and the stream live in different slots
-        with pytest.raises(ConfigurationError, match="single Redis"):
-            await redis_engine.events.publish_delivery("p", [{"type": "x"}], ["c"], 60)
-        return
+    and nothing is recorded after the first known key. On a cluster the keys carry the project's hash tag, in
+    the slot of its stream (the script could not run otherwise)."""
     publish, other = redis_engine.publish_delivery, redis_engine_b.publish_delivery
-    assert other is not None
     stream = f"{redis_engine.prefix}:events:{{p}}"
-    key = f"{redis_engine.prefix}:delivery:".__add__
+    cluster = isinstance(redis_raw, RedisCluster)
+    key = (
+        f"{redis_engine.prefix}:delivery:{{p}}:".__add__
+        if cluster
+        else f"{redis_engine.prefix}:delivery:".__add__
+    )
     ids = await publish(
         "p", [{"type": "github:push", "n": 1}, {"type": "github:push", "n": 2}], ["c1", "d1"], 3600
     )
@@ -431,9 +434,8 @@ async def test_publish_delivery_records_and_publishes_only_together(
     assert await redis_raw.pttl(stream) > 0
 
 
-@pytest.mark.redis_single
 async def test_a_webhook_on_redis_is_recorded_and_published_in_one_step(redis_engine: RedisEngine) -> None:
-    """Through the service on a single Redis: a signed push is recorded and published in one step, its
+    """Through the service, on a single Redis and on a cluster: a signed push is recorded and published in one step, its
     redelivery is a duplicate that publishes nothing, and a subscriber gets the push and then the refresh's
     marker, nothing else."""
     service = webhook_service(redis_engine)
@@ -466,5 +468,34 @@ async def test_a_webhook_that_cannot_reach_redis_records_nothing(redis_engines: 
             with anyio.fail_after(WAIT):
                 retry = await service.ingest_webhook("github", headers, body)
             assert (retry.status, retry.body, retry.published) == (200, {"ok": True}, True)
+    finally:
+        proxy.cut()
+
+
+@pytest.mark.redis_single
+async def test_a_webhook_whose_script_runs_after_it_timed_out_is_published_once(
+    redis_engines: Any, redis_raw: Any, redis_prefix: str
+) -> None:
+    """A hung server that resumes runs the commands it was sent meanwhile: the delivery the provider was told
+    failed (503) is then recorded and published after all, together, so its retry is a duplicate and its push
+    is on the stream once, neither lost nor twice."""
+    proxy = RedisProxy()
+    try:
+        engine = await redis_engines(url=proxy.url, socket_timeout=0.5)
+        service = webhook_service(engine)
+        body, headers = signed_push("c", "d-3")
+        stream = f"{redis_prefix}:events:{{p}}"
+        async with service:
+            proxy.hung = True
+            with anyio.fail_after(WAIT), pytest.raises(BackendUnavailable):
+                await service.ingest_webhook("github", headers, body)
+            proxy.hung = False  # the held script reaches Redis now
+            with anyio.fail_after(WAIT):
+                arrived = await redis_raw.xread({stream: "0-0"}, block=int(WAIT * 1000))
+                retry = await service.ingest_webhook("github", headers, body)
+            assert (retry.status, retry.body) == (200, {"ok": True, "duplicate": True})
+            [(_, entries)] = arrived
+            assert [json.loads(fields["data"])["sha"] for _, fields in entries] == ["c" * 40]
+            assert await redis_raw.xlen(stream) == 1
     finally:
         proxy.cut()
