@@ -36,6 +36,9 @@ _ORG_REPO_BRANCH: UrlReveals = frozenset({"org", "repo", "branch"})
 
 #: Vercel's deployment hash: 9 lower-case letters and digits between the project and the team scope.
 _VERCEL_HASH: Final = re.compile(r"[a-z0-9]{9}")
+#: What else looks generated rather than chosen (letters and digits mixed, about a hash's length): read as a
+#: hash too, since a shape that cannot be read with confidence is taken to reveal.
+_HASH_LIKE: Final = re.compile(r"(?=[a-z0-9]*[0-9])(?=[a-z0-9]*[a-z])[a-z0-9]{7,12}")
 #: DNS labels are at most 63 characters; Vercel shortens longer generated labels, which then may hold a piece of
 #: the branch and the team without the ``-git-`` marker.
 _MAX_LABEL: Final = 63
@@ -48,7 +51,7 @@ def _vercel_app(label: str) -> UrlReveals:
     if "-git-" in label or len(label) >= _MAX_LABEL - 4:
         return _ORG_BRANCH
     parts = label.split("-")
-    if len(parts) >= 3 and any(_VERCEL_HASH.fullmatch(part) for part in parts[1:-1]):
+    if len(parts) >= 3 and any(_VERCEL_HASH.fullmatch(p) or _HASH_LIKE.fullmatch(p) for p in parts[1:-1]):
         return _ORG
     return _NOTHING  # a project's production alias: <project>.vercel.app
 

@@ -65,6 +65,23 @@ def test_what_each_shape_reveals() -> None:
     assert url_reveals("https://abcdefghijklmnopqrst.supabase.co") == frozenset()
 
 
+@pytest.mark.parametrize(
+    ("label", "member"),
+    [
+        ("storefront-892f902b-acme", False),  # a hash one character short of Vercel's: still a hash to us
+        ("storefront-a1b2c3d4e5f6-acme", False),
+        ("storefront-8x2lq9fza-acme-team", False),
+        ("my-cool-shop", True),  # a production alias with hyphens: words, no generated part
+        ("shop-2024-sale", True),
+        ("docs-9jaeg38me", True),  # a personal deployment: no team in it
+    ],
+)
+def test_a_generated_looking_part_between_project_and_team_is_read_as_a_hash(label: str, member: bool) -> None:
+    """A host whose middle part looks generated (letters and digits mixed, about a hash's length) is taken for
+    a deployment host naming its team, even where its length is not exactly Vercel's: when unsure, hide."""
+    assert seen_by("member", f"https://{label}.vercel.app") is member
+
+
 @pytest.mark.parametrize("url", ["", "https://", "http://[::1", "x" * 5000, "https://a.b.c.vercel.app"])
 def test_unreadable_urls_are_assumed_to_reveal(url: str) -> None:
     """An empty, malformed, oversized or unexpected-shape URL is hidden from a member."""
