@@ -76,7 +76,9 @@ def test_what_each_shape_reveals() -> None:
         ("docs-9jaeg38me", True),  # a personal deployment: no team in it
     ],
 )
-def test_a_generated_looking_part_between_project_and_team_is_read_as_a_hash(label: str, member: bool) -> None:
+def test_a_generated_looking_part_between_project_and_team_is_read_as_a_hash(
+    label: str, member: bool
+) -> None:
     """A host whose middle part looks generated (letters and digits mixed, about a hash's length) is taken for
     a deployment host naming its team, even where its length is not exactly Vercel's: when unsure, hide."""
     assert seen_by("member", f"https://{label}.vercel.app") is member
