@@ -126,7 +126,23 @@ async def failed_over(cluster: LocalCluster, *, old: int, new: int, within: floa
                 return False
         return True
 
-    await until(swapped, within)
+    try:
+        await until(swapped, within)
+    except TimeoutError:
+        seen = []
+        for port in cluster.ports:
+            info, nodes = await ask(port, "CLUSTER", "INFO"), await ask(port, "CLUSTER", "NODES")
+            fields = dict(row.split(":", 1) for row in str(info).splitlines() if ":" in row)
+            state = " ".join(
+                f"{k}={fields.get(k)}"
+                for k in ("cluster_state", "cluster_slots_ok", "cluster_slots_pfail", "cluster_slots_fail",
+                          "cluster_known_nodes", "cluster_size", "cluster_current_epoch")
+            )  # fmt: skip
+            line = next((row for row in str(nodes).splitlines() if f":{new}@" in row), "")
+            seen.append(
+                f"{port}: {await role(port)} {state} new-as-seen={line.split(' ')[2] if line else '-'}"
+            )
+        raise AssertionError(f"no switch {old}->{new} within {within}s: " + "; ".join(seen)) from None
     if await role(old) != "down":
         await synced_replica(old, within)
 
