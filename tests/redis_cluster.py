@@ -84,6 +84,8 @@ class LocalCluster:
         self._node_timeout = node_timeout
         self.ports = free_ports(MASTERS * (1 + replicas))
         self._procs: list[subprocess.Popen[bytes]] = []
+        #: How much of each node's log a failure message quotes (its end).
+        self.log_tail = 300
 
     @property
     def url(self) -> str:
@@ -190,7 +192,7 @@ class LocalCluster:
     def _logs(self) -> str:
         tails = []
         for log in sorted(self._dir.glob("node-*.log")):
-            tails.append(f"{log.name}: {log.read_text(errors='replace')[-300:]}")
+            tails.append(f"{log.name}: {log.read_text(errors='replace')[-self.log_tail :]}")
         return " | ".join(tails)
 
     def stop(self) -> None:

@@ -129,6 +129,7 @@ async def failed_over(cluster: LocalCluster, *, old: int, new: int, within: floa
     try:
         await until(swapped, within)
     except TimeoutError:
+        cluster.log_tail = 1500
         seen = []
         for port in cluster.ports:
             info, nodes = await ask(port, "CLUSTER", "INFO"), await ask(port, "CLUSTER", "NODES")
@@ -142,7 +143,9 @@ async def failed_over(cluster: LocalCluster, *, old: int, new: int, within: floa
             seen.append(
                 f"{port}: {await role(port)} {state} new-as-seen={line.split(' ')[2] if line else '-'}"
             )
-        raise AssertionError(f"no switch {old}->{new} within {within}s: " + "; ".join(seen)) from None
+        raise AssertionError(
+            f"no switch {old}->{new} within {within}s: " + "; ".join(seen) + f" | logs: {cluster._logs()}"
+        ) from None
     if await role(old) != "down":
         await synced_replica(old, within)
 
